@@ -1,0 +1,95 @@
+//! Command-line interface: `serve`, `config check`, `client-config`, `cache`.
+//!
+//! Owns: argument parsing and process set-up (tracing, runtime). Calls into the library; holds no
+//! registry logic of its own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "regmirror", version, about = "A pull-through cache for container registries")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mirror.
+    Serve {
+        /// TOML configuration file; without one the embedded defaults are used.
+        #[arg(long, env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the configuration a client needs to pull through this mirror.
+    ClientConfig(crate::client_config::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file and print the effective configuration.
+    Check {
+        #[arg(long, env = "REGMIRROR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Config { command: ConfigCommand::Check { config } } => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.to_toml_masked());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::ClientConfig(args) => match crate::client_config::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("regmirror: {e}");
+    ExitCode::from(2)
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    init_tracing(&config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(crate::server::run(config, crate::server::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

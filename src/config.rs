@@ -1,0 +1,403 @@
+//! Configuration: the TOML file, its embedded defaults, environment overrides and validation.
+//!
+//! Owns: parsing and checking. Must not open sockets or touch the data directory.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration mistake, phrased so the operator knows which key to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The whole configuration of one `regmirror serve` process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the shared listener that serves every upstream (routing by Host, `?ns=`, path prefix, default).
+    pub listen: String,
+    /// Directory holding the cache (blobs, manifests, tag records, temporary files).
+    pub data_dir: PathBuf,
+    /// Upstream that serves names matching no other routing rule (`/v2/library/alpine` -> docker.io).
+    /// Empty string: such names get `404 NAME_UNKNOWN`.
+    pub default_upstream: String,
+    /// Serve names whose first path segment is any registry host, even one not configured.
+    /// Off by default: regmirror must not become an open proxy unless the operator asks for it.
+    pub allow_any_upstream: bool,
+    /// Leave out the built-in public registries and use only the `[[upstream]]` entries of this file.
+    pub no_builtin_upstreams: bool,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+    /// Largest manifest accepted from an upstream, in bytes.
+    pub max_manifest_bytes: u64,
+    /// Seconds a background blob fill may take before it is abandoned.
+    pub fill_timeout_secs: u64,
+    /// The upstream registries.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:5000".into(),
+            data_dir: PathBuf::from("./regmirror-data"),
+            default_upstream: "docker.io".into(),
+            allow_any_upstream: false,
+            no_builtin_upstreams: false,
+            log_format: "text".into(),
+            max_manifest_bytes: 4 * 1024 * 1024,
+            fill_timeout_secs: 3600,
+            upstreams: Vec::new(),
+        }
+    }
+}
+
+/// One upstream registry. Fields left out of the file keep the built-in value (for a built-in name)
+/// or the documented default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry host clients name, e.g. "docker.io", "registry.k8s.io", "127.0.0.1:5101".
+    pub name: String,
+    /// Where regmirror fetches from. Default `https://<name>`.
+    pub url: Option<String>,
+    /// Extra path-prefix names (`/v2/<alias>/repo/...`).
+    pub aliases: Vec<String>,
+    /// `Host` header values (with or without port) that route to this upstream.
+    pub hosts: Vec<String>,
+    /// Optional dedicated listener serving only this upstream.
+    pub listen: Option<String>,
+    /// Optional credentials for the upstream.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// File holding the password (trailing newline trimmed).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Outbound proxy for this upstream: "http://host:port", "https://..." or "socks5://host:port".
+    pub proxy: Option<String>,
+    /// Seconds a cached tag -> digest record is trusted before it is revalidated with a HEAD.
+    pub tag_ttl_secs: Option<u64>,
+    /// Tag patterns (`*` wildcard) that are never revalidated once cached, e.g. "v*" for immutable releases.
+    pub immutable_tags: Vec<String>,
+    /// Seconds to wait for a TCP/TLS connection to the upstream.
+    pub connect_timeout_secs: Option<u64>,
+    /// Seconds without any byte from the upstream before a call is abandoned.
+    pub read_timeout_secs: Option<u64>,
+    /// Accept invalid TLS certificates from this upstream (testing only).
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// Defaults used when an upstream does not set them.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl UpstreamConfig {
+    /// The URL regmirror fetches from, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        let url = self.url.clone().unwrap_or_else(|| format!("https://{}", self.name));
+        url.trim_end_matches('/').to_string()
+    }
+
+    pub fn tag_ttl(&self) -> Duration {
+        self.tag_ttl_secs.map(Duration::from_secs).unwrap_or(DEFAULT_TAG_TTL)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_READ_TIMEOUT)
+    }
+
+    /// The password from `password`, `password_file` or `password_env`, in that order.
+    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(format!("upstream.{}.password_file", self.name), format!("{}: {e}", path.display()))
+            })?;
+            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                invalid(format!("upstream.{}.password_env", self.name), format!("environment variable {var} is not set"))
+            });
+        }
+        Ok(None)
+    }
+
+    /// Overlay the fields `other` sets onto `self` (used when a file entry names a built-in upstream).
+    fn overlay(&mut self, other: UpstreamConfig) {
+        let d = UpstreamConfig::default();
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f != d.$f { self.$f = other.$f; } )* };
+        }
+        take!(url, aliases, hosts, listen, username, password, password_file, password_env, proxy,
+              tag_ttl_secs, immutable_tags, connect_timeout_secs, read_timeout_secs, insecure_skip_verify);
+    }
+}
+
+/// The public registries regmirror mirrors with no configuration at all: (name, url, aliases).
+const BUILTIN: &[(&str, &str, &[&str])] = &[
+    ("docker.io", "https://registry-1.docker.io", &["dockerhub", "index.docker.io", "registry-1.docker.io"]),
+    ("registry.k8s.io", "https://registry.k8s.io", &["k8s"]),
+    ("k8s.gcr.io", "https://k8s.gcr.io", &["k8s-gcr"]),
+    ("gcr.io", "https://gcr.io", &["gcr"]),
+    ("ghcr.io", "https://ghcr.io", &["ghcr"]),
+    ("quay.io", "https://quay.io", &["quay"]),
+    ("docker.elastic.co", "https://docker.elastic.co", &["elastic"]),
+    ("mcr.microsoft.com", "https://mcr.microsoft.com", &["mcr"]),
+    ("nvcr.io", "https://nvcr.io", &["nvcr"]),
+    ("cr.l5d.io", "https://cr.l5d.io", &["l5d"]),
+    ("public.ecr.aws", "https://public.ecr.aws", &["ecr"]),
+];
+
+/// The built-in upstream list.
+pub fn builtin_upstreams() -> Vec<UpstreamConfig> {
+    BUILTIN
+        .iter()
+        .map(|(name, url, aliases)| UpstreamConfig {
+            name: name.to_string(),
+            url: Some(url.to_string()),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+impl Config {
+    /// Load from a file (or the embedded defaults when `path` is None), apply environment overrides,
+    /// merge with the built-in upstreams and validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.merge_builtins();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parse TOML text without merging or validating.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Environment overrides for the common keys: REGMIRROR_LISTEN, REGMIRROR_DATA_DIR,
+    /// REGMIRROR_DEFAULT_UPSTREAM, REGMIRROR_LOG_FORMAT, REGMIRROR_ALLOW_ANY_UPSTREAM.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("REGMIRROR_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("REGMIRROR_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("REGMIRROR_DEFAULT_UPSTREAM") {
+            self.default_upstream = v;
+        }
+        if let Some(v) = get("REGMIRROR_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = get("REGMIRROR_ALLOW_ANY_UPSTREAM") {
+            self.allow_any_upstream = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                _ => return Err(invalid("REGMIRROR_ALLOW_ANY_UPSTREAM", "expected true or false")),
+            };
+        }
+        Ok(())
+    }
+
+    /// Put the built-in upstreams first, overlaid by file entries of the same name; append the rest.
+    pub fn merge_builtins(&mut self) {
+        if self.no_builtin_upstreams {
+            return;
+        }
+        let mut merged = builtin_upstreams();
+        for entry in std::mem::take(&mut self.upstreams) {
+            match merged.iter_mut().find(|u| u.name == entry.name) {
+                Some(existing) => existing.overlay(entry),
+                None => merged.push(entry),
+            }
+        }
+        self.upstreams = merged;
+    }
+
+    /// Check every key; the first problem is returned with the key's name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_addr("listen", &self.listen)?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(invalid("log_format", "expected \"text\" or \"json\""));
+        }
+        if self.max_manifest_bytes == 0 {
+            return Err(invalid("max_manifest_bytes", "must be greater than 0"));
+        }
+        let mut prefixes = HashSet::new();
+        let mut hosts = HashSet::new();
+        let mut listens = HashSet::new();
+        listens.insert(parse_addr("listen", &self.listen)?);
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field} (name = {:?})", u.name);
+            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace) {
+                return Err(invalid(key("name"), "must be a registry host such as \"docker.io\" or \"127.0.0.1:5000\""));
+            }
+            let url = u.base_url();
+            let parsed = url::Url::parse(&url).map_err(|e| invalid(key("url"), format!("{url}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(invalid(key("url"), format!("{url}: expected http://host[:port] or https://host[:port]")));
+            }
+            for p in std::iter::once(&u.name).chain(u.aliases.iter()) {
+                if p.is_empty() || p.contains('/') {
+                    return Err(invalid(key("aliases"), format!("{p:?} is not a single path segment")));
+                }
+                if !prefixes.insert(p.to_ascii_lowercase()) {
+                    return Err(invalid(key("aliases"), format!("{p:?} names two upstreams")));
+                }
+            }
+            for h in &u.hosts {
+                if !hosts.insert(h.to_ascii_lowercase()) {
+                    return Err(invalid(key("hosts"), format!("{h:?} routes to two upstreams")));
+                }
+            }
+            if let Some(l) = &u.listen {
+                let addr = parse_addr(&key("listen"), l)?;
+                if addr.port() != 0 && !listens.insert(addr) {
+                    return Err(invalid(key("listen"), format!("{l} is already used by another listener")));
+                }
+            }
+            if let Some(p) = &u.proxy {
+                let proxy = url::Url::parse(p).map_err(|e| invalid(key("proxy"), format!("{p}: {e}")))?;
+                if !matches!(proxy.scheme(), "http" | "https" | "socks5" | "socks5h") {
+                    return Err(invalid(key("proxy"), format!("{p}: expected http://, https://, socks5:// or socks5h://")));
+                }
+            }
+            if u.username.is_some() != (u.password.is_some() || u.password_file.is_some() || u.password_env.is_some()) {
+                return Err(invalid(key("username"), "username and password (or password_file / password_env) go together"));
+            }
+            u.resolved_password()?;
+        }
+        if !self.default_upstream.is_empty() && self.upstream(&self.default_upstream).is_none() {
+            return Err(invalid(
+                "default_upstream",
+                format!("{:?} is not a configured upstream (known: {})", self.default_upstream, self.upstream_names()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The upstream with this exact name.
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Comma-separated names, for error messages.
+    pub fn upstream_names(&self) -> String {
+        self.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// The effective configuration as TOML (passwords masked), for `config check`.
+    pub fn to_toml_masked(&self) -> String {
+        let mut shown = self.clone();
+        for u in &mut shown.upstreams {
+            if u.password.is_some() {
+                u.password = Some("********".into());
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Parse a listen address, naming the key on failure.
+pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as \"0.0.0.0:5000\"")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_include_public_registries() {
+        let c = Config::load(None).unwrap();
+        for name in ["docker.io", "registry.k8s.io", "k8s.gcr.io", "gcr.io", "ghcr.io", "quay.io", "public.ecr.aws"] {
+            assert!(c.upstream(name).is_some(), "{name}");
+        }
+        assert_eq!(c.upstream("docker.io").unwrap().base_url(), "https://registry-1.docker.io");
+    }
+
+    #[test]
+    fn file_entry_overrides_builtin_fields() {
+        let mut c = Config::from_toml(
+            "[[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:5101\"\n\n[[upstream]]\nname = \"local:5\"\naliases=[\"loc\"]\n",
+        )
+        .unwrap();
+        c.merge_builtins();
+        c.validate().unwrap();
+        let d = c.upstream("docker.io").unwrap();
+        assert_eq!(d.base_url(), "http://127.0.0.1:5101");
+        assert!(d.aliases.contains(&"dockerhub".to_string()), "built-in aliases kept");
+        assert_eq!(c.upstream("local:5").unwrap().base_url(), "https://local:5");
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("default_upstream = \"nope.example\"", "default_upstream"),
+            ("log_format = \"xml\"", "log_format"),
+            ("[[upstream]]\nname = \"a.io\"\nurl = \"ftp://x\"", "url"),
+            ("[[upstream]]\nname = \"a.io\"\naliases = [\"ghcr\"]", "aliases"),
+            ("[[upstream]]\nname = \"a.io\"\nproxy = \"gopher://x\"", "proxy"),
+            ("[[upstream]]\nname = \"a.io\"\nusername = \"u\"", "username"),
+            ("[[upstream]]\nname = \"a/b\"", "name"),
+            ("[[upstream]]\nname = \"a.io\"\nlisten = \"0.0.0.0:5000\"", "listen"),
+        ];
+        for (text, key) in cases {
+            let mut c = Config::from_toml(text).unwrap();
+            c.merge_builtins();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+        let err = Config::from_toml("lisen = \"x\"").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "REGMIRROR_LISTEN" => Some("127.0.0.1:9".into()),
+            "REGMIRROR_DATA_DIR" => Some("/tmp/x".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+}

@@ -1,0 +1,28 @@
+//! regmirror: one pull-through cache for many container registries.
+//!
+//! # Layout
+//!
+//! - [`cli`]: command line (`serve`, `config check`, `client-config`); process set-up only.
+//! - [`config`]: the TOML configuration, embedded defaults, environment overrides, validation.
+//! - [`oci`]: pure OCI types: digests, names, references, media types. No I/O.
+//! - [`routing`]: (listener, Host, `?ns=`, path) -> (upstream, repository). Pure, table-tested.
+//! - [`upstream`]: HTTP client to one registry: auth challenges, token cache, redirects, retries.
+//! - [`storage`]: the one storage trait for committed objects, and its backends (local disk).
+//! - [`cache`]: the pull-through logic: hit / miss / in-flight, one fill per digest, tag freshness.
+//! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], dispatch to the cache, errors -> OCI JSON.
+//! - [`server`]: listeners (shared and per-upstream), graceful shutdown.
+//! - [`client_config`]: generates docker / containerd / podman / kubeadm / kubespray configuration.
+//!
+//! Calls go one way: `api` -> `cache` -> (`upstream`, `storage`). Only `api` knows HTTP statuses
+//! and OCI error codes.
+
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod client_config;
+pub mod config;
+pub mod oci;
+pub mod routing;
+pub mod server;
+pub mod storage;
+pub mod upstream;

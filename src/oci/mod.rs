@@ -1,0 +1,10 @@
+//! Pure OCI types, no I/O: digests, repository names and references, media types.
+//!
+//! Owns: validation of everything a client or upstream hands us by name. Must not do I/O.
+
+pub mod digest;
+pub mod media;
+pub mod reference;
+
+pub use digest::{Digest, DigestError, Hasher};
+pub use reference::{validate_name, NameError, Reference};

@@ -1,0 +1,100 @@
+//! Storage: the one trait for committed cache objects, and its backends.
+//!
+//! Owns: where verified bytes live. Knows nothing of HTTP, upstreams or digests' meaning: a key is
+//! a path-like string, an object is bytes. Must not call the cache or upstreams.
+//!
+//! Objects are only ever written whole: small ones with [`Storage::put`], blobs by handing over a
+//! fully written and verified local spool file with [`Storage::put_file`]. A reader therefore never
+//! sees a partial object, whichever backend is used.
+//!
+//! # Key layout
+//!
+//! ```text
+//! <root>/
+//! ├── blobs/sha256/<hex[0..2]>/<hex>            layer and config bytes, content-addressed
+//! ├── manifests/sha256/<hex[0..2]>/<hex>        "<media type>\n" followed by the manifest bytes
+//! └── tags/<upstream>/<repository>/_tag/<tag>   JSON tag record: digest, media type, size
+//! ```
+//!
+//! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`fs`]).
+
+pub mod fs;
+#[cfg(test)]
+pub mod conformance;
+
+use std::ops::Range;
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+/// A storage failure. `NotFound` is distinct all the way up: the cache branches on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object not found: {0}")]
+    NotFound(String),
+    #[error("invalid storage key {0:?}")]
+    InvalidKey(String),
+    #[error("storage I/O error on {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Size and age of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Seconds since the Unix epoch of the last modification.
+    pub modified: u64,
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// The storage boundary. Every method is atomic with respect to readers.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Size and modification time, or `NotFound`.
+    async fn head(&self, key: &str) -> Result<ObjectMeta>;
+    /// The whole object (for small objects: manifests, tag records).
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    /// A byte range of the object (the whole object when `range` is None), streamed.
+    async fn get_stream(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream>;
+    /// Store a small object, replacing any previous one atomically.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<()>;
+    /// Move a complete local file into the store under `key`. The file is consumed.
+    async fn put_file(&self, key: &str, file: &Path) -> Result<()>;
+    /// Remove an object. Removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Every object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+}
+
+/// Reject keys that could escape the store: absolute, `..`, empty segments, odd characters.
+pub fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidKey(key.chars().take(300).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys() {
+        for good in ["blobs/sha256/ab/abc", "tags/127.0.0.1:5000/a/b/_tag/v1.0"] {
+            assert!(super::check_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "a/./b", "a b", "a\\b", "..", "a/%2e%2e"] {
+            assert!(super::check_key(bad).is_err(), "{bad}");
+        }
+    }
+}
