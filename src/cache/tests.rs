@@ -1,0 +1,1 @@
+//! Cache tests: counting upstream, real storage.
