@@ -206,11 +206,14 @@ def start_distribution(work, name, remote=None):
     return proc
 
 
-def start_nginx(work, blob_file):
+def start_nginx(work, blob_files):
+    """nginx with sendfile, serving each file of `blob_files` (label -> path) at /blob-<label>."""
     port = free_port()
     prefix = os.path.join(work, "nginx")
     os.makedirs(prefix, exist_ok=True)
     temps = "\n".join(f"  {t}_temp_path {prefix}/{t}_temp;" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    locations = "\n".join(f"    location = /blob-{label} {{ default_type application/octet-stream; alias {path}; }}"
+                          for label, path in blob_files.items())
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""daemon off;
@@ -226,10 +229,7 @@ http {{
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
-    location = /blob {{
-      default_type application/octet-stream;
-      alias {blob_file};
-    }}
+{locations}
   }}
 }}
 """)
@@ -389,3 +389,494 @@ def wait_proxy_commit(proxy, repo, blob, timeout=60):
             return True
         time.sleep(0.05)
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+WRK_REPORT = r'''done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKJSON {\"bytes\":%d,\"duration_us\":%d,\"requests\":%d,\"socket_errors\":%d,\"timeouts\":%d,\"non2xx\":%d}\n",
+    summary.bytes, summary.duration, summary.requests, e.connect + e.read + e.write, e.timeout, e.status))
+end
+'''
+
+
+def wrk(work, port, path, conns, seconds, headers=()):
+    """wrk -t2 -cN; returns its summary (bytes, duration_us, requests, errors) as a dict."""
+    script = os.path.join(work, "wrk-report.lua")
+    if not os.path.exists(script):
+        with open(script, "w") as f:
+            f.write(WRK_REPORT)
+    argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s", "-s", script]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    return json.loads(line[len("WRKJSON "):])
+
+
+def fetch_clients(n, port, path, headers=()):
+    """Start n curl clients at once, each GETting `path` to /dev/null; wait for all.
+    Returns (wall seconds from first spawn to last exit, [(http_code, bytes)])."""
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"]
+    for h in headers:
+        argv += ["-H", h]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(n)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate()
+        code, size = (out.decode().split() + ["0", "0"])[:2]
+        results.append((int(code), int(size)))
+    return time.perf_counter() - t0, results
+
+
+def check_all(results, size, what):
+    bad = [r for r in results if r != (200, size)]
+    if bad:
+        raise SystemExit(f"bench: {what}: {len(bad)} of {len(results)} clients got {bad[:3]} instead of (200, {size})")
+
+
+def sha256_of_url(port, path):
+    """Digest of what a client receives (streamed through curl, hashed here)."""
+    p = subprocess.Popen(["curl", "-sSf", f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE)
+    h = hashlib.sha256()
+    while True:
+        chunk = p.stdout.read(4 * MB)
+        if not chunk:
+            break
+        h.update(chunk)
+    p.wait()
+    return "sha256:" + h.hexdigest()
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+class Bench:
+    def __init__(self, args, work):
+        self.args, self.work, self.reps = args, work, args.reps
+        self.raw = {}    # every repetition's numbers, by row
+        self.rows = []   # the table
+        self.rm = None
+        self.rm_generation = 0
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def start(self):
+        self.upstream = start_distribution(self.work, "upstream")
+        ready(self.upstream, "upstream registry")
+        self.blobs, self.index = seed(self.upstream.port, self.work, self.args.big)
+        self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
+        ready(self.proxy, "distribution proxy")
+        self.nginx = start_nginx(self.work, {b["label"]: distribution_blob_file(self.upstream.root, b["digest"])
+                                             for b in self.blobs})
+        self.restart_regmirror(fresh=True)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if http_request(self.nginx.port, "HEAD", "/blob-256MB")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit(f"bench: nginx did not come up; see {self.work}/nginx/error.log")
+
+    def restart_regmirror(self, fresh, data_dir=None, upstream_port=None):
+        """Stop regmirror (if running) and start a new one; `fresh` empties its data dir."""
+        if self.rm:
+            self.rm.stop()
+        data_dir = data_dir or os.path.join(self.work, "regmirror-data")
+        if fresh and os.path.exists(data_dir):
+            shutil.rmtree(data_dir)
+        self.rm = start_regmirror(self.args.binary, self.work, data_dir, upstream_port or self.upstream.port)
+        return ready(self.rm, "regmirror")
+
+    def restart_proxy(self):
+        """A distribution proxy with empty storage (it cannot be emptied while running)."""
+        self.proxy.stop()
+        shutil.rmtree(self.proxy.root, ignore_errors=True)
+        self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
+        ready(self.proxy, "distribution proxy")
+
+    def blob_path(self, blob):
+        return f"/v2/{blob['repo']}/blobs/{blob['digest']}"
+
+    def upstream_fetches(self, offset, blob):
+        """GETs of `blob` in the upstream's access log after byte `offset`."""
+        needle = f'"GET {self.blob_path(blob)} '.encode()
+        with open(self.upstream.logfile, "rb") as f:
+            f.seek(offset)
+            return sum(1 for line in f if needle in line)
+
+    def add(self, measure, rm, peer, peer_name, ratio, target, met, unit=""):
+        self.rows.append({"measure": measure, "regmirror": rm, "peer": peer, "peer_name": peer_name,
+                          "ratio": ratio, "target": target, "met": met, "unit": unit})
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def warm_up(self, blob):
+        """One GET through regmirror (checked against the digest) and the proxy, so both hold the blob."""
+        got = sha256_of_url(self.rm.port, self.blob_path(blob))
+        if got != blob["digest"]:
+            raise SystemExit(f"bench: regmirror served {got} for {blob['digest']}")
+        if not os.path.exists(regmirror_blob_file(self.rm.data_dir, blob["digest"])):
+            raise SystemExit("bench: regmirror did not cache the blob")
+        _, res = fetch_clients(1, self.proxy.port, self.blob_path(blob))
+        check_all(res, blob["size"], "distribution proxy warm-up")
+        if not wait_proxy_commit(self.proxy, blob["repo"], blob):
+            raise SystemExit("bench: distribution proxy did not commit the blob")
+        fetch_clients(1, self.nginx.port, f"/blob-{blob['label']}")
+
+    def warm_blob(self, blob):
+        """Row 1: 4 parallel clients (wrk -c4), aggregate GB/s and server CPU-seconds per GB."""
+        label = blob["label"]
+        servers = [("regmirror", lambda: self.rm, self.blob_path(blob)),
+                   ("nginx", lambda: self.nginx, f"/blob-{label}"),
+                   ("distribution", lambda: self.proxy, self.blob_path(blob))]
+        seconds = 3 if blob["size"] < 512 * MB else 6
+        raw = {name: {"gbps": [], "cpu_s_per_gb": []} for name, _, _ in servers}
+        for rep in range(self.reps):
+            for name, proc, path in servers:
+                p = proc()
+                cpu0 = p.cpu_seconds()
+                r = wrk(self.work, p.port, path, 4, seconds)
+                cpu = p.cpu_seconds() - cpu0
+                if r["non2xx"] or r["socket_errors"]:
+                    raise SystemExit(f"bench: wrk against {name}: {r}")
+                gb = r["bytes"] / GB
+                raw[name]["gbps"].append(gb / (r["duration_us"] / 1e6))
+                raw[name]["cpu_s_per_gb"].append(cpu / gb)
+            log(f"warm {label} rep {rep + 1}: " + ", ".join(f"{n} {raw[n]['gbps'][-1]:.2f} GB/s" for n, _, _ in servers))
+        self.raw[f"warm_blob_{label}_4_clients"] = raw
+        med = {n: {k: median(v) for k, v in raw[n].items()} for n in raw}
+        rm, ng, di = med["regmirror"], med["nginx"], med["distribution"]
+        self.add(f"warm blob GET {label}, 4 clients, GB/s", rm["gbps"], ng["gbps"], "nginx",
+                 rm["gbps"] / ng["gbps"], ">= 1.0 x nginx", rm["gbps"] / ng["gbps"] >= 1.0, "GB/s")
+        self.add(f"  same, vs distribution proxy", rm["gbps"], di["gbps"], "distribution",
+                 rm["gbps"] / di["gbps"], "", None, "GB/s")
+        self.add(f"server CPU-s per GB served (warm {label})", rm["cpu_s_per_gb"], ng["cpu_s_per_gb"], "nginx",
+                 rm["cpu_s_per_gb"] / ng["cpu_s_per_gb"], "<= 3 x nginx", rm["cpu_s_per_gb"] <= 3 * ng["cpu_s_per_gb"], "s/GB")
+        self.add(f"  same, vs distribution proxy", rm["cpu_s_per_gb"], di["cpu_s_per_gb"], "distribution",
+                 rm["cpu_s_per_gb"] / di["cpu_s_per_gb"], "", None, "s/GB")
+
+    def single_client(self, blob):
+        """Single-client GB/s with hyperfine (bounded by curl here: reported, not targeted)."""
+        out = os.path.join(self.work, f"hyperfine-{blob['label']}.json")
+        cmds = [("regmirror", self.rm.port, self.blob_path(blob)), ("nginx", self.nginx.port, f"/blob-{blob['label']}"),
+                ("distribution", self.proxy.port, self.blob_path(blob))]
+        argv = ["hyperfine", "-N", "--style", "none", "--warmup", "1", "--runs", str(self.reps), "--export-json", out]
+        for name, port, path in cmds:
+            argv += ["-n", name, f"curl -sSf -o /dev/null http://127.0.0.1:{port}{path}"]
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            res = {r["command"]: r for r in json.load(f)["results"]}
+        gbps = {n: blob["size"] / GB / res[n]["median"] for n, _, _ in cmds}
+        self.raw[f"single_client_{blob['label']}"] = {n: {"seconds": res[n]["times"]} for n, _, _ in cmds}
+        self.add(f"single-client GB/s {blob['label']} (curl-bound)", gbps["regmirror"], gbps["nginx"], "nginx",
+                 gbps["regmirror"] / gbps["nginx"], "report only", None, "GB/s")
+
+    def cold_blob(self, blob):
+        """Row 2: one cold GET through regmirror (empty data dir, new process) vs straight from the upstream."""
+        raw = {"regmirror_s": [], "direct_s": []}
+        for rep in range(self.reps):
+            self.restart_regmirror(fresh=True)
+            t, res = fetch_clients(1, self.rm.port, self.blob_path(blob))
+            check_all(res, blob["size"], "cold GET through regmirror")
+            raw["regmirror_s"].append(t)
+            t, res = fetch_clients(1, self.upstream.port, self.blob_path(blob))
+            check_all(res, blob["size"], "GET from the upstream")
+            raw["direct_s"].append(t)
+        self.raw[f"cold_blob_{blob['label']}"] = raw
+        rm, direct = median(raw["regmirror_s"]), median(raw["direct_s"])
+        gb = blob["size"] / GB
+        self.add(f"cold blob GET {blob['label']}, GB/s vs direct", gb / rm, gb / direct, "upstream direct",
+                 direct / rm, ">= 0.85 x direct", direct / rm >= 0.85, "GB/s")
+        return rm
+
+    def fifty_cold(self, blob, one_cold_s):
+        """Row 3: 50 concurrent cold GETs of one blob: upstream fetches and wall time."""
+        raw = {"fetches": [], "wall_s": [], "peak_rss_kb": [], "nginx_warm_wall_s": []}
+        for rep in range(self.reps):
+            self.restart_regmirror(fresh=True)
+            offset = os.path.getsize(self.upstream.logfile)
+            wall, res = fetch_clients(50, self.rm.port, self.blob_path(blob))
+            check_all(res, blob["size"], "50 cold GETs through regmirror")
+            time.sleep(0.3)  # the access log line is written when the upstream response ends
+            raw["fetches"].append(self.upstream_fetches(offset, blob))
+            raw["wall_s"].append(wall)
+            raw["peak_rss_kb"].append(self.rm.status_kb("VmHWM"))
+            wall, res = fetch_clients(50, self.nginx.port, f"/blob-{blob['label']}")
+            check_all(res, blob["size"], "50 GETs from nginx")
+            raw["nginx_warm_wall_s"].append(wall)
+            log(f"50 cold rep {rep + 1}: {raw['fetches'][-1]} upstream fetch(es), {raw['wall_s'][-1]:.2f}s "
+                f"(nginx warm {wall:.2f}s)")
+        # distribution's proxy, once (its count does not vary: every client streams from upstream)
+        self.restart_proxy()
+        offset = os.path.getsize(self.upstream.logfile)
+        wall, res = fetch_clients(50, self.proxy.port, self.blob_path(blob))
+        check_all(res, blob["size"], "50 cold GETs through the distribution proxy")
+        wait_proxy_commit(self.proxy, blob["repo"], blob)
+        raw["distribution_fetches_1_run"] = self.upstream_fetches(offset, blob)
+        raw["distribution_wall_s_1_run"] = wall
+        self.raw[f"fifty_cold_{blob['label']}"] = raw
+        fetches = max(raw["fetches"])
+        wall = median(raw["wall_s"])
+        self.add(f"50 concurrent cold GETs {blob['label']}: upstream fetches (max of runs)", fetches,
+                 raw["distribution_fetches_1_run"], "distribution (1 run)", None, "1", fetches == 1)
+        self.add(f"50 concurrent cold GETs {blob['label']}: wall s vs one cold GET", wall, one_cold_s,
+                 "1 cold GET", wall / one_cold_s, "<= 1.5 x", wall / one_cold_s <= 1.5, "s")
+        nginx_wall = median(raw["nginx_warm_wall_s"])
+        self.add(f"  floor: nginx serving the same 50 GETs warm, s", wall, nginx_wall, "nginx warm",
+                 wall / nginx_wall, "", None, "s")
+        self.add(f"  peak RSS during 50 cold GETs, MB", median(raw["peak_rss_kb"]) / 1024, None, "", None,
+                 "<= 32 MB", median(raw["peak_rss_kb"]) / 1024 <= 32, "MB")
+
+    def peak_rss(self, blob):
+        """Row 5: VmHWM while 1 and 50 clients stream the (warm) blob, regmirror and distribution."""
+        raw = {f"{s}_{n}": [] for s in ("regmirror", "distribution") for n in (1, 50)}
+        for rep in range(self.reps):
+            for name, p in (("regmirror", self.rm), ("distribution", self.proxy)):
+                for n in (1, 50):
+                    p.reset_peak_rss()
+                    _, res = fetch_clients(n, p.port, self.blob_path(blob))
+                    check_all(res, blob["size"], f"{n} warm GETs from {name}")
+                    raw[f"{name}_{n}"].append(p.status_kb("VmHWM"))
+        self.raw[f"peak_rss_{blob['label']}_kb"] = raw
+        mb = {k: median(v) / 1024 for k, v in raw.items()}
+        self.add(f"peak RSS, 50 clients streaming {blob['label']} (warm), MB", mb["regmirror_50"], mb["distribution_50"],
+                 "distribution", mb["regmirror_50"] / mb["distribution_50"], "<= 32 MB", mb["regmirror_50"] <= 32, "MB")
+        self.add(f"  same, 1 client, MB", mb["regmirror_1"], mb["distribution_1"], "distribution",
+                 mb["regmirror_1"] / mb["distribution_1"], "", None, "MB")
+
+    def manifests(self):
+        """Row 4: warm manifest GETs, wrk -c64, by tag and by digest."""
+        m = self.index
+        accept = f"Accept: {m['media_type']}"
+        paths = {"tag": f"/v2/{m['repo']}/manifests/{m['tag']}", "digest": f"/v2/{m['repo']}/manifests/{m['digest']}"}
+        for p in (self.rm, self.proxy):
+            for path in paths.values():
+                status, headers, _ = http_request(p.port, "GET", path, headers={"Accept": m["media_type"]})
+                if status != 200 or headers.get("docker-content-digest") != m["digest"]:
+                    raise SystemExit(f"bench: manifest warm-up on {p.name}: {status} {headers}")
+        raw = {f"{s}_{k}": [] for s in ("regmirror", "distribution") for k in paths}
+        for rep in range(self.reps):
+            for kind, path in paths.items():
+                for name, p in (("regmirror", self.rm), ("distribution", self.proxy)):
+                    r = wrk(self.work, p.port, path, 64, 3, [accept])
+                    if r["non2xx"] or r["socket_errors"]:
+                        raise SystemExit(f"bench: wrk manifests against {name}: {r}")
+                    raw[f"{name}_{kind}"].append(r["requests"] / (r["duration_us"] / 1e6))
+            log(f"manifests rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in raw.items()))
+        self.raw["manifest_req_per_s"] = raw
+        med = {k: median(v) for k, v in raw.items()}
+        for kind, target in (("tag", 20), ("digest", 10)):
+            rm, di = med[f"regmirror_{kind}"], med[f"distribution_{kind}"]
+            self.add(f"warm manifest-by-{kind} GET req/s (wrk -c64)", rm, di, "distribution", rm / di,
+                     f">= {target} x distribution", rm / di >= target, "req/s")
+
+    def startup(self, fake_blobs):
+        """Row 6: start-up to the first 200 on /v2/ with many cached blobs; then with the upstream down."""
+        self.rm.stop()
+        t = time.perf_counter()
+        make_fake_blobs(self.rm.data_dir, fake_blobs)
+        log(f"created {fake_blobs} fake cached blobs in {time.perf_counter() - t:.1f}s")
+        raw = {"regmirror_s": [], "distribution_s": [], "fake_blobs": fake_blobs}
+        for rep in range(self.reps):
+            raw["regmirror_s"].append(self.restart_regmirror(fresh=False))
+            self.proxy.stop()
+            self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
+            raw["distribution_s"].append(ready(self.proxy, "distribution proxy"))
+        rm, di = median(raw["regmirror_s"]), median(raw["distribution_s"])
+        self.add(f"start-up to first 200 on /v2/, {fake_blobs // 1000}k cached blobs, s", rm, di, "distribution",
+                 rm / di, "< 1 s", rm < 1.0, "s")
+
+        # Every upstream down: the upstream registry stops for good.
+        blob = self.blobs[0]
+        self.upstream.stop()
+        wait_port_closed(self.upstream.port)
+        down = {}
+        t = self.restart_regmirror(fresh=False)
+        down["regmirror_start_s"] = t
+        down["regmirror_blob_ok"] = sha256_of_url(self.rm.port, self.blob_path(blob)) == blob["digest"]
+        m = self.index
+        status, headers, _ = http_request(self.rm.port, "GET", f"/v2/{m['repo']}/manifests/{m['tag']}",
+                                          headers={"Accept": m["media_type"]})
+        down["regmirror_manifest_by_tag_status"] = status
+        down["regmirror_manifest_ok"] = status == 200 and headers.get("docker-content-digest") == m["digest"]
+        self.proxy.stop()
+        self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
+        down["distribution_start_s"] = first_200(self.proxy.port, self.proxy, timeout=10)
+        down["distribution_exit_code"] = self.proxy.popen.poll()
+        with open(self.proxy.logfile, errors="replace") as f:
+            down["distribution_panicked"] = "panic" in f.read()
+        raw["upstream_down"] = down
+        self.raw["startup"] = raw
+        rm_ok = down["regmirror_start_s"] is not None and down["regmirror_blob_ok"] and down["regmirror_manifest_ok"]
+        di_txt = (f"starts in {down['distribution_start_s']:.2f}s" if down["distribution_start_s"] is not None
+                  else "does not start" + (" (panic)" if down["distribution_panicked"] else ""))
+        rm_txt = (f"starts in {down['regmirror_start_s']:.2f}s, serves blob {'ok' if down['regmirror_blob_ok'] else 'FAIL'},"
+                  f" manifest {'ok' if down['regmirror_manifest_ok'] else status}")
+        self.add("start-up with the upstream down", rm_txt, di_txt, "distribution", None,
+                 "starts, serves cache", rm_ok, "")
+
+
+def make_fake_blobs(data_dir, n):
+    """n small files in the cached-blob layout (blobs/sha256/<2 hex>/<64 hex>)."""
+    root = os.path.join(data_dir, "blobs", "sha256")
+    for i in range(256):
+        os.makedirs(os.path.join(root, f"{i:02x}"), exist_ok=True)
+    for i in range(n):
+        hexd = hashlib.sha256(b"regmirror-bench-fake-%d" % i).hexdigest()
+        with open(os.path.join(root, hexd[:2], hexd), "wb") as f:
+            f.write(b"fake blob %d\n" % i)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int) and unit == "":
+        return str(v)
+    if unit == "req/s":
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def table(rows):
+    header = ["measure", "regmirror", "peer", "ratio", "target", "met?"]
+    body = []
+    for r in rows:
+        unit = r["unit"]
+        peer = fmt(r["peer"], unit)
+        if r["peer_name"] and peer != "-":
+            peer = f"{peer} ({r['peer_name']})"
+        rm = fmt(r["regmirror"], unit)
+        if unit and not isinstance(r["regmirror"], str):
+            rm = f"{rm} {unit}"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        body.append([r["measure"], rm, peer, "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], met])
+    widths = [max(len(str(x[i])) for x in [header] + body) for i in range(len(header))]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def machine():
+    def first_line(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+    model = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    return {"cpus": os.cpu_count(), "cpu_model": model, "mem_gib": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "os": first_line(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
+            "distribution": first_line(["docker-registry", "--version"]), "nginx": first_line(["nginx", "-v"]),
+            "wrk": first_line(["wrk", "-v"]), "curl": first_line(["curl", "--version"]),
+            "hyperfine": first_line(["hyperfine", "--version"])}
+
+
+def git_rev(repo_root):
+    try:
+        rev = subprocess.run(["git", "-C", repo_root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo_root, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", required=True, help="the regmirror release binary")
+    ap.add_argument("--results", required=True, help="directory for <timestamp>.json")
+    ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")))
+    ap.add_argument("--big", action="store_true", default=os.environ.get("BENCH_BIG", "") not in ("", "0"),
+                    help="also measure a 1 GB blob (or BENCH_BIG=1)")
+    ap.add_argument("--fake-blobs", type=int, default=100_000)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    args = ap.parse_args()
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    atexit.register(stop_all)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    work = tempfile.mkdtemp(prefix="regmirror-bench-")
+    log(f"working in {work}")
+    b = Bench(args, work)
+    ok = False
+    try:
+        b.start()
+        one_cold = None
+        for blob in b.blobs:
+            b.warm_up(blob)
+            b.warm_blob(blob)
+            b.single_client(blob)
+        for blob in b.blobs:
+            cold = b.cold_blob(blob)
+            one_cold = one_cold or cold
+        b.fifty_cold(b.blobs[0], one_cold)
+        b.restart_regmirror(fresh=False)
+        for blob in b.blobs:
+            b.warm_up(blob)
+            b.peak_rss(blob)
+        b.manifests()
+        b.startup(args.fake_blobs)
+        ok = True
+    finally:
+        stop_all()
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        elif not ok:
+            log(f"failed; logs and data kept in {work}")
+
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    out = {"started": started.isoformat(timespec="seconds"), "seconds": round((finished - started).total_seconds()),
+           "git": git_rev(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "reps": args.reps,
+           "machine": machine(), "rows": b.rows, "raw": b.raw}
+    os.makedirs(args.results, exist_ok=True)
+    path = os.path.join(args.results, started.strftime("%Y%m%dT%H%M%SZ") + ".json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    m = out["machine"]
+    print(f"\nregmirror {out['git']} | {started:%Y-%m-%d %H:%M} UTC | {m['cpus']} CPUs ({m['cpu_model']}), "
+          f"{m['mem_gib']} GiB, {m['os']} | median of {args.reps} | {out['seconds']} s\n")
+    print(table(b.rows))
+    print(f"\nraw results: {path}")
+    missed = [r["measure"].strip() for r in b.rows if r["met"] is False]
+    print("targets missed: " + ("; ".join(missed) if missed else "none"))
+
+
+if __name__ == "__main__":
+    main()
