@@ -157,7 +157,7 @@ def first_200(port, proc, path="/v2/", timeout=20.0):
         if not proc.alive():
             return None
         try:
-            status, _, _ = http_request(port, "GET", path, timeout=2)
+            status, _, _ = http_request(port, "HEAD" if path.startswith("/blob") else "GET", path, timeout=2)
             if status == 200:
                 return time.perf_counter() - proc.started
         except OSError:
@@ -479,15 +479,8 @@ class Bench:
         self.nginx = start_nginx(self.work, {b["label"]: distribution_blob_file(self.upstream.root, b["digest"])
                                              for b in self.blobs})
         self.restart_regmirror(fresh=True)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                if http_request(self.nginx.port, "HEAD", "/blob-256MB")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise SystemExit(f"bench: nginx did not come up; see {self.work}/nginx/error.log")
+        if first_200(self.nginx.port, self.nginx, "/blob-256MB", timeout=10) is None:
+            raise SystemExit(f"bench: nginx does not serve the blob; see {self.work}/nginx/error.log")
 
     def restart_regmirror(self, fresh, data_dir=None, upstream_port=None):
         """Stop regmirror (if running) and start a new one; `fresh` empties its data dir."""
@@ -833,6 +826,7 @@ def main():
     atexit.register(stop_all)
     started = datetime.datetime.now(datetime.timezone.utc)
     work = tempfile.mkdtemp(prefix="regmirror-bench-")
+    os.chmod(work, 0o755)  # nginx workers (www-data) read the upstream's blob file
     log(f"working in {work}")
     b = Bench(args, work)
     ok = False
