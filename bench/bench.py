@@ -509,6 +509,10 @@ class Bench:
             f.seek(offset)
             return sum(1 for line in f if needle in line)
 
+    def note_load(self, row):
+        """The 1-minute load average as a row starts: the machine is shared, so the JSON says how busy."""
+        self.raw.setdefault("loadavg_1min_at_start", {})[row] = os.getloadavg()[0]
+
     def add(self, measure, rm, peer, peer_name, ratio, target, met, unit=""):
         self.rows.append({"measure": measure, "regmirror": rm, "peer": peer, "peer_name": peer_name,
                           "ratio": ratio, "target": target, "met": met, "unit": unit})
@@ -530,6 +534,7 @@ class Bench:
 
     def warm_blob(self, blob):
         """Row 1: 4 parallel clients (wrk -c4), aggregate GB/s and server CPU-seconds per GB."""
+        self.note_load(f"warm_blob_{blob['label']}")
         label = blob["label"]
         servers = [("regmirror", lambda: self.rm, self.blob_path(blob)),
                    ("nginx", lambda: self.nginx, f"/blob-{label}"),
@@ -562,6 +567,7 @@ class Bench:
 
     def single_client(self, blob):
         """Single-client GB/s with hyperfine (bounded by curl here: reported, not targeted)."""
+        self.note_load(f"single_client_{blob['label']}")
         out = os.path.join(self.work, f"hyperfine-{blob['label']}.json")
         cmds = [("regmirror", self.rm.port, self.blob_path(blob)), ("nginx", self.nginx.port, f"/blob-{blob['label']}"),
                 ("distribution", self.proxy.port, self.blob_path(blob))]
@@ -578,6 +584,7 @@ class Bench:
 
     def cold_blob(self, blob):
         """Row 2: one cold GET through regmirror (empty data dir, new process) vs straight from the upstream."""
+        self.note_load(f"cold_blob_{blob['label']}")
         raw = {"regmirror_s": [], "direct_s": []}
         for rep in range(self.reps):
             self.restart_regmirror(fresh=True)
@@ -596,6 +603,7 @@ class Bench:
 
     def fifty_cold(self, blob, one_cold_s):
         """Row 3: 50 concurrent cold GETs of one blob: upstream fetches and wall time."""
+        self.note_load("fifty_cold")
         raw = {"fetches": [], "wall_s": [], "peak_rss_kb": [], "nginx_warm_wall_s": []}
         for rep in range(self.reps):
             self.restart_regmirror(fresh=True)
@@ -634,6 +642,7 @@ class Bench:
 
     def peak_rss(self, blob):
         """Row 5: VmHWM while 1 and 50 clients stream the (warm) blob, regmirror and distribution."""
+        self.note_load(f"peak_rss_{blob['label']}")
         raw = {f"{s}_{n}": [] for s in ("regmirror", "distribution") for n in (1, 50)}
         for rep in range(self.reps):
             for name, p in (("regmirror", self.rm), ("distribution", self.proxy)):
@@ -651,6 +660,7 @@ class Bench:
 
     def manifests(self):
         """Row 4: warm manifest GETs, wrk -c64, by tag and by digest."""
+        self.note_load("manifests")
         m = self.index
         accept = f"Accept: {m['media_type']}"
         paths = {"tag": f"/v2/{m['repo']}/manifests/{m['tag']}", "digest": f"/v2/{m['repo']}/manifests/{m['digest']}"}
@@ -677,6 +687,7 @@ class Bench:
 
     def startup(self, fake_blobs):
         """Row 6: start-up to the first 200 on /v2/ with many cached blobs; then with the upstream down."""
+        self.note_load("startup")
         self.rm.stop()
         t = time.perf_counter()
         make_fake_blobs(self.rm.data_dir, fake_blobs)
@@ -864,8 +875,10 @@ def main():
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     m = out["machine"]
+    loads = out["raw"].get("loadavg_1min_at_start", {}).values()
+    load_txt = f" | load avg {min(loads):.1f}-{max(loads):.1f}" if loads else ""
     print(f"\nregmirror {out['git']} | {started:%Y-%m-%d %H:%M} UTC | {m['cpus']} CPUs ({m['cpu_model']}), "
-          f"{m['mem_gib']} GiB, {m['os']} | median of {args.reps} | {out['seconds']} s\n")
+          f"{m['mem_gib']} GiB, {m['os']} | median of {args.reps} | {out['seconds']} s{load_txt}\n")
     print(table(b.rows))
     print(f"\nraw results: {path}")
     missed = [r["measure"].strip() for r in b.rows if r["met"] is False]
