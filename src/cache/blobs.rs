@@ -116,6 +116,9 @@ impl Cache {
         head: bool,
         status: CacheStatus,
     ) -> Result<Blob> {
+        if status == CacheStatus::Joined {
+            metrics::counter!(crate::metrics::JOINED, "kind" => "blob").increment(1);
+        }
         let state = fill.wait_started().await;
         match &state.outcome {
             Some(Err(e)) => return Err(e.clone()),
@@ -190,6 +193,7 @@ impl Cache {
             }
             Ok(())
         };
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
         let outcome = match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!("blob fill exceeded {}s", deadline.as_secs())))),
@@ -198,6 +202,9 @@ impl Cache {
             Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
             Err(e) => tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed"),
         }
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!(crate::metrics::FILLS_TOTAL, "outcome" => label).increment(1);
         writer.finish(outcome);
         self.fills.remove(&fill);
     }

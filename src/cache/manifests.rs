@@ -89,6 +89,7 @@ impl Cache {
         result.map(|mut m| {
             if !leader && m.status == CacheStatus::Miss {
                 m.status = CacheStatus::Joined;
+                metrics::counter!(crate::metrics::JOINED, "kind" => "manifest").increment(1);
             }
             m
         })
@@ -121,6 +122,7 @@ impl Cache {
     fn stale(&self, up: &Upstream, repo: &str, tag: &str, mut cached: Manifest, e: &upstream::Error) -> Manifest {
         tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
         cached.status = CacheStatus::Stale;
+        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string()).increment(1);
         cached
     }
 

@@ -155,6 +155,13 @@ impl Cache {
         self.policies.get(upstream).unwrap_or(&self.default_policy)
     }
 
+    /// Ready to serve: storage accepts a write and a delete.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.storage.put("readyz-probe", Bytes::from_static(b"ok")).await?;
+        self.storage.delete("readyz-probe").await?;
+        Ok(())
+    }
+
     /// Number of blob fills running now.
     pub fn fills_in_flight(&self) -> usize {
         self.fills.len()
