@@ -77,6 +77,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     let spool = storage.tmp_dir();
     let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool)?);
+    let policy = cache.evict_policy();
+    if policy.max_size.is_some() || policy.max_age.is_some() {
+        let (cache, every) = (cache.clone(), Duration::from_secs(config.gc_interval_secs));
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = cache.evict(policy).await {
+                    tracing::warn!(error = %e, "eviction failed");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     let app = Arc::new(App { cache, routing: RoutingTable::new(&config) });
     let bound = bind(&config).await?;
     serve(app, bound, Limits::from_config(&config), shutdown).await

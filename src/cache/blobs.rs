@@ -94,11 +94,12 @@ impl Cache {
             Err(e) => return Err(e.into()),
         };
         let r = range.map(|r| r.resolve(meta.size)).transpose()?;
+        self.note_access(&key, meta.modified).await;
         let body = if head {
             None
         } else {
             match self.storage.get_stream(&key, r.clone()).await {
-                Ok(s) => Some(s),
+                Ok(s) => Some(self.in_use.guard(key.clone(), s)),
                 // Removed (evicted) between head and open: treat as a miss.
                 Err(storage::Error::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -198,6 +199,22 @@ impl Cache {
             Ok(r) => r,
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!("blob fill exceeded {}s", deadline.as_secs())))),
         };
+        if matches!(&outcome, Err(Error::Storage(m)) if m.contains("No space left")) {
+            // Disk full: make room in the background so that the next fill can succeed.
+            let cache = self.clone();
+            tokio::spawn(async move {
+                let mut policy = cache.evict_policy();
+                if policy.max_size.is_none() {
+                    if let Ok(all) = super::evict::objects(cache.storage.as_ref()).await {
+                        let total: u64 = all.iter().map(|m| m.size).sum();
+                        policy.max_size = Some(total - total / 10);
+                    }
+                }
+                if let Err(e) = cache.evict(policy).await {
+                    tracing::warn!(error = %e, "eviction after a full disk failed");
+                }
+            });
+        }
         match &outcome {
             Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
             Err(e) => tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed"),

@@ -177,8 +177,14 @@ impl Cache {
     }
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
-        match self.storage.get(&keys::manifest(d)).await {
-            Ok(stored) => Ok(decode_manifest(stored)),
+        let key = keys::manifest(d);
+        match self.storage.get(&key).await {
+            Ok(stored) => {
+                if let Ok(meta) = self.storage.head(&key).await {
+                    self.note_access(&key, meta.modified).await;
+                }
+                Ok(decode_manifest(stored))
+            }
             Err(storage::Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
