@@ -152,8 +152,8 @@ mod tests {
         assert_eq!(report, Report { objects: 2, bytes: 200, evicted_objects: 2, evicted_bytes: 200 });
         let left: Vec<String> = objects(&s).await.unwrap().into_iter().map(|m| m.key).collect();
         assert_eq!(left, vec!["blobs/sha256/aa/a1", "blobs/sha256/dd/d4"]);
-        // Age limit: everything older than 650 s goes (a1 at 1000 s, now not in use).
-        let report = run(&s, Policy { max_size: None, max_age: Some(Duration::from_secs(650)) }, &|_| false).await.unwrap();
+        // Age limit: everything older than 800 s goes (a1 at 1000 s, now not in use; d4 is 700 s old).
+        let report = run(&s, Policy { max_size: None, max_age: Some(Duration::from_secs(800)) }, &|_| false).await.unwrap();
         assert_eq!((report.evicted_objects, report.objects), (1, 1));
         assert!(s.head("tags/u/r/_tag/t").await.is_ok(), "tag records are not evicted");
     }
