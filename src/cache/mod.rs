@@ -8,6 +8,7 @@
 mod blobs;
 pub mod evict;
 pub mod fill;
+pub mod inventory;
 mod manifests;
 pub mod tags;
 
