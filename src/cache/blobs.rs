@@ -181,6 +181,8 @@ impl Cache {
         let deadline = fill_deadline(self.fill_timeout_secs);
         let digest = fill.digest.clone();
         let work = async {
+            // Wait for a download slot; the wait counts against the fill deadline.
+            let _slot = self.fill_slots.acquire().await.map_err(|_| Error::Storage("shutting down".into()))?;
             let mut req = Request::new(Method::GET, &repo, format!("blobs/{digest}"));
             req.streaming = true;
             let resp = up.send(&req).await.map_err(blob_error)?;

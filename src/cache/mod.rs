@@ -101,6 +101,8 @@ pub struct Cache {
     manifest_flights: manifests::Flights,
     in_use: Arc<evict::InUse>,
     evict_policy: evict::Policy,
+    /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
+    fill_slots: Arc<tokio::sync::Semaphore>,
     /// Upstream fetches started, by kind, for tests and metrics.
     pub counters: Counters,
 }
@@ -134,6 +136,7 @@ impl Cache {
             tag_ttl: TagTtl::default(),
             manifest_flights: Default::default(),
             in_use: Arc::default(),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
             evict_policy: Cache::policy_from_config(config),
             counters: Counters::default(),
         })
