@@ -89,6 +89,7 @@ impl Cache {
         result.map(|mut m| {
             if !leader && m.status == CacheStatus::Miss {
                 m.status = CacheStatus::Joined;
+                metrics::counter!(crate::metrics::JOINED, "kind" => "manifest").increment(1);
             }
             m
         })
@@ -121,6 +122,7 @@ impl Cache {
     fn stale(&self, up: &Upstream, repo: &str, tag: &str, mut cached: Manifest, e: &upstream::Error) -> Manifest {
         tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
         cached.status = CacheStatus::Stale;
+        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string()).increment(1);
         cached
     }
 
@@ -144,10 +146,12 @@ impl Cache {
         let media_type = media::manifest_media_type(&body, declared_type.as_deref())
             .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
         self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
+        self.hot.put_manifest(digest.clone(), media_type.clone(), body.clone());
         if let Reference::Tag(tag) = reference {
             let record = TagRecord { digest: digest.to_string(), media_type: media_type.clone(), size: body.len() as u64 };
             let json = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
             self.storage.put(&keys::tag(up.name(), repo, tag), Bytes::from(json)).await?;
+            self.hot.put_tag(up.name(), repo, tag, record);
             self.tag_ttl.confirm(up.name(), repo, tag);
         }
         tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
@@ -175,8 +179,20 @@ impl Cache {
     }
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
-        match self.storage.get(&keys::manifest(d)).await {
-            Ok(stored) => Ok(decode_manifest(stored)),
+        let key = keys::manifest(d);
+        if let Some(hot) = self.hot.manifest(d) {
+            self.note_access(&key, None).await;
+            return Ok(Some(hot));
+        }
+        match self.storage.get(&key).await {
+            Ok(stored) => {
+                self.note_access(&key, None).await;
+                let decoded = decode_manifest(stored);
+                if let Some((mt, body)) = &decoded {
+                    self.hot.put_manifest(d.clone(), mt.clone(), body.clone());
+                }
+                Ok(decoded)
+            }
             Err(storage::Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -184,12 +200,19 @@ impl Cache {
 
     /// The manifest a cached tag record points to, when both are stored.
     async fn cached_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<Manifest>> {
-        let record = match self.storage.get(&keys::tag(upstream, repo, tag)).await {
-            Ok(b) => b,
-            Err(storage::Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let record = match self.hot.tag(upstream, repo, tag) {
+            Some(r) => r,
+            None => {
+                let raw = match self.storage.get(&keys::tag(upstream, repo, tag)).await {
+                    Ok(b) => b,
+                    Err(storage::Error::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else { return Ok(None) };
+                self.hot.put_tag(upstream, repo, tag, record.clone());
+                record
+            }
         };
-        let Ok(record) = serde_json::from_slice::<TagRecord>(&record) else { return Ok(None) };
         let Ok(digest) = record.digest.parse::<Digest>() else { return Ok(None) };
         Ok(self.stored_manifest(&digest).await?.map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
     }

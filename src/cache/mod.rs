@@ -6,7 +6,10 @@
 //! error codes (that is [`crate::api`]'s job).
 
 mod blobs;
+pub mod evict;
 pub mod fill;
+mod hot;
+pub mod inventory;
 mod manifests;
 pub mod tags;
 
@@ -97,6 +100,13 @@ pub struct Cache {
     fills: Fills,
     tag_ttl: TagTtl,
     manifest_flights: manifests::Flights,
+    in_use: Arc<evict::InUse>,
+    hot: hot::Hot,
+    /// When each key's access time was last written to storage (throttles `touch`).
+    touched: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
+    evict_policy: evict::Policy,
+    /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
+    fill_slots: Arc<tokio::sync::Semaphore>,
     /// Upstream fetches started, by kind, for tests and metrics.
     pub counters: Counters,
 }
@@ -129,6 +139,11 @@ impl Cache {
             fills: Fills::default(),
             tag_ttl: TagTtl::default(),
             manifest_flights: Default::default(),
+            in_use: Arc::default(),
+            hot: hot::Hot::new(32 << 20, 100_000),
+            touched: Default::default(),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
+            evict_policy: Cache::policy_from_config(config),
             counters: Counters::default(),
         })
     }
@@ -153,6 +168,41 @@ impl Cache {
 
     fn policy(&self, upstream: &str) -> &TagPolicy {
         self.policies.get(upstream).unwrap_or(&self.default_policy)
+    }
+
+    /// The eviction policy from the configuration.
+    pub fn evict_policy(&self) -> evict::Policy {
+        self.evict_policy
+    }
+
+    /// Refresh an object's last-access time (for LRU eviction), at most about once a minute per
+    /// object. `modified` is the stored time when the caller already knows it.
+    async fn note_access(&self, key: &str, modified: Option<u64>) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs()) {
+            return;
+        }
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched.get(key).is_some_and(|t| t.elapsed() < EVERY) {
+                return;
+            }
+            if touched.len() > 100_000 {
+                touched.retain(|_, t| t.elapsed() < EVERY);
+            }
+            touched.insert(key.to_string(), tokio::time::Instant::now());
+        }
+        if let Err(e) = self.storage.touch(key).await {
+            tracing::debug!(%key, error = %e, "cannot record access time");
+        }
+    }
+
+    /// Ready to serve: storage accepts a write and a delete.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.storage.put("readyz-probe", Bytes::from_static(b"ok")).await?;
+        self.storage.delete("readyz-probe").await?;
+        Ok(())
     }
 
     /// Number of blob fills running now.
