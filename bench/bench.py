@@ -645,12 +645,22 @@ class Bench:
         self.note_load(f"peak_rss_{blob['label']}")
         raw = {f"{s}_{n}": [] for s in ("regmirror", "distribution") for n in (1, 50)}
         for rep in range(self.reps):
-            for name, p in (("regmirror", self.rm), ("distribution", self.proxy)):
+            for name in ("regmirror", "distribution"):
                 for n in (1, 50):
-                    p.reset_peak_rss()
+                    # A fresh process each time (warm storage kept): VmHWM is then this run's peak,
+                    # not memory an allocator or a garbage collector kept from an earlier run.
+                    if name == "regmirror":
+                        self.restart_regmirror(fresh=False)
+                        p = self.rm
+                    else:
+                        self.proxy.stop()
+                        self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
+                        ready(self.proxy, "distribution proxy")
+                        p = self.proxy
                     _, res = fetch_clients(n, p.port, self.blob_path(blob))
                     check_all(res, blob["size"], f"{n} warm GETs from {name}")
                     raw[f"{name}_{n}"].append(p.status_kb("VmHWM"))
+            log(f"peak RSS {blob['label']} rep {rep + 1}: " + ", ".join(f"{k} {v[-1] / 1024:.1f} MB" for k, v in raw.items()))
         self.raw[f"peak_rss_{blob['label']}_kb"] = raw
         mb = {k: median(v) / 1024 for k, v in raw.items()}
         self.add(f"peak RSS, 50 clients streaming {blob['label']} (warm), MB", mb["regmirror_50"], mb["distribution_50"],
