@@ -114,15 +114,6 @@ class Proc:
                 pass
         return total
 
-    def reset_peak_rss(self):
-        """Reset VmHWM to the current RSS (clear_refs 5, Linux >= 4.0)."""
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                pass
-
 
 def stop_all():
     for p in list(reversed(Proc.live)):
