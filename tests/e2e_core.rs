@@ -1,12 +1,33 @@
-//! End-to-end tests for "The core": routing styles, byte-exact manifests and blobs, the raw
+//! End-to-end tests for "The core": every routing style with byte-identical copies, the raw
 //! distribution API surface, bad input, and digest verification of upstream bytes.
+//!
+//! Real parts only: distribution 2.8 upstreams (htpasswd Basic and token auth), the regmirror
+//! binary, skopeo. See tests/support/world.rs for the standard world.
 
 mod support;
 
-use support::image::MultiImage;
+use reqwest::Method;
+use support::client::{raw_request, RegistryClient};
+use support::image::{Image, MultiImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use support::mirror::Regmirror;
 use support::registry::Registry;
 use support::seed::{seed, Seeded};
 use support::skopeo::{self, CopyOptions, DirImage};
+use support::world::{Forwarder, World, TOK_ALIAS, TOK_HOST};
+
+fn tags_of(r: &support::client::Reply) -> Vec<String> {
+    let v = r.json();
+    let tags = v["tags"].as_array().unwrap_or_else(|| panic!("no tags array in {v}"));
+    tags.iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+fn all() -> CopyOptions {
+    CopyOptions { all: true, ..Default::default() }
+}
+
+fn arch(a: &str) -> CopyOptions {
+    CopyOptions { arch: Some(a.into()), ..Default::default() }
+}
 
 /// Assert a `--all` copy of `multi` is byte-identical: top manifest, every instance, every blob.
 fn assert_multi_copy(copy: &DirImage, multi: &MultiImage, what: &str) {
@@ -23,11 +44,67 @@ fn assert_multi_copy(copy: &DirImage, multi: &MultiImage, what: &str) {
 }
 
 /// Assert a single-platform copy got exactly `img`.
-fn assert_single_copy(copy: &DirImage, img: &support::image::Image, what: &str) {
+fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
     assert_eq!(copy.manifest_digest(), img.manifest.digest, "{what}: manifest digest");
+    assert_eq!(copy.manifest(), img.manifest.bytes.as_slice(), "{what}: manifest bytes");
     let mut want: Vec<String> = img.blobs().iter().map(|b| b.digest.clone()).collect();
     want.sort();
     assert_eq!(copy.blob_digests(), want, "{what}: blobs");
+}
+
+/// Copy the index, the manifest list and both single images of `seed` through `prefix`
+/// (`MIRROR_ADDR/<routing prefix>`), asserting byte-identical results.
+async fn copy_seed_through(prefix: &str, seed: &Seeded, short_multi: &str, short_single: &str, work: &std::path::Path) {
+    let idx = skopeo::copy(&format!("{prefix}/{short_multi}:v1"), work, &all()).await.unwrap();
+    assert_multi_copy(&idx, &seed.index, &format!("{prefix}/{short_multi}:v1 (OCI index)"));
+    let list = skopeo::copy(&format!("{prefix}/{short_multi}:list"), work, &all()).await.unwrap();
+    assert_multi_copy(&list, &seed.list, &format!("{prefix}/{short_multi}:list (Docker manifest list)"));
+    let oci = skopeo::copy(&format!("{prefix}/{short_single}:oci"), work, &CopyOptions::default()).await.unwrap();
+    assert_single_copy(&oci, &seed.oci, &format!("{prefix}/{short_single}:oci"));
+    let docker = skopeo::copy(&format!("{prefix}/{short_single}:docker"), work, &CopyOptions::default()).await.unwrap();
+    assert_single_copy(&docker, &seed.docker, &format!("{prefix}/{short_single}:docker"));
+}
+
+/// Assert the mirror logged a manifest request for `path` routed by `route` to `upstream`/`repository`.
+fn assert_routed(mirror: &Regmirror, path: &str, route: &str, upstream: &str, repository: &str) {
+    let records = mirror.requests();
+    let hits: Vec<_> = records.iter().filter(|r| r.path == path).collect();
+    assert!(!hits.is_empty(), "no request record for {path}; records: {:#?}", records.iter().map(|r| &r.path).collect::<Vec<_>>());
+    for r in hits {
+        assert_eq!(
+            (r.route.as_str(), r.upstream.as_str(), r.repository.as_str()),
+            (route, upstream, repository),
+            "request record for {path}: {}",
+            r.raw
+        );
+        assert!(r.status == 200 || r.status == 304, "status of {path}: {}", r.raw);
+        assert!(["hit", "miss", "joined", "stale"].contains(&r.cache.as_str()), "cache field of {path}: {}", r.raw);
+    }
+}
+
+/// Fetch `multi` and everything it references with raw API calls under `name` (+ `query`),
+/// asserting statuses, digests and bytes. Returns the responses' `OCI-Namespace` headers.
+async fn fetch_multi_raw(c: &RegistryClient, name: &str, query: &str, multi: &MultiImage, tag: &str) -> Vec<Option<String>> {
+    let mut ns_headers = Vec::new();
+    let top = c.manifest(Method::GET, &format!("{name}"), &format!("{tag}{query}")).await;
+    assert_eq!(top.status, 200, "GET /v2/{name}/manifests/{tag}{query}: {}", top.text());
+    assert_eq!(top.header("docker-content-digest"), Some(multi.manifest.digest.as_str()), "index digest via {name}{query}");
+    assert_eq!(top.body, multi.manifest.bytes, "index bytes via {name}{query}");
+    ns_headers.push(top.header("oci-namespace").map(str::to_string));
+    for child in &multi.children {
+        let m = c.manifest(Method::GET, name, &format!("{}{query}", child.manifest.digest)).await;
+        assert_eq!(m.status, 200, "child manifest {} via {name}{query}: {}", child.manifest.digest, m.text());
+        assert_eq!(m.body, child.manifest.bytes, "child manifest bytes via {name}{query}");
+        assert_eq!(m.header("content-type"), Some(child.manifest.media_type.as_str()));
+        ns_headers.push(m.header("oci-namespace").map(str::to_string));
+        for b in child.blobs() {
+            let r = c.get(&format!("/v2/{name}/blobs/{}{query}", b.digest), &[]).await;
+            assert_eq!(r.status, 200, "blob {} via {name}{query}: {}", b.digest, r.text());
+            assert!(r.body == b.bytes, "blob {} bytes via {name}{query}", b.digest);
+            ns_headers.push(r.header("oci-namespace").map(str::to_string));
+        }
+    }
+    ns_headers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,8 +113,8 @@ async fn harness_seeds_token_and_basic_registries_and_skopeo_copies_directly() {
     let work = tempfile::tempdir().unwrap();
     let token_reg = Registry::token("puller", "token-secret").await;
     let basic_reg = Registry::basic("puller", "basic-secret").await;
-    let a: Seeded = seed(&token_reg, "team/multi", "team/single", "token-upstream").await;
-    let b: Seeded = seed(&basic_reg, "library/busybox", "library/hello", "basic-upstream").await;
+    let a = seed(&token_reg, "team/multi", "team/single", "token-upstream").await;
+    let b = seed(&basic_reg, "library/busybox", "library/hello", "basic-upstream").await;
     assert_ne!(a.index.manifest.digest, b.index.manifest.digest, "labels make the upstreams' images distinct");
 
     for (reg, s) in [(&token_reg, &a), (&basic_reg, &b)] {
@@ -63,4 +140,230 @@ async fn harness_seeds_token_and_basic_registries_and_skopeo_copies_directly() {
     assert!(granted >= 2, "token server issued tokens");
     let layer = &a.index.child("amd64").layers[1].digest;
     assert!(token_reg.count_blob_gets("team/multi", layer) >= 1, "access log counts blob GETs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_route_by_upstream_name() {
+    require_tools!();
+    let w = World::start().await;
+    let m = w.mirror.addr();
+    // docker.io (the Basic-auth upstream) named as the first path segment.
+    copy_seed_through(&format!("{m}/docker.io"), &w.hub_seed, "library/busybox", "library/hello", w.work.path()).await;
+    assert_routed(&w.mirror, "/v2/docker.io/library/busybox/manifests/v1", "prefix", "docker.io", "library/busybox");
+    // A host:port upstream name cannot appear in a skopeo reference; use the raw API.
+    let name = format!("{}/team/multi", w.tok_name());
+    fetch_multi_raw(&w.mirror_client(), &name, "", &w.tok_seed.index, "v1").await;
+    fetch_multi_raw(&w.mirror_client(), &name, "", &w.tok_seed.list, "list").await;
+    assert_routed(&w.mirror, &format!("/v2/{name}/manifests/v1"), "prefix", &w.tok_name(), "team/multi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_route_and_second_pull_is_served_from_cache() {
+    require_tools!();
+    let w = World::start().await;
+    let prefix = format!("{}/{TOK_ALIAS}", w.mirror.addr());
+    copy_seed_through(&prefix, &w.tok_seed, "team/multi", "team/single", w.work.path()).await;
+    assert_routed(&w.mirror, &format!("/v2/{TOK_ALIAS}/team/multi/manifests/v1"), "prefix", &w.tok_name(), "team/multi");
+    // Pull everything again: every blob reached the upstream exactly once (blobs are content
+    // addressed, so the busybox layer shared by both repositories counts once in all).
+    copy_seed_through(&prefix, &w.tok_seed, "team/multi", "team/single", w.work.path()).await;
+    let s = &w.tok_seed;
+    for img in s.index.children.iter().chain(&s.list.children).chain([&s.oci, &s.docker]) {
+        for b in img.blobs() {
+            let n = w.tok.count_blob_gets_any(&b.digest);
+            assert_eq!(n, 1, "upstream GETs of blob {} after two pulls through the mirror", b.digest);
+        }
+    }
+    assert!(w.mirror.requests().iter().any(|r| r.cache == "hit"), "second pull produced cache hits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_route() {
+    require_tools!();
+    let w = World::start().await;
+    // The mirror listens on 127.0.0.1 only; socat on 127.0.0.2 makes skopeo send Host: 127.0.0.2:PORT.
+    let fwd = Forwarder::start(TOK_HOST, &w.mirror.addr()).await;
+    copy_seed_through(&fwd.addr, &w.tok_seed, "team/multi", "team/single", w.work.path()).await;
+    assert_routed(&w.mirror, "/v2/team/multi/manifests/v1", "host", &w.tok_name(), "team/multi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_listener_route() {
+    require_tools!();
+    let w = World::start().await;
+    let dedicated = w.mirror.dedicated_url(&w.tok_name()).trim_start_matches("http://").to_string();
+    copy_seed_through(&dedicated, &w.tok_seed, "team/multi", "team/single", w.work.path()).await;
+    assert_routed(&w.mirror, "/v2/team/multi/manifests/v1", "listener", &w.tok_name(), "team/multi");
+    // The dedicated listener serves only its upstream: docker.io's images are not there.
+    let c = RegistryClient::new(w.mirror.dedicated_url(&w.tok_name()), None);
+    let r = c.manifest(Method::GET, "library/busybox", "v1").await;
+    assert!(r.status == 404, "docker.io image via the token upstream's listener: {} {}", r.status, r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_upstream_route_adds_library() {
+    require_tools!();
+    let w = World::start().await;
+    let m = w.mirror.addr();
+    // `busybox` -> docker.io `library/busybox`.
+    let idx = skopeo::copy(&format!("{m}/busybox:v1"), w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&idx, &w.hub_seed.index, "busybox:v1 via default upstream");
+    let list = skopeo::copy(&format!("{m}/busybox:list"), w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&list, &w.hub_seed.list, "busybox:list via default upstream");
+    let hello = skopeo::copy(&format!("{m}/hello:docker"), w.work.path(), &CopyOptions::default()).await.unwrap();
+    assert_single_copy(&hello, &w.hub_seed.docker, "hello:docker via default upstream");
+    let full = skopeo::copy(&format!("{m}/library/hello:oci"), w.work.path(), &CopyOptions::default()).await.unwrap();
+    assert_single_copy(&full, &w.hub_seed.oci, "library/hello:oci via default upstream");
+    assert_routed(&w.mirror, "/v2/busybox/manifests/v1", "default", "docker.io", "library/busybox");
+    assert_routed(&w.mirror, "/v2/library/hello/manifests/oci", "default", "docker.io", "library/hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ns_query_route() {
+    require_tools!();
+    let w = World::start().await;
+    let c = w.mirror_client();
+    // containerd style: ?ns=127.0.0.1%3APORT on every request, repository without prefix.
+    let encoded: String = url::form_urlencoded::byte_serialize(w.tok_name().as_bytes()).collect();
+    let q = format!("?ns={encoded}");
+    for ns in fetch_multi_raw(&c, "team/multi", &q, &w.tok_seed.index, "v1").await {
+        assert_eq!(ns.as_deref(), Some(w.tok_name().as_str()), "OCI-Namespace header");
+    }
+    fetch_multi_raw(&c, "team/multi", &q, &w.tok_seed.list, "list").await;
+    assert_routed(&w.mirror, "/v2/team/multi/manifests/v1", "ns", &w.tok_name(), "team/multi");
+    // ?ns=docker.io with a single-segment name gets library/.
+    for ns in fetch_multi_raw(&c, "busybox", "?ns=docker.io", &w.hub_seed.index, "v1").await {
+        assert_eq!(ns.as_deref(), Some("docker.io"), "OCI-Namespace header");
+    }
+    assert_routed(&w.mirror, "/v2/busybox/manifests/v1", "ns", "docker.io", "library/busybox");
+    // HEAD with ?ns= carries the same digest.
+    let head = c.manifest(Method::HEAD, "team/multi", &format!("v1{q}")).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("docker-content-digest"), Some(w.tok_seed.index.manifest.digest.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_platform_copy_gets_the_requested_platform() {
+    require_tools!();
+    let w = World::start().await;
+    let prefix = format!("{}/{TOK_ALIAS}/team/multi", w.mirror.addr());
+    for (tag, multi) in [("v1", &w.tok_seed.index), ("list", &w.tok_seed.list)] {
+        for a in ["amd64", "arm64"] {
+            let copy = skopeo::copy(&format!("{prefix}:{tag}"), w.work.path(), &arch(a)).await.unwrap();
+            assert_single_copy(&copy, multi.child(a), &format!("{prefix}:{tag} --override-arch {a}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_root_manifest_headers_tags_list_and_accept_headers() {
+    require_tools!();
+    let w = World::start().await;
+    let c = w.mirror_client();
+    let root = c.get("/v2/", &[]).await;
+    assert_eq!(root.status, 200, "GET /v2/: {}", root.text());
+    assert_eq!(root.header("docker-distribution-api-version"), Some("registry/2.0"));
+
+    // GET and HEAD agree on Content-Type, Docker-Content-Digest and Content-Length.
+    let s = &w.tok_seed;
+    let name = format!("{TOK_ALIAS}/team/multi");
+    let cases: Vec<(&str, &str, &support::image::Blob, &str)> = vec![
+        (&name, "v1", &s.index.manifest, OCI_INDEX),
+        (&name, "list", &s.list.manifest, DOCKER_LIST),
+        (&name, &s.index.children[1].manifest.digest, &s.index.children[1].manifest, OCI_MANIFEST),
+        ("tok/team/single", "docker", &s.docker.manifest, DOCKER_MANIFEST),
+        ("tok/team/single", "oci", &s.oci.manifest, OCI_MANIFEST),
+    ];
+    for (n, reference, blob, media_type) in cases {
+        let get = c.manifest(Method::GET, n, reference).await;
+        let head = c.manifest(Method::HEAD, n, reference).await;
+        for (what, r) in [("GET", &get), ("HEAD", &head)] {
+            assert_eq!(r.status, 200, "{what} {n}:{reference}: {}", r.text());
+            assert_eq!(r.header("content-type"), Some(media_type), "{what} {n}:{reference} Content-Type");
+            assert_eq!(r.header("docker-content-digest"), Some(blob.digest.as_str()), "{what} {n}:{reference} digest");
+            assert_eq!(r.header("content-length"), Some(blob.size().to_string().as_str()), "{what} {n}:{reference} length");
+        }
+        assert_eq!(get.body, blob.bytes, "GET {n}:{reference} bytes");
+        assert!(head.body.is_empty(), "HEAD {n}:{reference} has no body");
+    }
+
+    // Blob GET and HEAD.
+    let layer = &s.index.children[0].layers[1];
+    let path = format!("/v2/{name}/blobs/{}", layer.digest);
+    let head = c.send(Method::HEAD, &path, &[], None, "").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some(layer.size().to_string().as_str()));
+    assert_eq!(head.header("docker-content-digest"), Some(layer.digest.as_str()));
+
+    // tags/list, whole and paginated; Link points into the mirror's namespace.
+    let full = c.get(&format!("/v2/{name}/tags/list"), &[]).await;
+    assert_eq!(full.status, 200, "tags/list: {}", full.text());
+    let mut all_tags = tags_of(&full);
+    all_tags.sort(); // distribution 2.8 lists tags unsorted without `n`
+    assert_eq!(all_tags, s.multi_tags());
+    // dockerd sends one Accept header per media type.
+    let accepts = [
+        ("accept", DOCKER_MANIFEST),
+        ("accept", DOCKER_LIST),
+        ("accept", OCI_MANIFEST),
+        ("accept", OCI_INDEX),
+        ("accept", "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+        ("accept", "application/json"),
+    ];
+    for (reference, blob) in [("v1", &s.index.manifest), ("list", &s.list.manifest)] {
+        let r = c.send(Method::GET, &format!("/v2/{name}/manifests/{reference}"), &accepts, None, "").await;
+        assert_eq!(r.status, 200, "separate Accept headers for {reference}: {}", r.text());
+        assert_eq!(r.header("docker-content-digest"), Some(blob.digest.as_str()));
+        assert_eq!(r.body, blob.bytes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_honours_n_and_last() {
+    require_tools!();
+    let w = World::start().await;
+    let c = w.mirror_client();
+    let s = &w.tok_seed;
+    let name = format!("{TOK_ALIAS}/team/multi");
+    let mut collected = Vec::new();
+    let mut next = format!("/v2/{name}/tags/list?n=2");
+    for page in 0.. {
+        assert!(page < 5, "pagination does not end");
+        let r = c.get(&next, &[]).await;
+        assert_eq!(r.status, 200, "GET {next}: {}", r.text());
+        let tags = tags_of(&r);
+        if tags.len() > 2 {
+            let up = RegistryClient::new(&w.tok.url(), w.tok.credentials.clone());
+            let direct = up.send(Method::GET, "/v2/team/multi/tags/list?n=2", &[], None, "repository:team/multi:pull").await;
+            panic!(
+                "GET {next} returned {} tags {tags:?} (Link: {:?}); the upstream itself answers ?n=2 with {}",
+                tags.len(),
+                r.header("link"),
+                direct.text().trim()
+            );
+        }
+        collected.extend(tags.clone());
+        match r.header("link") {
+            Some(link) => {
+                let target = link.trim().strip_prefix('<').and_then(|l| l.split_once('>')).map(|(t, _)| t).unwrap();
+                assert!(
+                    target.starts_with(&format!("/v2/{name}/tags/list?")),
+                    "Link {link:?} must point into the mirror's namespace /v2/{name}/"
+                );
+                next = target.to_string();
+            }
+            None => {
+                if tags.len() == 2 && collected.len() < s.multi_tags().len() {
+                    // No Link: continue by hand with `last`.
+                    next = format!("/v2/{name}/tags/list?n=2&last={}", tags[1]);
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(collected, s.multi_tags(), "paginated tags (sorted, each once)");
+    let after = c.get(&format!("/v2/{name}/tags/list?n=10&last=v2"), &[]).await;
+    assert_eq!(tags_of(&after), vec!["v3".to_string(), "v4".to_string()], "last=v2");
+
 }

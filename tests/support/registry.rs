@@ -139,6 +139,12 @@ impl Registry {
         self.count_requests("GET", &format!("/v2/{repo}/blobs/{digest}"))
     }
 
+    /// How many blob GETs of `digest` reached the registry, in any repository.
+    pub fn count_blob_gets_any(&self, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest} HTTP/");
+        self.access_lines().iter().filter(|l| l.contains("\"GET /v2/") && l.contains(&needle)).count()
+    }
+
     /// Requests (any method) whose path starts with `prefix`, e.g. "/v2/team/multi/manifests/".
     pub fn count_prefix(&self, method: &str, prefix: &str) -> usize {
         let needle = format!("\"{method} {prefix}");
