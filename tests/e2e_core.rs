@@ -367,3 +367,256 @@ async fn tags_list_honours_n_and_last() {
     assert_eq!(tags_of(&after), vec!["v3".to_string(), "v4".to_string()], "last=v2");
 
 }
+
+/// `raw_request` off the async runtime.
+async fn raw(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> support::client::RawReply {
+    let (addr, method, target) = (addr.to_string(), method.to_string(), target.to_string());
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let body = body.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        raw_request(&addr, &method, &target, &h, &body)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
+    require_tools!();
+    let w = World::start().await;
+    let m = w.mirror.addr();
+    // Warm the cache a little so the data dir has its normal shape.
+    let warm = w.mirror_client().manifest(Method::GET, "busybox", "v1").await;
+    assert_eq!(warm.status, 200);
+    let root = w.mirror.root.path().to_path_buf();
+    let sentinel = root.join("sentinel.txt");
+    std::fs::write(&sentinel, b"untouched").unwrap();
+    let before = support::env::snapshot_tree(&root, &[&w.mirror.data_dir]);
+    let uploads_before = w.tok.count_prefix("POST", "/v2/") + w.hub.count_prefix("POST", "/v2/");
+
+    let hex = "a".repeat(64);
+    let long_name = "a".repeat(300);
+    let long_path = format!("{}x", "abcdefghij/".repeat(25));
+    let tok = w.tok_name();
+    #[rustfmt::skip]
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        // Path traversal in names, plain and percent-encoded.
+        ("GET", "/v2/tok/../../etc/passwd/manifests/latest".into(), 400, "NAME_INVALID"),
+        ("GET", "/v2/../../../etc/passwd/manifests/latest".into(), 400, "NAME_INVALID"),
+        ("GET", "/v2/library/../../x/blobs/sha256:".to_string() + &hex, 400, "NAME_INVALID"),
+        ("GET", "/v2/%2e%2e/%2e%2e/etc/manifests/latest".into(), 400, "NAME_INVALID"),
+        ("GET", "/v2/tok/team/%2E%2E%2f%2E%2E%2fescape/manifests/latest".into(), 400, "NAME_INVALID"),
+        ("GET", "/v2/tok/team/..%2f..%2f/blobs/sha256:".to_string() + &hex, 400, "NAME_INVALID"),
+        ("GET", "/v2/Library/BusyBox/manifests/v1".into(), 400, "NAME_INVALID"),
+        // Names over 255 characters.
+        ("GET", format!("/v2/{long_name}/manifests/latest"), 400, "NAME_INVALID"),
+        ("GET", format!("/v2/tok/{long_path}/manifests/latest"), 400, "NAME_INVALID"),
+        // Invalid digests.
+        ("GET", "/v2/library/busybox/blobs/sha256:abc".into(), 400, "DIGEST_INVALID"),
+        ("GET", format!("/v2/library/busybox/blobs/sha256:{}", "g".repeat(64)), 400, "DIGEST_INVALID"),
+        ("GET", format!("/v2/library/busybox/blobs/sha256:{}", "A".repeat(64)), 400, "DIGEST_INVALID"),
+        ("GET", "/v2/library/busybox/blobs/sha256:..%2f..%2f..%2fetc%2fpasswd".into(), 400, "DIGEST_INVALID"),
+        ("GET", "/v2/library/busybox/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), 400, "DIGEST_INVALID"),
+        ("HEAD", "/v2/library/busybox/blobs/sha256:1234".into(), 400, ""),
+        ("GET", "/v2/library/busybox/manifests/sha256:zzzz".into(), 400, "DIGEST_INVALID"),
+        // Unknown upstreams.
+        ("GET", "/v2/nosuch.example.com/foo/manifests/latest".into(), 404, "NAME_UNKNOWN"),
+        ("GET", "/v2/foo/manifests/latest?ns=nosuch.example.org".into(), 404, "NAME_UNKNOWN"),
+        // Push and delete attempts.
+        ("POST", "/v2/library/busybox/blobs/uploads/".into(), 405, "UNSUPPORTED"),
+        ("POST", format!("/v2/tok/team/multi/blobs/uploads/?digest=sha256:{hex}"), 405, "UNSUPPORTED"),
+        ("POST", format!("/v2/{tok}/team/multi/blobs/uploads/?mount=sha256:{hex}&from=team/single"), 405, "UNSUPPORTED"),
+        ("PATCH", "/v2/library/busybox/blobs/uploads/0f9b2c2e-1111-2222-3333-444455556666".into(), 405, "UNSUPPORTED"),
+        ("PUT", format!("/v2/library/busybox/blobs/uploads/0f9b2c2e-1111-2222-3333-444455556666?digest=sha256:{hex}"), 405, "UNSUPPORTED"),
+        ("PUT", "/v2/library/busybox/manifests/latest".into(), 405, "UNSUPPORTED"),
+        ("PUT", "/v2/tok/team/multi/manifests/v1".into(), 405, "UNSUPPORTED"),
+        ("DELETE", format!("/v2/library/busybox/manifests/{}", w.hub_seed.index.manifest.digest), 405, "UNSUPPORTED"),
+        ("DELETE", format!("/v2/tok/team/multi/blobs/{}", w.tok_seed.oci.layers[1].digest), 405, "UNSUPPORTED"),
+    ];
+    let mut failures = Vec::new();
+    for (method, target, status, code) in &cases {
+        let body: &[u8] = if *method == "PUT" { b"{\"schemaVersion\":2}" } else { b"" };
+        let headers: &[(&str, &str)] =
+            if *method == "PUT" { &[("Content-Type", OCI_MANIFEST)] } else { &[] };
+        let r = raw(&m, method, target, headers, body).await;
+        let got_code = r.error_code().unwrap_or_default();
+        if r.status != *status || (!code.is_empty() && got_code != *code) {
+            failures.push(format!("{method} {target}: want {status} {code}, got {} {}", r.status, r.text().trim()));
+        }
+        if *status == 404 && !code.is_empty() {
+            // The message names what is configured, so the user knows what to write instead.
+            let text = r.text();
+            if !(text.contains("docker.io") && text.contains(&tok)) {
+                failures.push(format!("{method} {target}: NAME_UNKNOWN message should list configured upstreams: {text}"));
+            }
+        }
+        if !(*method == "HEAD" || r.status < 400) && r.header("content-type").map_or(true, |ct| !ct.contains("json")) {
+            failures.push(format!("{method} {target}: error without a JSON Content-Type: {:?}", r.headers));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} bad-input cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+
+    // Nothing was created or removed next to the data dir, the sentinel is intact, and no push reached
+    // an upstream.
+    let after = support::env::snapshot_tree(&root, &[&w.mirror.data_dir]);
+    assert_eq!(before, after, "files outside the data dir changed");
+    assert_eq!(std::fs::read(&sentinel).unwrap(), b"untouched");
+    let uploads_after = w.tok.count_prefix("POST", "/v2/") + w.hub.count_prefix("POST", "/v2/");
+    assert_eq!(uploads_before, uploads_after, "a push attempt reached an upstream");
+    for f in support::env::files_under(&w.mirror.data_dir) {
+        let p = f.to_string_lossy();
+        assert!(!p.contains("..") && !p.contains("passwd") && !p.contains("escape"), "suspicious file in data dir: {p}");
+    }
+    assert!(w.mirror.is_running_ref(), "regmirror survived the bad input");
+}
+
+/// A tiny upstream that serves one image whose layer bytes do not match the layer's digest.
+struct LyingUpstream {
+    server: support::background::BackgroundServer,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    good: Vec<u8>,
+    bad: Vec<u8>,
+    layer_digest: String,
+    manifest: support::image::Blob,
+}
+
+fn lying_upstream() -> LyingUpstream {
+    use axum::body::Body;
+    use axum::http::{Request, Response, StatusCode};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use support::image::{Blob, OCI_CONFIG, OCI_LAYER_GZIP};
+
+    // 512 KiB so the mirror streams in many chunks; the bad copy differs in its last byte only.
+    let good: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    let layer = Blob::new(OCI_LAYER_GZIP, good.clone());
+    let config = Blob::new(OCI_CONFIG, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()],
+    });
+    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let (h, m, c, l, b) = (hits.clone(), manifest.clone(), config.clone(), layer.digest.clone(), bad.clone());
+    let router = axum::Router::new().fallback(move |req: Request<Body>| {
+        let (h, m, c, l, b) = (h.clone(), m.clone(), c.clone(), l.clone(), b.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            let reply = |status: StatusCode, ct: &str, digest: &str, body: Vec<u8>| {
+                let len = body.len();
+                let body = if req.method() == axum::http::Method::HEAD { Vec::new() } else { body };
+                Response::builder()
+                    .status(status)
+                    .header("content-type", ct)
+                    .header("docker-content-digest", digest)
+                    .header("docker-distribution-api-version", "registry/2.0")
+                    .header("content-length", len)
+                    .body(Body::from(body))
+                    .unwrap()
+            };
+            if path == "/v2/" {
+                return reply(StatusCode::OK, "application/json", "", b"{}".to_vec());
+            }
+            if path == "/v2/evil/app/manifests/v1" || path == format!("/v2/evil/app/manifests/{}", m.digest) {
+                return reply(StatusCode::OK, OCI_MANIFEST, &m.digest, m.bytes.clone());
+            }
+            if path == format!("/v2/evil/app/blobs/{}", c.digest) {
+                return reply(StatusCode::OK, "application/octet-stream", &c.digest, c.bytes.clone());
+            }
+            if path == format!("/v2/evil/app/blobs/{l}") {
+                if req.method() == axum::http::Method::GET {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                // Claims the right digest, sends the wrong bytes.
+                return reply(StatusCode::OK, "application/octet-stream", &l, b.clone());
+            }
+            let err = br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec();
+            reply(StatusCode::NOT_FOUND, "application/json", "", err)
+        }
+    });
+    LyingUpstream { server: support::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
+}
+
+/// What a client got for one blob GET.
+#[derive(Debug, PartialEq)]
+enum Transfer {
+    Refused(u16),
+    Aborted(String),
+    Complete(Vec<u8>),
+}
+
+impl Transfer {
+    fn describe(&self) -> String {
+        match self {
+            Transfer::Complete(b) => format!("complete 200 with {} bytes", b.len()),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+async fn get_blob(url: &str) -> Transfer {
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    let resp = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => return Transfer::Aborted(e.to_string()),
+    };
+    if resp.status() != 200 {
+        return Transfer::Refused(resp.status().as_u16());
+    }
+    match resp.bytes().await {
+        Ok(b) => Transfer::Complete(b.to_vec()),
+        Err(e) => Transfer::Aborted(format!("{e:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
+    require_tools!(&["openssl"]);
+    let up = lying_upstream();
+    let name = up.server.addr.to_string();
+    let mut config = support::mirror::MirrorConfig::new(vec![
+        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
+    ]);
+    config.no_builtin_upstreams = true;
+    config.default_upstream = name.clone();
+    let mirror = Regmirror::start(config).await;
+
+    // The manifest itself is fine.
+    let c = RegistryClient::new(&mirror.url, None);
+    let man = c.manifest(Method::GET, "evil-up/evil/app", "v1").await;
+    assert_eq!(man.status, 200, "{}", man.text());
+    assert_eq!(man.body, up.manifest.bytes);
+
+    let url = format!("{}/v2/evil-up/evil/app/blobs/{}", mirror.url, up.layer_digest);
+    for attempt in 1..=2 {
+        let got = get_blob(&url).await;
+        eprintln!("attempt {attempt}: {}", got.describe());
+        match &got {
+            Transfer::Refused(_) | Transfer::Aborted(_) => {}
+            Transfer::Complete(b) if b == &up.bad => {
+                panic!("attempt {attempt}: clean 200 with the complete wrong bytes for {}", up.layer_digest)
+            }
+            Transfer::Complete(b) if b == &up.good => panic!("attempt {attempt}: impossible: the good bytes were never served"),
+            Transfer::Complete(b) => panic!("attempt {attempt}: clean 200 with {} unexpected bytes", b.len()),
+        }
+    }
+    // Also through the default route (a different path to the same digest).
+    let got = get_blob(&format!("{}/v2/evil/app/blobs/{}", mirror.url, up.layer_digest)).await;
+    assert!(!matches!(got, Transfer::Complete(_)), "default route served the corrupt blob: {got:?}");
+    assert!(up.hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the mirror fetched from the lying upstream");
+
+    // Nothing under the data dir holds the bad bytes or is named after the digest with them.
+    let hex = up.layer_digest.trim_start_matches("sha256:");
+    for f in support::env::files_under(&mirror.data_dir) {
+        let meta = std::fs::metadata(&f).unwrap();
+        if meta.len() == up.bad.len() as u64 {
+            assert_ne!(std::fs::read(&f).unwrap(), up.bad, "{} holds the corrupt blob", f.display());
+        }
+        let p = f.to_string_lossy();
+        assert!(!(p.contains(hex) && !p.contains("/tmp")), "{p} is a cache entry for the unverified digest");
+    }
+    // The mirror still works afterwards.
+    let root = c.get("/v2/", &[]).await;
+    assert_eq!(root.status, 200);
+}

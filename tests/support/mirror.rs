@@ -225,6 +225,14 @@ impl Regmirror {
         self.guard.exited().is_none()
     }
 
+    /// Whether the process is still running (probing with signal 0, no reaping).
+    pub fn is_running_ref(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.guard.pid())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.guard.pid()))
+                .map(|s| s.split(' ').nth(2) == Some("Z"))
+                .unwrap_or(true)
+    }
+
     /// The captured stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
