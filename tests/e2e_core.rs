@@ -140,6 +140,34 @@ async fn harness_seeds_token_and_basic_registries_and_skopeo_copies_directly() {
     assert!(granted >= 2, "token server issued tokens");
     let layer = &a.index.child("amd64").layers[1].digest;
     assert!(token_reg.count_blob_gets("team/multi", layer) >= 1, "access log counts blob GETs");
+
+    // containerd's OAuth2 password grant works too, and the token opens the registry.
+    let ts = token_reg.token_server.as_ref().unwrap();
+    let http = reqwest::Client::new();
+    let form = format!(
+        "grant_type=password&username=puller&password=token-secret&service={}&scope=repository%3Ateam%2Fmulti%3Apull&client_id=test",
+        ts.service
+    );
+    let resp = http.post(ts.realm()).header("content-type", "application/x-www-form-urlencoded").body(form).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["expires_in"], 300);
+    let token = body["access_token"].as_str().unwrap();
+    let r = http
+        .get(format!("{}/v2/team/multi/manifests/v1", token_reg.url()))
+        .header("accept", support::image::OCI_INDEX)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), a.index.manifest.digest);
+    // A token for one repository does not open another, and bad passwords get no token.
+    let other = http.get(format!("{}/v2/team/single/manifests/oci", token_reg.url())).bearer_auth(token).send().await.unwrap();
+    assert_eq!(other.status(), 401);
+    let bad = http.get(format!("{}?service={}&scope=repository:team/multi:pull", ts.realm(), ts.service))
+        .basic_auth("puller", Some("wrong")).send().await.unwrap();
+    assert_eq!(bad.status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,8 +499,9 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
     assert!(w.mirror.is_running_ref(), "regmirror survived the bad input");
 }
 
-/// A tiny upstream that serves one image whose layer bytes do not match the layer's digest.
-struct LyingUpstream {
+/// A tiny in-process upstream: `evil/app:v1` is an image whose layer bytes do not match the
+/// layer's digest; `evil/app` tags a..e are paginated with `Link` headers.
+struct FakeUpstream {
     server: support::background::BackgroundServer,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     good: Vec<u8>,
@@ -481,7 +510,7 @@ struct LyingUpstream {
     manifest: support::image::Blob,
 }
 
-fn lying_upstream() -> LyingUpstream {
+fn fake_upstream() -> FakeUpstream {
     use axum::body::Body;
     use axum::http::{Request, Response, StatusCode};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -524,6 +553,9 @@ fn lying_upstream() -> LyingUpstream {
             if path == format!("/v2/evil/app/blobs/{}", c.digest) {
                 return reply(StatusCode::OK, "application/octet-stream", &c.digest, c.bytes.clone());
             }
+            if path == "/v2/evil/app/tags/list" {
+                return paginated_tags(req.uri().query().unwrap_or(""));
+            }
             if path == format!("/v2/evil/app/blobs/{l}") {
                 if req.method() == axum::http::Method::GET {
                     h.fetch_add(1, Ordering::SeqCst);
@@ -535,7 +567,24 @@ fn lying_upstream() -> LyingUpstream {
             reply(StatusCode::NOT_FOUND, "application/json", "", err)
         }
     });
-    LyingUpstream { server: support::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
+    FakeUpstream { server: support::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
+}
+
+/// Tags a..e of `evil/app`, paginated by `n` and `last` with a `Link` header like Docker Hub's.
+fn paginated_tags(query: &str) -> axum::http::Response<axum::body::Body> {
+    let params: std::collections::HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let all = ["a", "b", "c", "d", "e"];
+    let n: usize = params.get("n").and_then(|n| n.parse().ok()).unwrap_or(all.len());
+    let last = params.get("last").cloned().unwrap_or_default();
+    let rest: Vec<&str> = all.iter().copied().filter(|t| *t > last.as_str()).collect();
+    let page: Vec<&str> = rest.iter().copied().take(n).collect();
+    let mut resp = axum::http::Response::builder().status(200).header("content-type", "application/json");
+    if rest.len() > page.len() {
+        let link = format!("</v2/evil/app/tags/list?last={}&n={n}>; rel=\"next\"", page.last().unwrap());
+        resp = resp.header("link", link);
+    }
+    let body = serde_json::json!({"name": "evil/app", "tags": page});
+    resp.body(axum::body::Body::from(body.to_string())).unwrap()
 }
 
 /// What a client got for one blob GET.
@@ -573,7 +622,7 @@ async fn get_blob(url: &str) -> Transfer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
     require_tools!(&["openssl"]);
-    let up = lying_upstream();
+    let up = fake_upstream();
     let name = up.server.addr.to_string();
     let mut config = support::mirror::MirrorConfig::new(vec![
         support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
@@ -619,4 +668,39 @@ async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
     // The mirror still works afterwards.
     let root = c.get("/v2/", &[]).await;
     assert_eq!(root.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_link_from_a_paginating_upstream_points_into_the_mirror_namespace() {
+    require_tools!(&["openssl"]);
+    let up = fake_upstream();
+    let name = up.server.addr.to_string();
+    let mut config = support::mirror::MirrorConfig::new(vec![
+        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
+    ]);
+    config.no_builtin_upstreams = true;
+    config.default_upstream = name.clone();
+    let mirror = Regmirror::start(config).await;
+    let c = RegistryClient::new(&mirror.url, None);
+    for client_name in ["evil-up/evil/app", "evil/app"] {
+        let mut next = format!("/v2/{client_name}/tags/list?n=2");
+        let mut collected = Vec::new();
+        let mut links = 0;
+        for page in 0.. {
+            assert!(page < 5, "pagination does not end");
+            let r = c.get(&next, &[]).await;
+            assert_eq!(r.status, 200, "GET {next}: {}", r.text());
+            collected.extend(tags_of(&r));
+            let Some(link) = r.header("link") else { break };
+            links += 1;
+            let target = link.trim().strip_prefix('<').and_then(|l| l.split_once('>')).map(|(t, _)| t).unwrap();
+            assert!(
+                target.starts_with(&format!("/v2/{client_name}/tags/list?")),
+                "Link {link:?} (asked as {client_name}) must point into the mirror's namespace"
+            );
+            next = target.to_string();
+        }
+        assert_eq!(collected, ["a", "b", "c", "d", "e"], "tags of {client_name} following Link");
+        assert_eq!(links, 2, "pages of 2 over 5 tags have two Link headers");
+    }
 }
