@@ -21,6 +21,26 @@ pub enum Endpoint {
     TagsList { name: String },
     /// Push, delete, uploads, catalog: a read-only mirror does not do these.
     Unsupported { what: &'static str },
+    /// `GET /healthz`: the process is alive.
+    Health,
+    /// `GET /readyz`: storage writable and configuration loaded.
+    Ready,
+    /// `GET /metrics`: Prometheus text format.
+    Metrics,
+}
+
+impl Endpoint {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Endpoint::Base => "base",
+            Endpoint::Manifest { .. } => "manifest",
+            Endpoint::Blob { .. } => "blob",
+            Endpoint::TagsList { .. } => "tags",
+            Endpoint::Unsupported { .. } => "unsupported",
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => "ops",
+        }
+    }
 }
 
 /// Why a path could not be parsed.
@@ -37,6 +57,12 @@ pub enum ParseError {
 impl Endpoint {
     pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
         let read = method == Method::GET || method == Method::HEAD;
+        match path {
+            "/healthz" if read => return Ok(Endpoint::Health),
+            "/readyz" if read => return Ok(Endpoint::Ready),
+            "/metrics" if read => return Ok(Endpoint::Metrics),
+            _ => {}
+        }
         if path == "/v2" || path == "/v2/" {
             return if read { Ok(Endpoint::Base) } else { Err(ParseError::MethodNotAllowed) };
         }
@@ -113,6 +139,10 @@ mod tests {
             (get.clone(), "/v2/a/manifests/".into(), Err(ParseError::NotFound)),
             (get.clone(), "/v2/manifests/x".into(), Err(ParseError::NotFound)),
             (get.clone(), "/v1/a/manifests/x".into(), Err(ParseError::NotFound)),
+            (get.clone(), "/healthz".into(), Ok(Endpoint::Health)),
+            (get.clone(), "/readyz".into(), Ok(Endpoint::Ready)),
+            (get.clone(), "/metrics".into(), Ok(Endpoint::Metrics)),
+            (Method::POST, "/metrics".into(), Err(ParseError::NotFound)),
             (get.clone(), "/v2/%2e%2e/manifests/x".into(),
                 Ok(Endpoint::Manifest { name: "%2e%2e".into(), reference: "x".into() })),
         ];

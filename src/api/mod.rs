@@ -42,6 +42,7 @@ pub fn router(listener: Listener) -> axum::Router {
 /// What the request log records about an answer.
 #[derive(Default)]
 struct Outcome {
+    kind: &'static str,
     route: Option<Route>,
     cache: Option<CacheStatus>,
 }
@@ -64,6 +65,13 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         *resp.body_mut() = Body::empty();
     }
     let ns = query.as_deref().and_then(|q| query_param(q, "ns"));
+    let kind = if outcome.kind.is_empty() { "invalid" } else { outcome.kind };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::REQUESTS, "endpoint" => kind, "method" => method.to_string(), "status" => status).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "endpoint" => kind).record(started.elapsed().as_secs_f64());
+    if let Some(c) = outcome.cache {
+        metrics::counter!(crate::metrics::CACHE_REQUESTS, "kind" => kind, "status" => c.as_str()).increment(1);
+    }
     tracing::info!(
         %method,
         %path,
@@ -73,6 +81,7 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         repository = outcome.route.as_ref().map(|r| r.repository.as_str()).unwrap_or("-"),
         route = outcome.route.as_ref().map(|r| r.style.as_str()).unwrap_or("-"),
         cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
+        bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
@@ -86,8 +95,21 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
         endpoint::ParseError::MethodNotAllowed => Error::Unsupported("regmirror is a read-only pull-through mirror".into()),
     })?;
     let app = &listener.app;
+    outcome.kind = endpoint.kind();
     let name = match &endpoint {
         Endpoint::Base => return Ok(base_response()),
+        Endpoint::Health => return Ok((StatusCode::OK, "ok\n").into_response()),
+        Endpoint::Ready => {
+            return match app.cache.check_ready().await {
+                Ok(()) => Ok((StatusCode::OK, "ready\n").into_response()),
+                Err(e) => Err(Error::Unavailable(format!("not ready: {e}"))),
+            }
+        }
+        Endpoint::Metrics => {
+            let mut resp = crate::metrics::render().into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return Ok(resp);
+        }
         Endpoint::Unsupported { what } => {
             return Err(Error::Unsupported(format!("{what} is not supported: regmirror is a read-only pull-through mirror")))
         }
@@ -124,7 +146,7 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
             outcome.cache = Some(CacheStatus::Passthrough);
             tags_response(page, &route.repository, &name)
         }
-        Endpoint::Base | Endpoint::Unsupported { .. } => return Err(Error::NotFound),
+        _ => return Err(Error::NotFound),
     };
     let h = resp.headers_mut();
     if let Some(ns) = ns {
@@ -176,8 +198,16 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
 }
 
 fn blob_response(b: crate::cache::Blob) -> Response {
+    let source = if b.status == CacheStatus::Hit { "cache" } else { "upstream" };
     let body = match b.body {
-        Some(stream) => Body::from_stream(stream),
+        Some(stream) => {
+            let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
+            Body::from_stream(futures::StreamExt::inspect(stream, move |chunk| {
+                if let Ok(c) = chunk {
+                    served.increment(c.len() as u64);
+                }
+            }))
+        }
         None => Body::empty(),
     };
     let mut resp = Response::new(body);

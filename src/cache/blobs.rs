@@ -94,11 +94,12 @@ impl Cache {
             Err(e) => return Err(e.into()),
         };
         let r = range.map(|r| r.resolve(meta.size)).transpose()?;
+        self.note_access(&key, meta.modified).await;
         let body = if head {
             None
         } else {
             match self.storage.get_stream(&key, r.clone()).await {
-                Ok(s) => Some(s),
+                Ok(s) => Some(self.in_use.guard(key.clone(), s)),
                 // Removed (evicted) between head and open: treat as a miss.
                 Err(storage::Error::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -116,6 +117,9 @@ impl Cache {
         head: bool,
         status: CacheStatus,
     ) -> Result<Blob> {
+        if status == CacheStatus::Joined {
+            metrics::counter!(crate::metrics::JOINED, "kind" => "blob").increment(1);
+        }
         let state = fill.wait_started().await;
         match &state.outcome {
             Some(Err(e)) => return Err(e.clone()),
@@ -177,6 +181,8 @@ impl Cache {
         let deadline = fill_deadline(self.fill_timeout_secs);
         let digest = fill.digest.clone();
         let work = async {
+            // Wait for a download slot; the wait counts against the fill deadline.
+            let _slot = self.fill_slots.acquire().await.map_err(|_| Error::Storage("shutting down".into()))?;
             let mut req = Request::new(Method::GET, &repo, format!("blobs/{digest}"));
             req.streaming = true;
             let resp = up.send(&req).await.map_err(blob_error)?;
@@ -190,14 +196,34 @@ impl Cache {
             }
             Ok(())
         };
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
         let outcome = match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!("blob fill exceeded {}s", deadline.as_secs())))),
         };
+        if matches!(&outcome, Err(Error::Storage(m)) if m.contains("No space left")) {
+            // Disk full: make room in the background so that the next fill can succeed.
+            let cache = self.clone();
+            tokio::spawn(async move {
+                let mut policy = cache.evict_policy();
+                if policy.max_size.is_none() {
+                    if let Ok(all) = super::evict::objects(cache.storage.as_ref()).await {
+                        let total: u64 = all.iter().map(|m| m.size).sum();
+                        policy.max_size = Some(total - total / 10);
+                    }
+                }
+                if let Err(e) = cache.evict(policy).await {
+                    tracing::warn!(error = %e, "eviction after a full disk failed");
+                }
+            });
+        }
         match &outcome {
             Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
             Err(e) => tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed"),
         }
+        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!(crate::metrics::FILLS_TOTAL, "outcome" => label).increment(1);
         writer.finish(outcome);
         self.fills.remove(&fill);
     }

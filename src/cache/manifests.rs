@@ -89,6 +89,7 @@ impl Cache {
         result.map(|mut m| {
             if !leader && m.status == CacheStatus::Miss {
                 m.status = CacheStatus::Joined;
+                metrics::counter!(crate::metrics::JOINED, "kind" => "manifest").increment(1);
             }
             m
         })
@@ -121,6 +122,7 @@ impl Cache {
     fn stale(&self, up: &Upstream, repo: &str, tag: &str, mut cached: Manifest, e: &upstream::Error) -> Manifest {
         tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
         cached.status = CacheStatus::Stale;
+        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string()).increment(1);
         cached
     }
 
@@ -175,8 +177,14 @@ impl Cache {
     }
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
-        match self.storage.get(&keys::manifest(d)).await {
-            Ok(stored) => Ok(decode_manifest(stored)),
+        let key = keys::manifest(d);
+        match self.storage.get(&key).await {
+            Ok(stored) => {
+                if let Ok(meta) = self.storage.head(&key).await {
+                    self.note_access(&key, meta.modified).await;
+                }
+                Ok(decode_manifest(stored))
+            }
             Err(storage::Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }

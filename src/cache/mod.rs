@@ -6,7 +6,9 @@
 //! error codes (that is [`crate::api`]'s job).
 
 mod blobs;
+pub mod evict;
 pub mod fill;
+pub mod inventory;
 mod manifests;
 pub mod tags;
 
@@ -97,6 +99,10 @@ pub struct Cache {
     fills: Fills,
     tag_ttl: TagTtl,
     manifest_flights: manifests::Flights,
+    in_use: Arc<evict::InUse>,
+    evict_policy: evict::Policy,
+    /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
+    fill_slots: Arc<tokio::sync::Semaphore>,
     /// Upstream fetches started, by kind, for tests and metrics.
     pub counters: Counters,
 }
@@ -129,6 +135,9 @@ impl Cache {
             fills: Fills::default(),
             tag_ttl: TagTtl::default(),
             manifest_flights: Default::default(),
+            in_use: Arc::default(),
+            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
+            evict_policy: Cache::policy_from_config(config),
             counters: Counters::default(),
         })
     }
@@ -153,6 +162,28 @@ impl Cache {
 
     fn policy(&self, upstream: &str) -> &TagPolicy {
         self.policies.get(upstream).unwrap_or(&self.default_policy)
+    }
+
+    /// The eviction policy from the configuration.
+    pub fn evict_policy(&self) -> evict::Policy {
+        self.evict_policy
+    }
+
+    /// Refresh an object's last-access time, at most about once a minute per object.
+    async fn note_access(&self, key: &str, modified: u64) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if now.saturating_sub(modified) >= 60 {
+            if let Err(e) = self.storage.touch(key).await {
+                tracing::debug!(%key, error = %e, "cannot record access time");
+            }
+        }
+    }
+
+    /// Ready to serve: storage accepts a write and a delete.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.storage.put("readyz-probe", Bytes::from_static(b"ok")).await?;
+        self.storage.delete("readyz-probe").await?;
+        Ok(())
     }
 
     /// Number of blob fills running now.

@@ -180,7 +180,9 @@ impl Upstream {
             if !req.streaming {
                 rb = rb.timeout(SMALL_REQUEST_TIMEOUT);
             }
+            let sent = std::time::Instant::now();
             let outcome = rb.send().await;
+            self.record(&outcome, sent);
             let retryable = match &outcome {
                 Ok(r) => matches!(r.status().as_u16(), 502..=504),
                 Err(e) => e.is_connect() || e.is_timeout(),
@@ -256,9 +258,31 @@ impl Upstream {
         body.into_token().ok_or_else(|| Error::Invalid(format!("token server {realm} sent no token")))
     }
 
+    fn record(&self, outcome: &reqwest::Result<reqwest::Response>, sent: std::time::Instant) {
+        let name = self.name.clone();
+        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS, "upstream" => name.clone()).record(sent.elapsed().as_secs_f64());
+        match outcome {
+            Ok(r) => {
+                let status = r.status().as_u16().to_string();
+                metrics::counter!(crate::metrics::UPSTREAM_REQUESTS, "upstream" => name.clone(), "status" => status).increment(1);
+                if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS {
+                    let kind = if r.status() == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { "server_error" };
+                    metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
+                }
+            }
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else if e.is_connect() { "connect" } else { "other" };
+                metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
+            }
+        }
+    }
+
     fn note_rate_limit(&self, headers: &HeaderMap) {
         let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (limit, remaining) = (get(RATELIMIT_LIMIT), get(RATELIMIT_REMAINING));
+        if let Some(n) = remaining.as_deref().and_then(|r| r.split(';').next()).and_then(|r| r.trim().parse::<f64>().ok()) {
+            metrics::gauge!(crate::metrics::RATELIMIT_REMAINING, "upstream" => self.name.clone()).set(n);
+        }
         if limit.is_some() || remaining.is_some() {
             *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = RateLimit { limit, remaining };
         }
