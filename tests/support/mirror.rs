@@ -244,6 +244,21 @@ impl Regmirror {
     }
 }
 
+impl Drop for Regmirror {
+    /// On a failing test, show the end of regmirror's log (the test harness prints it with the failure).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- regmirror log (last 40 lines of {}) ---\n{}", self.log_path.display(), tail(&self.log(), 40));
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// `regmirror: listening on http://127.0.0.1:41234 (all upstreams)` -> (url, None);
 /// `... (upstream 127.0.0.1:5101)` -> (url, Some("127.0.0.1:5101")).
 pub fn parse_listening(line: &str) -> Option<(String, Option<String>)> {

@@ -151,3 +151,18 @@ impl Registry {
         self.access_lines().iter().filter(|l| l.contains(&needle)).count()
     }
 }
+
+impl Drop for Registry {
+    /// On a failing test, show the end of the registry's logs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+            eprintln!(
+                "--- docker-registry 127.0.0.1:{} access log (last 20) ---\n{}\n--- app log (last 10) ---\n{}",
+                self.port,
+                super::mirror::tail(&read(&self.access_log), 20),
+                super::mirror::tail(&read(&self.app_log), 10)
+            );
+        }
+    }
+}
