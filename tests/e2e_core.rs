@@ -203,6 +203,12 @@ async fn alias_route_and_second_pull_is_served_from_cache() {
         }
     }
     assert!(w.mirror.requests().iter().any(|r| r.cache == "hit"), "second pull produced cache hits");
+    // The upstream's credentials came from regmirror's config (skopeo pulled without any).
+    let tokens = w.tok.token_server.as_ref().unwrap().requests();
+    assert!(
+        tokens.iter().any(|t| t.granted && t.user.as_deref() == Some(support::world::TOK_USER.0)),
+        "regmirror obtained a token with its configured credentials: {tokens:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +457,11 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         // Unknown upstreams.
         ("GET", "/v2/nosuch.example.com/foo/manifests/latest".into(), 404, "NAME_UNKNOWN"),
         ("GET", "/v2/foo/manifests/latest?ns=nosuch.example.org".into(), 404, "NAME_UNKNOWN"),
+        // Well-formed requests for what the upstream does not have.
+        ("GET", "/v2/tok/team/multi/manifests/no-such-tag".into(), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("/v2/tok/team/multi/manifests/sha256:{hex}"), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("/v2/tok/team/multi/blobs/sha256:{hex}"), 404, "BLOB_UNKNOWN"),
+        ("GET", format!("/v2/library/busybox/blobs/sha256:{hex}"), 404, "BLOB_UNKNOWN"),
         // Push and delete attempts.
         ("POST", "/v2/library/busybox/blobs/uploads/".into(), 405, "UNSUPPORTED"),
         ("POST", format!("/v2/tok/team/multi/blobs/uploads/?digest=sha256:{hex}"), 405, "UNSUPPORTED"),
@@ -472,7 +483,7 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         if r.status != *status || (!code.is_empty() && got_code != *code) {
             failures.push(format!("{method} {target}: want {status} {code}, got {} {}", r.status, r.text().trim()));
         }
-        if *status == 404 && !code.is_empty() {
+        if *code == "NAME_UNKNOWN" {
             // The message names what is configured, so the user knows what to write instead.
             let text = r.text();
             if !(text.contains("docker.io") && text.contains(&tok)) {
