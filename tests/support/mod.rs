@@ -16,6 +16,21 @@
 //!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
 //!
 //! Every test builds its own world (ports, temp dirs, processes), so tests run in parallel.
+//! Processes are killed by PID when their guard drops; on a failing test the mirror's and the
+//! registries' logs are printed with the failure.
+//!
+//! A test reads like this:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn pulls_through_the_alias() {
+//!     require_tools!(); // skips, or fails under REGMIRROR_E2E=1, when a tool is missing
+//!     let w = World::start().await;
+//!     let copy = skopeo::copy(&format!("{}/tok/team/multi:v1", w.mirror.addr()), w.work.path(),
+//!                             &CopyOptions { all: true, ..Default::default() }).await.unwrap();
+//!     assert_eq!(copy.manifest_digest(), w.tok_seed.index.manifest.digest);
+//! }
+//! ```
 #![allow(dead_code)]
 
 pub mod background;
