@@ -722,3 +722,44 @@ async fn tags_list_link_from_a_paginating_upstream_points_into_the_mirror_namesp
         assert_eq!(links, 2, "pages of 2 over 5 tags have two Link headers");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_fetch_each_blob_from_upstream_once() {
+    require_tools!();
+    let w = World::start().await;
+    let reference = format!("{}/{TOK_ALIAS}/team/multi:v1", w.mirror.addr());
+    let opts = all();
+    let (a, b, c) = tokio::join!(
+        skopeo::copy(&reference, w.work.path(), &opts),
+        skopeo::copy(&reference, w.work.path(), &opts),
+        skopeo::copy(&reference, w.work.path(), &opts),
+    );
+    for copy in [a, b, c] {
+        assert_multi_copy(&copy.unwrap(), &w.tok_seed.index, "concurrent copy");
+    }
+    for img in &w.tok_seed.index.children {
+        for blob in img.blobs() {
+            let n = w.tok.count_blob_gets_any(&blob.digest);
+            assert_eq!(n, 1, "upstream GETs of blob {} after three concurrent pulls", blob.digest);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_by_digest_is_served_from_cache_with_the_upstream_gone() {
+    require_tools!();
+    let mut w = World::start().await;
+    let m = w.mirror.addr();
+    let first = skopeo::copy(&format!("{m}/busybox:v1"), w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&first, &w.hub_seed.index, "warm-up copy");
+    w.hub.stop().await;
+    let by_digest = format!("{m}/busybox@{}", w.hub_seed.index.manifest.digest);
+    let again = skopeo::copy(&by_digest, w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&again, &w.hub_seed.index, "copy by digest with the upstream stopped");
+    let arm = skopeo::copy(&by_digest, w.work.path(), &arch("arm64")).await.unwrap();
+    assert_single_copy(&arm, w.hub_seed.index.child("arm64"), "arm64 by digest with the upstream stopped");
+    // Something never cached is an error the client can read, not a hang.
+    let missing = w.mirror_client().manifest(Method::GET, "busybox", "list").await;
+    assert!(missing.status.is_client_error() || missing.status.is_server_error(), "uncached tag with upstream down: {}", missing.status);
+    assert!(missing.error_code().is_some(), "OCI error body: {}", missing.text());
+}

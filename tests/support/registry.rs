@@ -109,6 +109,18 @@ impl Registry {
         panic!("docker-registry did not start: {last_err}");
     }
 
+    /// Kill the registry now (by PID) and wait until its port refuses connections, so later
+    /// requests provably cannot reach it.
+    pub async fn stop(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "registry port {} still open after kill", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `127.0.0.1:PORT`: the registry's name as clients and regmirror's config write it.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
