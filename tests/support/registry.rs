@@ -68,7 +68,7 @@ impl Registry {
                     ts.realm(),
                     ts.service,
                     ts.issuer,
-                    ts.cert_path().display()
+                    ts.write_cert(dir.path()).display()
                 );
                 (yaml, Some(ts), Some((user.clone(), password.clone())))
             }
