@@ -8,6 +8,7 @@ mod support;
 
 use reqwest::Method;
 use support::client::{raw_request, RegistryClient};
+use support::fake_upstream::{fake_upstream, get_blob, Transfer};
 use support::image::{Image, MultiImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use support::mirror::Regmirror;
 use support::registry::Registry;
@@ -511,137 +512,11 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
     assert!(w.mirror.is_running_ref(), "regmirror survived the bad input");
 }
 
-/// A tiny in-process upstream: `evil/app:v1` is an image whose layer bytes do not match the
-/// layer's digest; `evil/app` tags a..e are paginated with `Link` headers.
-struct FakeUpstream {
-    server: support::background::BackgroundServer,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    good: Vec<u8>,
-    bad: Vec<u8>,
-    layer_digest: String,
-    manifest: support::image::Blob,
-}
-
-fn fake_upstream() -> FakeUpstream {
-    use axum::body::Body;
-    use axum::http::{Request, Response, StatusCode};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use support::image::{Blob, OCI_CONFIG, OCI_LAYER_GZIP};
-
-    // 512 KiB so the mirror streams in many chunks; the bad copy differs in its last byte only.
-    let good: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut bad = good.clone();
-    *bad.last_mut().unwrap() ^= 0xff;
-    let layer = Blob::new(OCI_LAYER_GZIP, good.clone());
-    let config = Blob::new(OCI_CONFIG, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()],
-    });
-    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
-    let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let (h, m, c, l, b) = (hits.clone(), manifest.clone(), config.clone(), layer.digest.clone(), bad.clone());
-    let router = axum::Router::new().fallback(move |req: Request<Body>| {
-        let (h, m, c, l, b) = (h.clone(), m.clone(), c.clone(), l.clone(), b.clone());
-        async move {
-            let path = req.uri().path().to_string();
-            let reply = |status: StatusCode, ct: &str, digest: &str, body: Vec<u8>| {
-                let len = body.len();
-                let body = if req.method() == axum::http::Method::HEAD { Vec::new() } else { body };
-                Response::builder()
-                    .status(status)
-                    .header("content-type", ct)
-                    .header("docker-content-digest", digest)
-                    .header("docker-distribution-api-version", "registry/2.0")
-                    .header("content-length", len)
-                    .body(Body::from(body))
-                    .unwrap()
-            };
-            if path == "/v2/" {
-                return reply(StatusCode::OK, "application/json", "", b"{}".to_vec());
-            }
-            if path == "/v2/evil/app/manifests/v1" || path == format!("/v2/evil/app/manifests/{}", m.digest) {
-                return reply(StatusCode::OK, OCI_MANIFEST, &m.digest, m.bytes.clone());
-            }
-            if path == format!("/v2/evil/app/blobs/{}", c.digest) {
-                return reply(StatusCode::OK, "application/octet-stream", &c.digest, c.bytes.clone());
-            }
-            if path == "/v2/evil/app/tags/list" {
-                return paginated_tags(req.uri().query().unwrap_or(""));
-            }
-            if path == format!("/v2/evil/app/blobs/{l}") {
-                if req.method() == axum::http::Method::GET {
-                    h.fetch_add(1, Ordering::SeqCst);
-                }
-                // Claims the right digest, sends the wrong bytes.
-                return reply(StatusCode::OK, "application/octet-stream", &l, b.clone());
-            }
-            let err = br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec();
-            reply(StatusCode::NOT_FOUND, "application/json", "", err)
-        }
-    });
-    FakeUpstream { server: support::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
-}
-
-/// Tags a..e of `evil/app`, paginated by `n` and `last` with a `Link` header like Docker Hub's.
-fn paginated_tags(query: &str) -> axum::http::Response<axum::body::Body> {
-    let params: std::collections::HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let all = ["a", "b", "c", "d", "e"];
-    let n: usize = params.get("n").and_then(|n| n.parse().ok()).unwrap_or(all.len());
-    let last = params.get("last").cloned().unwrap_or_default();
-    let rest: Vec<&str> = all.iter().copied().filter(|t| *t > last.as_str()).collect();
-    let page: Vec<&str> = rest.iter().copied().take(n).collect();
-    let mut resp = axum::http::Response::builder().status(200).header("content-type", "application/json");
-    if rest.len() > page.len() {
-        let link = format!("</v2/evil/app/tags/list?last={}&n={n}>; rel=\"next\"", page.last().unwrap());
-        resp = resp.header("link", link);
-    }
-    let body = serde_json::json!({"name": "evil/app", "tags": page});
-    resp.body(axum::body::Body::from(body.to_string())).unwrap()
-}
-
-/// What a client got for one blob GET.
-#[derive(Debug, PartialEq)]
-enum Transfer {
-    Refused(u16),
-    Aborted(String),
-    Complete(Vec<u8>),
-}
-
-impl Transfer {
-    fn describe(&self) -> String {
-        match self {
-            Transfer::Complete(b) => format!("complete 200 with {} bytes", b.len()),
-            other => format!("{other:?}"),
-        }
-    }
-}
-
-async fn get_blob(url: &str) -> Transfer {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
-    let resp = match client.get(url).send().await {
-        Ok(r) => r,
-        Err(e) => return Transfer::Aborted(e.to_string()),
-    };
-    if resp.status() != 200 {
-        return Transfer::Refused(resp.status().as_u16());
-    }
-    match resp.bytes().await {
-        Ok(b) => Transfer::Complete(b.to_vec()),
-        Err(e) => Transfer::Aborted(format!("{e:?}")),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
     // Needs no external tool: the upstream is in-process.
     let up = fake_upstream();
-    let name = up.server.addr.to_string();
-    let mut config = support::mirror::MirrorConfig::new(vec![
-        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
-    ]);
-    config.no_builtin_upstreams = true;
-    config.default_upstream = name.clone();
-    let mirror = Regmirror::start(config).await;
+    let mirror = up.mirror_in_front().await;
 
     // The manifest itself is fine.
     let c = RegistryClient::new(&mirror.url, None);
@@ -692,13 +567,7 @@ async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
 async fn tags_list_link_from_a_paginating_upstream_points_into_the_mirror_namespace() {
     // Needs no external tool: the upstream is in-process.
     let up = fake_upstream();
-    let name = up.server.addr.to_string();
-    let mut config = support::mirror::MirrorConfig::new(vec![
-        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
-    ]);
-    config.no_builtin_upstreams = true;
-    config.default_upstream = name.clone();
-    let mirror = Regmirror::start(config).await;
+    let mirror = up.mirror_in_front().await;
     let c = RegistryClient::new(&mirror.url, None);
     for client_name in ["evil-up/evil/app", "evil/app"] {
         let mut next = format!("/v2/{client_name}/tags/list?n=2");

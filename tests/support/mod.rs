@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`env`]: required tools, `REGMIRROR_E2E`, free ports, child processes killed on drop.
 //! - [`background`]: run an axum router on its own thread and runtime (token server, fake upstreams).
+//! - [`fake_upstream`]: an in-process upstream serving a blob with wrong bytes and paginated tags.
 //! - [`token`]: RS256 token server that distribution's `auth.token` accepts.
 //! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth), count its access log.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
@@ -36,6 +37,7 @@
 pub mod background;
 pub mod client;
 pub mod env;
+pub mod fake_upstream;
 pub mod image;
 pub mod mirror;
 pub mod registry;
