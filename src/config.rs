@@ -46,6 +46,21 @@ pub struct Config {
     pub max_manifest_bytes: u64,
     /// Seconds a background blob fill may take before it is abandoned.
     pub fill_timeout_secs: u64,
+    /// Seconds a client may take to send a request's headers (also the keep-alive idle limit).
+    pub header_timeout_secs: u64,
+    /// Largest request head (request line and headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+    /// Most blob downloads from upstreams running at once; further misses wait for a slot.
+    pub max_concurrent_fills: usize,
+    /// Cache size limit, e.g. "200GiB", "500MB" or a number of bytes; least recently used content
+    /// is evicted above it. Unset: no limit.
+    pub max_size: Option<ByteSize>,
+    /// Evict content not accessed for this many seconds. Unset: no age limit.
+    pub max_age_secs: Option<u64>,
+    /// Seconds between background eviction runs (when max_size or max_age_secs is set).
+    pub gc_interval_secs: u64,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -62,6 +77,13 @@ impl Default for Config {
             log_format: "text".into(),
             max_manifest_bytes: 4 * 1024 * 1024,
             fill_timeout_secs: 3600,
+            header_timeout_secs: 30,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_concurrent_fills: 64,
+            max_size: None,
+            max_age_secs: None,
+            gc_interval_secs: 60,
             upstreams: Vec::new(),
         }
     }
@@ -255,6 +277,15 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(invalid("log_format", "expected \"text\" or \"json\""));
         }
+        if self.max_header_bytes < 8192 {
+            return Err(invalid("max_header_bytes", "must be at least 8192"));
+        }
+        if self.max_headers == 0 || self.max_concurrent_fills == 0 || self.header_timeout_secs == 0 || self.gc_interval_secs == 0 {
+            return Err(invalid(
+                "max_headers / max_concurrent_fills / header_timeout_secs / gc_interval_secs",
+                "must be greater than 0",
+            ));
+        }
         if self.max_manifest_bytes == 0 {
             return Err(invalid("max_manifest_bytes", "must be greater than 0"));
         }
@@ -333,6 +364,54 @@ impl Config {
     }
 }
 
+/// A byte count written as a number or with a unit: "200GiB", "500 MB", "1048576".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size such as \"200GiB\""))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1000_000_000_000,
+            "tib" => 1 << 40,
+            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")),
+        };
+        Ok(ByteSize((n * mult as f64) as u64))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Parse a listen address, naming the key on failure.
 pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as \"0.0.0.0:5000\"")))
@@ -386,6 +465,19 @@ mod tests {
         }
         let err = Config::from_toml("lisen = \"x\"").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [("200GiB", Some(200u64 << 30)), ("500 MB", Some(500_000_000)), ("1048576", Some(1 << 20)), ("1.5KiB", Some(1536)), ("5 parsecs", None), ("", None)];
+        for (s, want) in cases {
+            assert_eq!(s.parse::<ByteSize>().ok().map(|b| b.0), want, "{s}");
+        }
+        let c = Config::from_toml("max_size = \"2GiB\"").unwrap();
+        assert_eq!(c.max_size, Some(ByteSize(2 << 30)));
+        let c = Config::from_toml("max_size = 1000").unwrap();
+        assert_eq!(c.max_size, Some(ByteSize(1000)));
+        assert!(Config::from_toml("max_size = \"lots\"").unwrap_err().contains("max_size"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`storage`]: the one storage trait for committed objects, and its backends (local disk).
 //! - [`cache`]: the pull-through logic: hit / miss / in-flight, one fill per digest, tag freshness.
 //! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], dispatch to the cache, errors -> OCI JSON.
+//! - [`metrics`]: names of every Prometheus series and the exporter.
 //! - [`server`]: listeners (shared and per-upstream), graceful shutdown.
 //! - [`client_config`]: generates docker / containerd / podman / kubeadm / kubespray configuration.
 //!
@@ -21,6 +22,7 @@ pub mod cache;
 pub mod cli;
 pub mod client_config;
 pub mod config;
+pub mod metrics;
 pub mod oci;
 pub mod routing;
 pub mod server;

@@ -1,4 +1,199 @@
-//! stub
-use crate::config::Config;
-pub async fn run(_c: Config, _s: impl std::future::Future<Output = ()>) -> Result<(), String> { Err("todo".into()) }
-pub async fn shutdown_signal() { let _ = tokio::signal::ctrl_c().await; }
+//! Server: opens the cache, binds the listeners (shared and per-upstream) and runs them until the
+//! shutdown signal.
+//!
+//! Owns: sockets and process lifetime. Must not contain request logic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, App, Listener};
+use crate::cache::Cache;
+use crate::config::{parse_addr, Config};
+use crate::routing::RoutingTable;
+use crate::storage::fs::FsStorage;
+
+/// A start-up failure, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the data directory {path}: {source}")]
+    DataDir { path: String, source: crate::storage::Error },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { addr: String, what: String, source: std::io::Error },
+    #[error("{0}")]
+    Cache(#[from] crate::cache::Error),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound listener and the upstream it is dedicated to (None: all upstreams).
+pub struct Bound {
+    pub listener: TcpListener,
+    pub upstream: Option<String>,
+}
+
+/// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
+pub async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
+    let mut out = Vec::new();
+    let mut wanted: Vec<(String, Option<String>)> = vec![(config.listen.clone(), None)];
+    for u in &config.upstreams {
+        if let Some(l) = &u.listen {
+            wanted.push((l.clone(), Some(u.name.clone())));
+        }
+    }
+    for (addr, upstream) in wanted {
+        let what = upstream.as_ref().map(|u| format!("upstream {u}")).unwrap_or_else(|| "all upstreams".into());
+        let sock: SocketAddr = parse_addr("listen", &addr).map_err(|e| Error::Bind {
+            addr: addr.clone(),
+            what: what.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let listener = TcpListener::bind(sock).await.map_err(|source| Error::Bind { addr: addr.clone(), what, source })?;
+        out.push(Bound { listener, upstream });
+    }
+    Ok(out)
+}
+
+/// Open storage and the cache, bind, announce and serve until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    if crate::metrics::install().is_none() {
+        tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+    }
+    let storage = FsStorage::open(&config.data_dir)
+        .await
+        .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+    match storage.clean_tmp().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed temporary files left by a previous run"),
+        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
+    }
+    let spool = storage.tmp_dir();
+    let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool)?);
+    let policy = cache.evict_policy();
+    if policy.max_size.is_some() || policy.max_age.is_some() {
+        let (cache, every) = (cache.clone(), Duration::from_secs(config.gc_interval_secs));
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = cache.evict(policy).await {
+                    tracing::warn!(error = %e, "eviction failed");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    let app = Arc::new(App { cache, routing: RoutingTable::new(&config) });
+    let bound = bind(&config).await?;
+    serve(app, bound, Limits::from_config(&config), shutdown).await
+}
+
+/// Per-connection limits against slow and abusive clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &Config) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(c.header_timeout_secs),
+            max_header_bytes: c.max_header_bytes,
+            max_headers: c.max_headers,
+        }
+    }
+}
+
+/// Serve already-bound listeners. Prints one `regmirror: listening on ...` line per listener on
+/// stdout (tests and scripts read the ports from it).
+pub async fn serve(
+    app: Arc<App>,
+    bound: Vec<Bound>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let token = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for b in bound {
+        let addr = b.listener.local_addr().map_err(Error::Serve)?;
+        let what = b.upstream.as_ref().map(|u| format!("upstream {u}")).unwrap_or_else(|| "all upstreams".into());
+        println!("regmirror: listening on http://{addr} ({what})");
+        tracing::info!(%addr, serves = %what, "listening");
+        let router = api::router(Listener { app: app.clone(), upstream: b.upstream });
+        tasks.spawn(accept_loop(b.listener, router, limits, token.clone()));
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; waiting up to 10 s for requests in progress");
+    token.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Accept connections until `stop`, then let open connections finish (bounded).
+async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,1 +1,331 @@
-//! stub
+//! API: the OCI distribution (registry v2) pull routes.
+//!
+//! Owns: HTTP in and out. A request is parsed once into an [`Endpoint`], routed to an upstream by
+//! [`crate::routing`], answered by [`crate::cache`], and every failure leaves through
+//! [`error::Error`]. Must not talk to an upstream or to storage directly.
+
+pub mod endpoint;
+pub mod error;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::cache::{Cache, CacheStatus, RangeSpec};
+use crate::oci::{media, Reference};
+use crate::routing::{RequestFacts, Route, RoutingTable};
+pub use endpoint::Endpoint;
+pub use error::Error;
+
+/// Shared state of every listener.
+pub struct App {
+    pub cache: Arc<Cache>,
+    pub routing: RoutingTable,
+}
+
+/// State of one listener: the shared app, and the upstream when the listener is dedicated to one.
+#[derive(Clone)]
+pub struct Listener {
+    pub app: Arc<App>,
+    pub upstream: Option<String>,
+}
+
+/// The axum router for one listener.
+pub fn router(listener: Listener) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(listener)
+}
+
+/// What the request log records about an answer.
+#[derive(Default)]
+struct Outcome {
+    kind: &'static str,
+    route: Option<Route>,
+    cache: Option<CacheStatus>,
+}
+
+async fn handle(State(listener): State<Listener>, req: Request) -> Response {
+    let started = Instant::now();
+    let (req, _body) = req.into_parts();
+    let (method, path) = (req.method.clone(), req.uri.path().to_string());
+    let query = req.uri.query().map(str::to_string);
+    let mut outcome = Outcome::default();
+    let result = dispatch(&listener, &req, query.as_deref(), &mut outcome).await;
+    let mut resp = result.unwrap_or_else(|e| {
+        if e.status().is_server_error() {
+            tracing::warn!(%method, %path, error = %e, "request failed");
+        }
+        e.into_response()
+    });
+    if method == Method::HEAD {
+        // HEAD answers carry the GET headers but no body.
+        *resp.body_mut() = Body::empty();
+    }
+    let ns = query.as_deref().and_then(|q| query_param(q, "ns"));
+    let kind = if outcome.kind.is_empty() { "invalid" } else { outcome.kind };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::REQUESTS, "endpoint" => kind, "method" => method.to_string(), "status" => status).increment(1);
+    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "endpoint" => kind).record(started.elapsed().as_secs_f64());
+    if let Some(c) = outcome.cache {
+        metrics::counter!(crate::metrics::CACHE_REQUESTS, "kind" => kind, "status" => c.as_str()).increment(1);
+    }
+    tracing::info!(
+        %method,
+        %path,
+        ns = ns.as_deref().unwrap_or("-"),
+        status = resp.status().as_u16(),
+        upstream = outcome.route.as_ref().map(|r| r.upstream.as_str()).unwrap_or("-"),
+        repository = outcome.route.as_ref().map(|r| r.repository.as_str()).unwrap_or("-"),
+        route = outcome.route.as_ref().map(|r| r.style.as_str()).unwrap_or("-"),
+        cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option<&str>, outcome: &mut Outcome) -> Result<Response, Error> {
+    let endpoint = Endpoint::parse(&req.method, req.uri.path()).map_err(|e| match e {
+        endpoint::ParseError::NotFound => Error::NotFound,
+        endpoint::ParseError::DigestInvalid(d) => Error::DigestInvalid(format!("invalid digest {d:?}: expected sha256:<64 hex>")),
+        endpoint::ParseError::MethodNotAllowed => Error::Unsupported("regmirror is a read-only pull-through mirror".into()),
+    })?;
+    let app = &listener.app;
+    outcome.kind = endpoint.kind();
+    let name = match &endpoint {
+        Endpoint::Base => return Ok(base_response()),
+        Endpoint::Health => return Ok((StatusCode::OK, "ok\n").into_response()),
+        Endpoint::Ready => {
+            return match app.cache.check_ready().await {
+                Ok(()) => Ok((StatusCode::OK, "ready\n").into_response()),
+                Err(e) => Err(Error::Unavailable(format!("not ready: {e}"))),
+            }
+        }
+        Endpoint::Metrics => {
+            let mut resp = crate::metrics::render().into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return Ok(resp);
+        }
+        Endpoint::Unsupported { what } => {
+            return Err(Error::Unsupported(format!("{what} is not supported: regmirror is a read-only pull-through mirror")))
+        }
+        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } | Endpoint::TagsList { name } => name.clone(),
+    };
+    let ns = query.and_then(|q| query_param(q, "ns"));
+    let host = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str()));
+    let facts = RequestFacts { listener_upstream: listener.upstream.as_deref(), host, ns: ns.as_deref(), name: &name };
+    let route = app.routing.route(&facts)?;
+    outcome.route = Some(route.clone());
+    let head = req.method == Method::HEAD;
+    let mut resp = match endpoint {
+        Endpoint::Manifest { reference, .. } => {
+            let reference = Reference::parse(&reference).map_err(|e| match Reference::parse(&reference) {
+                _ if reference.contains(':') => Error::DigestInvalid(e.to_string()),
+                _ => Error::ManifestInvalid(e.to_string()),
+            })?;
+            let accept = media::accepted_types(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
+            let m = app.cache.manifest(&route.upstream, &route.repository, &reference, &accept, head).await?;
+            outcome.cache = Some(m.status);
+            manifest_response(m)
+        }
+        Endpoint::Blob { digest, .. } => {
+            let range = match req.headers.get(header::RANGE) {
+                Some(v) => Some(parse_range(v)?),
+                None => None,
+            };
+            let b = app.cache.blob(&route.upstream, &route.repository, &digest, range, head).await?;
+            outcome.cache = Some(b.status);
+            blob_response(b)
+        }
+        Endpoint::TagsList { .. } => {
+            let page = app.cache.tags_list(&route.upstream, &route.repository, query.map(strip_ns)).await?;
+            outcome.cache = Some(CacheStatus::Passthrough);
+            tags_response(page, &route.repository, &name)
+        }
+        _ => return Err(Error::NotFound),
+    };
+    let h = resp.headers_mut();
+    if let Some(ns) = ns {
+        if let Ok(v) = HeaderValue::from_str(&ns) {
+            h.insert("oci-namespace", v);
+        }
+    }
+    if let Ok(up) = app.cache.upstream(&route.upstream) {
+        let rl = up.rate_limit();
+        for (n, v) in [(crate::upstream::RATELIMIT_LIMIT, rl.limit), (crate::upstream::RATELIMIT_REMAINING, rl.remaining)] {
+            if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                h.insert(n, v);
+            }
+        }
+    }
+    Ok(resp)
+}
+
+fn base_response() -> Response {
+    let mut resp = (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+fn common_headers(h: &mut HeaderMap, digest: &str, content_type: &str, len: u64) {
+    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    if let Ok(v) = HeaderValue::from_str(digest) {
+        h.insert("docker-content-digest", v.clone());
+        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+            h.insert(header::ETAG, etag);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn manifest_response(m: crate::cache::Manifest) -> Response {
+    let mut resp = Response::new(Body::from(m.body));
+    common_headers(resp.headers_mut(), &m.digest.to_string(), &m.media_type, m.size);
+    if m.status == CacheStatus::Stale {
+        resp.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static("110 regmirror \"Response is stale: the upstream registry is unreachable\""),
+        );
+    }
+    resp
+}
+
+fn blob_response(b: crate::cache::Blob) -> Response {
+    let source = if b.status == CacheStatus::Hit { "cache" } else { "upstream" };
+    let body = match b.body {
+        Some(stream) => {
+            let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
+            Body::from_stream(futures::StreamExt::inspect(stream, move |chunk| {
+                if let Ok(c) = chunk {
+                    served.increment(c.len() as u64);
+                }
+            }))
+        }
+        None => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    match (b.range, b.size) {
+        (Some((start, end)), size) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let total = size.map(|s| s.to_string()).unwrap_or_else(|| "*".into());
+            common_headers(resp.headers_mut(), &b.digest.to_string(), "application/octet-stream", end - start);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        (None, Some(size)) => common_headers(h, &b.digest.to_string(), "application/octet-stream", size),
+        (None, None) => {
+            common_headers(h, &b.digest.to_string(), "application/octet-stream", 0);
+            h.remove(header::CONTENT_LENGTH);
+        }
+    }
+    resp
+}
+
+fn tags_response(page: crate::cache::TagsPage, upstream_repo: &str, client_name: &str) -> Response {
+    let len = page.body.len() as u64;
+    let mut resp = Response::new(Body::from(page.body));
+    let h = resp.headers_mut();
+    let ct = page.content_type.unwrap_or_else(|| "application/json".into());
+    if let Ok(v) = HeaderValue::from_str(&ct) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(link) = page.link.and_then(|l| HeaderValue::from_str(&rewrite_link(&l, upstream_repo, client_name)).ok()) {
+        h.insert(header::LINK, link);
+    }
+    resp
+}
+
+/// Point an upstream `Link: </v2/<repo>/tags/list?...>` into the mirror's namespace.
+pub fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str) -> String {
+    let from = format!("/v2/{upstream_repo}/tags/list");
+    let to = format!("/v2/{client_name}/tags/list");
+    match link.find(&from) {
+        Some(i) => {
+            let start = link[..i].rfind('<').map(|j| j + 1).unwrap_or(i);
+            format!("{}{}{}", &link[..start], to, &link[i + from.len()..])
+        }
+        None => link.to_string(),
+    }
+}
+
+/// `Range: bytes=a-b` (one range only, as registries serve).
+fn parse_range(v: &HeaderValue) -> Result<RangeSpec, Error> {
+    let bad = || Error::RangeNotSatisfiable(format!("unsupported Range header {v:?}: use bytes=START-END"));
+    let s = v.to_str().map_err(|_| bad())?.trim();
+    let spec = s.strip_prefix("bytes=").ok_or_else(bad)?;
+    if spec.contains(',') {
+        return Err(bad());
+    }
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => Ok(RangeSpec::Suffix(b.parse().map_err(|_| bad())?)),
+        (false, true) => Ok(RangeSpec::From(a.parse().map_err(|_| bad())?, None)),
+        (false, false) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+            if b < a {
+                return Err(bad());
+            }
+            Ok(RangeSpec::From(a, Some(b)))
+        }
+        (true, true) => Err(bad()),
+    }
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+/// The query without `ns` (which is ours, not the upstream's).
+fn strip_ns(query: &str) -> String {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "ns").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_rewritten() {
+        let cases = [
+            ("</v2/library/alpine/tags/list?last=b&n=2>; rel=\"next\"", "library/alpine", "dockerhub/alpine",
+             "</v2/dockerhub/alpine/tags/list?last=b&n=2>; rel=\"next\""),
+            ("<http://up:5000/v2/a/b/tags/list?n=1&last=x>; rel=\"next\"", "a/b", "local/a/b",
+             "</v2/local/a/b/tags/list?n=1&last=x>; rel=\"next\""),
+            ("<other>", "a", "b", "<other>"),
+        ];
+        for (link, repo, client, want) in cases {
+            assert_eq!(rewrite_link(link, repo, client), want);
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeSpec::*;
+        let ok = [("bytes=0-9", From(0, Some(9))), ("bytes=5-", From(5, None)), ("bytes=-3", Suffix(3))];
+        for (h, want) in ok {
+            assert_eq!(parse_range(&HeaderValue::from_static(h)).unwrap(), want);
+        }
+        for bad in ["bytes=9-1", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=-"] {
+            assert!(parse_range(&HeaderValue::from_static(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ns_is_not_forwarded() {
+        assert_eq!(strip_ns("n=10&ns=docker.io&last=a"), "n=10&last=a");
+        assert_eq!(query_param("ns=127.0.0.1%3A5101", "ns").as_deref(), Some("127.0.0.1:5101"));
+    }
+}

@@ -13,6 +13,17 @@ pub async fn run_all(s: &dyn Storage, spool_dir: &Path) {
     put_file_moves(s, spool_dir).await;
     replace_and_delete(s).await;
     list_prefix(s).await;
+    touch_updates_access_time(s).await;
+}
+
+pub async fn touch_updates_access_time(s: &dyn Storage) {
+    s.put("c/t", Bytes::from_static(b"t")).await.unwrap();
+    let before = s.head("c/t").await.unwrap().modified;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.touch("c/t").await.unwrap();
+    assert!(s.head("c/t").await.unwrap().modified > before);
+    assert_eq!(&s.get("c/t").await.unwrap()[..], b"t", "touch keeps the bytes");
+    s.touch("c/never-written").await.unwrap();
 }
 
 async fn collect(s: &dyn Storage, key: &str, range: Option<std::ops::Range<u64>>) -> Vec<u8> {

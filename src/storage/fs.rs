@@ -161,6 +161,18 @@ impl Storage for FsStorage {
         }
     }
 
+    async fn touch(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        let now = std::time::SystemTime::now();
+        let done = tokio::task::spawn_blocking(move || std::fs::File::options().write(true).open(&path)?.set_modified(now)).await;
+        match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(Err(source)) => Err(Error::Io { key: key.to_string(), source }),
+            Err(e) => Err(Error::Io { key: key.to_string(), source: std::io::Error::other(e) }),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {

@@ -47,7 +47,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
-    /// Seconds since the Unix epoch of the last modification.
+    /// Seconds since the Unix epoch of the last write or [`Storage::touch`].
     pub modified: u64,
 }
 
@@ -67,6 +67,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<()>;
     /// Move a complete local file into the store under `key`. The file is consumed.
     async fn put_file(&self, key: &str, file: &Path) -> Result<()>;
+    /// Record an access now (last-access time drives LRU eviction). Missing objects are ignored.
+    async fn touch(&self, key: &str) -> Result<()>;
     /// Remove an object. Removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Every object whose key starts with `prefix`.

@@ -1,0 +1,158 @@
+//! The one place errors become HTTP: status, OCI error code and the JSON envelope
+//! `{"errors":[{"code","message","detail"}]}`.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+
+use crate::cache;
+use crate::routing::RouteError;
+use crate::upstream;
+
+/// An API failure. Every variant maps to one status and one OCI code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("{0}")]
+    NameUnknown(String),
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to the upstream registry")]
+    ManifestUnknown,
+    #[error("blob unknown to the upstream registry")]
+    BlobUnknown,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("upstream registry rate limit reached")]
+    TooManyRequests { retry_after: Option<String> },
+    #[error("{0}")]
+    RangeNotSatisfiable(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("no such endpoint: this is a read-only OCI distribution (registry v2) mirror")]
+    NotFound,
+}
+
+impl Error {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
+            Error::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            Error::ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            Error::BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+            Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            Error::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            Error::BadGateway(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            Error::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// The OCI error code, e.g. `MANIFEST_UNKNOWN`.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+impl From<RouteError> for Error {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::Name(n) => Error::NameInvalid(n.to_string()),
+            e @ RouteError::UnknownUpstream { .. } => Error::NameUnknown(e.to_string()),
+        }
+    }
+}
+
+impl From<cache::Error> for Error {
+    fn from(e: cache::Error) -> Self {
+        use cache::Error as C;
+        match e {
+            C::ManifestUnknown => Error::ManifestUnknown,
+            C::BlobUnknown => Error::BlobUnknown,
+            C::UnknownUpstream(u) => Error::NameUnknown(format!("no upstream registry named {u:?} is configured")),
+            C::Upstream(u) => u.into(),
+            e @ C::DigestMismatch { .. } => Error::BadGateway(e.to_string()),
+            e @ C::ManifestTooLarge { .. } => Error::BadGateway(e.to_string()),
+            e @ C::Invalid(_) => Error::BadGateway(e.to_string()),
+            e @ C::RangeNotSatisfiable { .. } => Error::RangeNotSatisfiable(e.to_string()),
+            e @ C::Storage(_) => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<upstream::Error> for Error {
+    fn from(e: upstream::Error) -> Self {
+        use upstream::Error as U;
+        match e {
+            U::NotFound => Error::ManifestUnknown,
+            U::Unauthorized(m) => Error::Unauthorized(format!("the upstream registry refused regmirror's credentials: {m}")),
+            U::Denied(m) => Error::Denied(format!("the upstream registry denied access: {m}")),
+            U::TooManyRequests { retry_after } => Error::TooManyRequests { retry_after },
+            e @ (U::Unavailable(_) | U::Status { .. }) => Error::Unavailable(e.to_string()),
+            e @ (U::Invalid(_) | U::Config(_)) => Error::BadGateway(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({
+            "errors": [{ "code": code, "message": self.to_string(), "detail": serde_json::Value::Null }]
+        });
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Error::TooManyRequests { retry_after: Some(r) } = &self {
+            if let Ok(v) = HeaderValue::from_str(r) {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (Error::NameInvalid("x".into()), 400, "NAME_INVALID"),
+            (Error::NameUnknown("x".into()), 404, "NAME_UNKNOWN"),
+            (Error::DigestInvalid("x".into()), 400, "DIGEST_INVALID"),
+            (Error::ManifestUnknown, 404, "MANIFEST_UNKNOWN"),
+            (Error::BlobUnknown, 404, "BLOB_UNKNOWN"),
+            (Error::Unsupported("push".into()), 405, "UNSUPPORTED"),
+            (upstream::Error::Unauthorized("x".into()).into(), 401, "UNAUTHORIZED"),
+            (upstream::Error::Denied("x".into()).into(), 403, "DENIED"),
+            (upstream::Error::TooManyRequests { retry_after: Some("7".into()) }.into(), 429, "TOOMANYREQUESTS"),
+            (cache::Error::BlobUnknown.into(), 404, "BLOB_UNKNOWN"),
+            (cache::Error::DigestMismatch { expected: "a".into(), actual: "b".into() }.into(), 502, "UNKNOWN"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
+        }
+        let resp = Error::TooManyRequests { retry_after: Some("7".into()) }.into_response();
+        assert_eq!(resp.headers().get("retry-after").unwrap(), "7");
+    }
+}

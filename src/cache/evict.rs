@@ -1,0 +1,160 @@
+//! Eviction: keep the cache under `max_size` and drop content not accessed for `max_age`.
+//!
+//! Least recently used first, by the storage's last-access time (refreshed by [`Cache`] on hits).
+//! Objects that a client is reading right now are skipped; downloads in progress live in spool
+//! files, outside the evictable set. Tag records whose manifest is gone are harmless: the next
+//! request for the tag fetches it again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+
+use super::{Cache, Result};
+use crate::storage::{ByteStream, ObjectMeta, Storage};
+
+/// What to keep.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Policy {
+    pub max_size: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+/// What a run found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub objects: u64,
+    pub bytes: u64,
+    pub evicted_objects: u64,
+    pub evicted_bytes: u64,
+}
+
+/// Keys being read now, with a count per key.
+#[derive(Debug, Default)]
+pub struct InUse {
+    readers: Mutex<HashMap<String, usize>>,
+}
+
+impl InUse {
+    pub fn contains(&self, key: &str) -> bool {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(key)
+    }
+
+    /// Wrap a stream so that `key` counts as in use until the stream is dropped.
+    pub fn guard(self: &Arc<Self>, key: String, stream: ByteStream) -> ByteStream {
+        *self.readers.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default() += 1;
+        let guard = ReaderGuard { in_use: self.clone(), key };
+        stream
+            .map(move |item| {
+                let _keep = &guard;
+                item
+            })
+            .boxed()
+    }
+}
+
+struct ReaderGuard {
+    in_use: Arc<InUse>,
+    key: String,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut map = self.in_use.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Every evictable object: blobs and manifests.
+pub async fn objects(storage: &dyn Storage) -> Result<Vec<ObjectMeta>> {
+    let mut all = storage.list("blobs/").await?;
+    all.extend(storage.list("manifests/").await?);
+    Ok(all)
+}
+
+/// Evict per `policy`, oldest access first, skipping keys for which `in_use` is true.
+pub async fn run(storage: &dyn Storage, policy: Policy, in_use: &(dyn Fn(&str) -> bool + Sync)) -> Result<Report> {
+    let mut all = objects(storage).await?;
+    all.sort_by_key(|m| m.modified);
+    let mut report = Report {
+        objects: all.len() as u64,
+        bytes: all.iter().map(|m| m.size).sum(),
+        ..Default::default()
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut remaining = report.bytes;
+    for m in &all {
+        let too_old = policy.max_age.is_some_and(|age| now.saturating_sub(m.modified) > age.as_secs());
+        let too_big = policy.max_size.is_some_and(|max| remaining > max);
+        if !(too_old || too_big) {
+            if policy.max_age.is_none() {
+                break; // sorted by age: nothing further is over the size limit either
+            }
+            continue;
+        }
+        if in_use(&m.key) {
+            continue;
+        }
+        storage.delete(&m.key).await?;
+        remaining -= m.size;
+        report.evicted_objects += 1;
+        report.evicted_bytes += m.size;
+    }
+    report.objects -= report.evicted_objects;
+    report.bytes = remaining;
+    Ok(report)
+}
+
+impl Cache {
+    /// Run eviction now with `policy`, protecting what clients are reading.
+    pub async fn evict(&self, policy: Policy) -> Result<Report> {
+        let in_use = self.in_use.clone();
+        let report = run(self.storage.as_ref(), policy, &move |k| in_use.contains(k)).await?;
+        metrics::gauge!(crate::metrics::CACHE_BYTES).set(report.bytes as f64);
+        metrics::gauge!(crate::metrics::CACHE_OBJECTS).set(report.objects as f64);
+        metrics::counter!(crate::metrics::EVICTIONS).increment(report.evicted_objects);
+        metrics::counter!(crate::metrics::EVICTED_BYTES).increment(report.evicted_bytes);
+        if report.evicted_objects > 0 {
+            tracing::info!(evicted = report.evicted_objects, evicted_bytes = report.evicted_bytes, remaining_bytes = report.bytes, "eviction");
+        }
+        Ok(report)
+    }
+
+    /// The configured eviction policy.
+    pub fn policy_from_config(config: &crate::config::Config) -> Policy {
+        Policy { max_size: config.max_size.map(|s| s.0), max_age: config.max_age_secs.map(Duration::from_secs) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_until_under_size_and_skips_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::storage::fs::FsStorage::open(dir.path()).await.unwrap();
+        for (i, key) in ["blobs/sha256/aa/a1", "blobs/sha256/bb/b2", "manifests/sha256/cc/c3", "blobs/sha256/dd/d4"].iter().enumerate() {
+            s.put(key, Bytes::from(vec![0u8; 100])).await.unwrap();
+            let t = SystemTime::now() - Duration::from_secs(1000 - i as u64 * 100);
+            std::fs::File::options().write(true).open(dir.path().join(key)).unwrap().set_modified(t).unwrap();
+        }
+        s.put("tags/u/r/_tag/t", Bytes::from_static(b"{}")).await.unwrap();
+        // Oldest is a1, but it is being read: b2 and c3 go instead.
+        let report = run(&s, Policy { max_size: Some(250), max_age: None }, &|k| k == "blobs/sha256/aa/a1").await.unwrap();
+        assert_eq!(report, Report { objects: 2, bytes: 200, evicted_objects: 2, evicted_bytes: 200 });
+        let left: Vec<String> = objects(&s).await.unwrap().into_iter().map(|m| m.key).collect();
+        assert_eq!(left, vec!["blobs/sha256/aa/a1", "blobs/sha256/dd/d4"]);
+        // Age limit: everything older than 800 s goes (a1 at 1000 s, now not in use; d4 is 700 s old).
+        let report = run(&s, Policy { max_size: None, max_age: Some(Duration::from_secs(800)) }, &|_| false).await.unwrap();
+        assert_eq!((report.evicted_objects, report.objects), (1, 1));
+        assert!(s.head("tags/u/r/_tag/t").await.is_ok(), "tag records are not evicted");
+    }
+}

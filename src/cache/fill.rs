@@ -1,0 +1,279 @@
+//! Blob fills: one upstream download per digest, streamed to every client while it is written.
+//!
+//! A fill downloads a blob into a local spool file, hashing as it goes, and publishes how many
+//! bytes are on disk through a watch channel. Any number of readers tail the spool file from their
+//! own offsets, so memory does not grow with blob size or reader count, and a reader that goes away
+//! affects nobody. The fill runs in its own task: it finishes (or times out) even when every client
+//! has disconnected. Only after the digest matches is the spool handed to storage.
+//!
+//! Readers never deliver the final byte of a blob before the digest is verified, and a failed fill
+//! ends every reader's stream with an error, so no client sees a clean end of wrong or short bytes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Duration;
+
+use super::Error;
+use crate::oci::{Digest, Hasher};
+use crate::upstream;
+use crate::storage::ByteStream;
+
+/// How a fill stands, as readers see it.
+#[derive(Debug, Clone, Default)]
+pub struct FillState {
+    /// Total size once the upstream said it (Content-Length).
+    pub size: Option<u64>,
+    /// The upstream answered and the spool file exists.
+    pub started: bool,
+    /// Bytes written to the spool so far.
+    pub written: u64,
+    /// Set when the fill ends: Ok when verified and committed.
+    pub outcome: Option<Result<(), super::Error>>,
+}
+
+/// One in-flight download.
+pub struct Fill {
+    pub digest: Digest,
+    state: watch::Receiver<FillState>,
+    spool: Mutex<Option<Arc<File>>>,
+}
+
+impl Fill {
+    pub fn state(&self) -> FillState {
+        self.state.borrow().clone()
+    }
+
+    /// Wait until the upstream has answered (or the fill failed) and return the state then.
+    pub async fn wait_started(&self) -> FillState {
+        let mut rx = self.state.clone();
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if s.started || s.outcome.is_some() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    }
+
+    /// Stream bytes `start..end` (end = None: to the end of the blob) as they arrive.
+    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
+        let file = self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rx = self.state.clone();
+        futures::stream::unfold((rx, file, start), move |(mut rx, file, pos)| async move {
+            let file = file?;
+            loop {
+                let s = rx.borrow_and_update().clone();
+                let verified = matches!(s.outcome, Some(Ok(())));
+                if let Some(Err(e)) = &s.outcome {
+                    let err = std::io::Error::other(format!("blob fill failed: {e}"));
+                    return Some((Err(err), (rx, None, pos)));
+                }
+                let total = s.size.unwrap_or(u64::MAX);
+                let stop = end.unwrap_or(total).min(total);
+                // Whether this read includes the blob's last byte: then it must not end before
+                // the digest is verified.
+                let includes_last = stop >= total || (end.is_none() && s.size.is_none());
+                if verified && pos >= s.written.min(stop) {
+                    return None;
+                }
+                if pos >= stop && !includes_last {
+                    return None;
+                }
+                let mut readable = s.written.min(stop);
+                if !verified && includes_last && readable >= total {
+                    readable = total.saturating_sub(1);
+                }
+                if readable > pos {
+                    let len = (readable - pos).min(CHUNK as u64) as usize;
+                    let f = file.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = BytesMut::zeroed(len);
+                        let n = f.read_at(&mut buf, pos)?;
+                        buf.truncate(n);
+                        Ok::<_, std::io::Error>(buf.freeze())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                    return match read {
+                        Ok(b) if b.is_empty() => Some((Err(std::io::Error::other("spool file shorter than announced")), (rx, None, pos))),
+                        Ok(b) => {
+                            let n = b.len() as u64;
+                            Some((Ok(b), (rx, Some(file), pos + n)))
+                        }
+                        Err(e) => Some((Err(e), (rx, None, pos))),
+                    };
+                }
+                if rx.changed().await.is_err() {
+                    let err = std::io::Error::other("fill ended without an outcome");
+                    return Some((Err(err), (rx, None, pos)));
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// Size of one read from a spool file.
+const CHUNK: usize = 256 * 1024;
+
+/// The writer half of a fill, held by the task that downloads.
+pub struct FillWriter {
+    tx: watch::Sender<FillState>,
+    fill: Arc<Fill>,
+    path: Option<PathBuf>,
+}
+
+impl FillWriter {
+    /// The upstream answered with this size: create the spool file and let readers in.
+    pub fn start(&mut self, spool_dir: &std::path::Path, size: Option<u64>) -> std::io::Result<Arc<File>> {
+        let path = spool_dir.join(crate::storage::fs::temp_name("fill"));
+        let file = Arc::new(std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&path)?);
+        self.path = Some(path);
+        *self.fill.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
+        self.tx.send_modify(|s| {
+            s.size = size;
+            s.started = true;
+        });
+        Ok(file)
+    }
+
+    /// Copy `body` into the spool, verifying length and digest. Returns the spool path on success.
+    pub async fn write_body<S>(&mut self, file: Arc<File>, body: S, size: Option<u64>) -> Result<PathBuf, Error>
+    where
+        S: Stream<Item = Result<Bytes, String>> + Unpin,
+    {
+        let mut hasher = Hasher::new(self.fill.digest.algorithm());
+        let mut written: u64 = 0;
+        // Take every chunk that is already there in one go: one blocking write per batch.
+        let mut batches = body.ready_chunks(64);
+        while let Some(batch) = batches.next().await {
+            let mut chunks = Vec::with_capacity(batch.len());
+            for item in batch {
+                let chunk = item.map_err(|e| Error::Upstream(upstream::Error::Unavailable(format!("reading blob: {e}"))))?;
+                hasher.update(&chunk);
+                written += chunk.len() as u64;
+                chunks.push(chunk);
+            }
+            if let Some(s) = size {
+                if written > s {
+                    return Err(Error::Invalid(format!("upstream sent more than the announced {s} bytes")));
+                }
+            }
+            let offset = written - chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || write_chunks(&f, offset, &chunks))
+                .await
+                .map_err(|e| Error::Storage(e.to_string()))?
+                .map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
+            self.tx.send_modify(|s| s.written = written);
+        }
+        if let Some(s) = size {
+            if written != s {
+                return Err(Error::Upstream(upstream::Error::Unavailable(format!("upstream closed after {written} of {s} bytes"))));
+            }
+        }
+        let actual = hasher.finish();
+        if actual != self.fill.digest {
+            return Err(Error::DigestMismatch { expected: self.fill.digest.to_string(), actual: actual.to_string() });
+        }
+        if self.fill.state().size.is_none() {
+            self.tx.send_modify(|s| s.size = Some(written));
+        }
+        self.path.clone().ok_or_else(|| Error::Storage("spool file missing".into()))
+    }
+
+    /// End the fill. On failure the spool file is removed.
+    pub fn finish(mut self, outcome: Result<(), Error>) {
+        if outcome.is_err() {
+            if let Some(p) = self.path.take() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        self.tx.send_modify(|s| s.outcome = Some(outcome));
+    }
+}
+
+impl Drop for FillWriter {
+    fn drop(&mut self) {
+        // A writer dropped without finish() (panic, cancelled task, timeout) fails the fill.
+        if self.tx.borrow().outcome.is_none() {
+            if let Some(p) = self.path.take() {
+                let _ = std::fs::remove_file(p);
+            }
+            self.tx.send_modify(|s| s.outcome = Some(Err(Error::Invalid("blob fill abandoned".into()))));
+        }
+    }
+}
+
+fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<()> {
+    for c in chunks {
+        f.write_all_at(c, offset)?;
+        offset += c.len() as u64;
+    }
+    Ok(())
+}
+
+/// The in-flight fills of one cache, by digest: the single-flight table.
+#[derive(Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+/// What [`Fills::join_or_start`] handed out.
+pub enum Joined {
+    /// Another request is already downloading this digest.
+    Existing(Arc<Fill>),
+    /// The caller must run the fill with this writer.
+    New(Arc<Fill>, FillWriter),
+}
+
+impl Fills {
+    pub fn join_or_start(&self, digest: &Digest) -> Joined {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(digest) {
+            if f.state().outcome.is_none() {
+                return Joined::Existing(f.clone());
+            }
+        }
+        let (tx, rx) = watch::channel(FillState::default());
+        let fill = Arc::new(Fill { digest: digest.clone(), state: rx, spool: Mutex::new(None) });
+        map.insert(digest.clone(), fill.clone());
+        Joined::New(fill.clone(), FillWriter { tx, fill, path: None })
+    }
+
+    /// The in-flight fill for `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(digest).filter(|f| f.state().outcome.is_none()).cloned()
+    }
+
+    /// Forget `fill` once it has ended (only if it is still the registered one).
+    pub fn remove(&self, fill: &Arc<Fill>) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            map.remove(&fill.digest);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Deadline for a whole fill.
+pub fn fill_deadline(secs: u64) -> Duration {
+    Duration::from_secs(secs.max(1))
+}

@@ -1,0 +1,256 @@
+//! Manifest reads: by digest (immutable), by tag (fresh / revalidated / stale), tags lists.
+//!
+//! Manifests are small (bounded by `max_manifest_bytes`), so they are read whole, verified, stored
+//! and then answered. Concurrent requests for the same (upstream, repository, reference) share one
+//! upstream fetch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http::{HeaderValue, Method};
+use tokio::sync::OnceCell;
+
+use super::tags::TagRecord;
+use super::{decode_manifest, encode_manifest, header_digest, keys, Cache, CacheStatus, Error, Result};
+use crate::oci::{media, Digest, Reference};
+use crate::storage;
+use crate::upstream::{self, Request, Upstream};
+
+/// A manifest answer. `body` is empty for HEAD answers that came straight from the upstream.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    pub body: Bytes,
+    pub status: CacheStatus,
+}
+
+type FlightKey = (String, String, String);
+
+/// In-flight manifest fetches, one per (upstream, repository, reference).
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<FlightKey, Arc<OnceCell<Result<Manifest>>>>>,
+}
+
+/// A tags list page from the upstream.
+#[derive(Debug, Clone)]
+pub struct TagsPage {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// The upstream's `Link` header (next page), unmodified.
+    pub link: Option<String>,
+}
+
+impl Cache {
+    /// GET or HEAD a manifest by tag or digest.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        upstream: &str,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+        head: bool,
+    ) -> Result<Manifest> {
+        let up = self.upstream(upstream)?;
+        match reference {
+            Reference::Digest(d) => {
+                if let Some((media_type, body)) = self.stored_manifest(d).await? {
+                    return Ok(manifest(d.clone(), media_type, body, CacheStatus::Hit));
+                }
+                if head {
+                    return self.head_manifest_upstream(&up, repo, reference, accept).await;
+                }
+            }
+            Reference::Tag(tag) => {
+                if self.tag_ttl.is_fresh(self.policy(upstream), upstream, repo, tag) {
+                    if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
+                        return Ok(m);
+                    }
+                }
+            }
+        }
+        let key = (upstream.to_string(), repo.to_string(), reference.to_string());
+        let cell = {
+            let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let leader = !cell.initialized();
+        let result = cell.get_or_init(|| self.fetch_manifest(&up, repo, reference, accept)).await.clone();
+        {
+            let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                map.remove(&key);
+            }
+        }
+        result.map(|mut m| {
+            if !leader && m.status == CacheStatus::Miss {
+                m.status = CacheStatus::Joined;
+                metrics::counter!(crate::metrics::JOINED, "kind" => "manifest").increment(1);
+            }
+            m
+        })
+    }
+
+    /// Fetch (or revalidate) from the upstream; the one call per flight.
+    async fn fetch_manifest(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+        let Reference::Tag(tag) = reference else {
+            return self.get_manifest_upstream(up, repo, reference, accept).await;
+        };
+        let cached = self.cached_tag(up.name(), repo, tag).await?;
+        let Some(cached) = cached else {
+            return self.get_manifest_upstream(up, repo, reference, accept).await;
+        };
+        // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull limit.
+        match self.head_manifest_upstream(up, repo, reference, accept).await {
+            Ok(h) if h.digest == cached.digest => {
+                self.tag_ttl.confirm(up.name(), repo, tag);
+                Ok(cached)
+            }
+            Ok(_) => match self.get_manifest_upstream(up, repo, reference, accept).await {
+                Err(Error::Upstream(e)) if e.is_outage() => Ok(self.stale(up, repo, tag, cached, &e)),
+                other => other,
+            },
+            Err(Error::Upstream(e)) if e.is_outage() => Ok(self.stale(up, repo, tag, cached, &e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stale(&self, up: &Upstream, repo: &str, tag: &str, mut cached: Manifest, e: &upstream::Error) -> Manifest {
+        tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
+        cached.status = CacheStatus::Stale;
+        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string()).increment(1);
+        cached
+    }
+
+    /// GET a manifest from the upstream, verify it and store it (and the tag record).
+    async fn get_manifest_upstream(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+        self.counters.manifest_fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let req = manifest_request(Method::GET, repo, reference, accept)?;
+        let resp = up.send(&req).await.map_err(manifest_error)?;
+        let declared_digest = header_digest(resp.headers());
+        let declared_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = read_limited(resp, self.max_manifest_bytes).await?;
+        let digest = match (reference, &declared_digest) {
+            (Reference::Digest(d), _) => d.clone(),
+            (Reference::Tag(_), Some(d)) => d.clone(),
+            (Reference::Tag(_), None) => Digest::sha256_of(&body),
+        };
+        if !digest.matches(&body) {
+            let actual = Digest::sha256_of(&body).to_string();
+            return Err(Error::DigestMismatch { expected: digest.to_string(), actual });
+        }
+        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
+            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
+        self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
+        if let Reference::Tag(tag) = reference {
+            let record = TagRecord { digest: digest.to_string(), media_type: media_type.clone(), size: body.len() as u64 };
+            let json = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
+            self.storage.put(&keys::tag(up.name(), repo, tag), Bytes::from(json)).await?;
+            self.tag_ttl.confirm(up.name(), repo, tag);
+        }
+        tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
+        Ok(manifest(digest, media_type, body, CacheStatus::Miss))
+    }
+
+    /// HEAD a manifest at the upstream; answers what it says without caching.
+    async fn head_manifest_upstream(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+        let req = manifest_request(Method::HEAD, repo, reference, accept)?;
+        let resp = up.send(&req).await.map_err(manifest_error)?;
+        let h = resp.headers();
+        let digest = match (header_digest(h), reference) {
+            (Some(d), _) => d,
+            (None, Reference::Digest(d)) => d.clone(),
+            // No digest in the answer: fall back to GET, which computes it.
+            (None, Reference::Tag(_)) => return self.get_manifest_upstream(up, repo, reference, accept).await,
+        };
+        let media_type = h
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+        let size = super::blobs::content_length(h).unwrap_or(0);
+        Ok(Manifest { digest, media_type, size, body: Bytes::new(), status: CacheStatus::Passthrough })
+    }
+
+    async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
+        let key = keys::manifest(d);
+        match self.storage.get(&key).await {
+            Ok(stored) => {
+                if let Ok(meta) = self.storage.head(&key).await {
+                    self.note_access(&key, meta.modified).await;
+                }
+                Ok(decode_manifest(stored))
+            }
+            Err(storage::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The manifest a cached tag record points to, when both are stored.
+    async fn cached_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<Manifest>> {
+        let record = match self.storage.get(&keys::tag(upstream, repo, tag)).await {
+            Ok(b) => b,
+            Err(storage::Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Ok(record) = serde_json::from_slice::<TagRecord>(&record) else { return Ok(None) };
+        let Ok(digest) = record.digest.parse::<Digest>() else { return Ok(None) };
+        Ok(self.stored_manifest(&digest).await?.map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
+    }
+
+    /// One page of an upstream's tags list (not cached).
+    pub async fn tags_list(self: &Arc<Self>, upstream: &str, repo: &str, query: Option<String>) -> Result<TagsPage> {
+        let up = self.upstream(upstream)?;
+        let mut req = Request::new(Method::GET, repo, "tags/list".into());
+        req.query = query;
+        let resp = up.send(&req).await.map_err(|e| match e {
+            upstream::Error::NotFound => Error::ManifestUnknown,
+            e => Error::Upstream(e),
+        })?;
+        let get = |n: http::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (content_type, link) = (get(http::header::CONTENT_TYPE), get(http::header::LINK));
+        let body = read_limited(resp, self.max_manifest_bytes).await?;
+        Ok(TagsPage { body, content_type, link })
+    }
+}
+
+fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus) -> Manifest {
+    Manifest { digest, media_type, size: body.len() as u64, body, status }
+}
+
+fn manifest_request(method: Method, repo: &str, reference: &Reference, accept: &[String]) -> Result<Request> {
+    let mut req = Request::new(method, repo, format!("manifests/{reference}"));
+    for t in media::upstream_accept(accept) {
+        let v = HeaderValue::from_str(&t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
+        req.headers.append(http::header::ACCEPT, v);
+    }
+    Ok(req)
+}
+
+fn manifest_error(e: upstream::Error) -> Error {
+    match e {
+        upstream::Error::NotFound => Error::ManifestUnknown,
+        e => Error::Upstream(e),
+    }
+}
+
+/// Read a whole response body, refusing more than `limit` bytes.
+async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
+    if super::blobs::content_length(resp.headers()).is_some_and(|n| n > limit) {
+        return Err(Error::ManifestTooLarge { limit });
+    }
+    let mut buf = BytesMut::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::Upstream(upstream::Error::Unavailable(upstream::describe(&e))))?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(Error::ManifestTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}

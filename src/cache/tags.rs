@@ -1,0 +1,120 @@
+//! Tag freshness: how long a cached tag -> digest record is trusted without asking the upstream.
+//!
+//! The one place the freshness policy lives. Digests are immutable and never revalidated; a tag is
+//! trusted for its upstream's `tag_ttl_secs` after it was last confirmed, forever if it matches one
+//! of the upstream's `immutable_tags` patterns. Confirmation times are kept in memory (on the tokio
+//! clock, so tests can pause time): after a restart every tag is revalidated once, with a HEAD.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::{Duration, Instant};
+
+/// The stored record of what a tag pointed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// Per-upstream freshness settings.
+#[derive(Debug, Clone)]
+pub struct TagPolicy {
+    pub ttl: Duration,
+    pub immutable: Vec<String>,
+}
+
+impl TagPolicy {
+    pub fn is_immutable(&self, tag: &str) -> bool {
+        self.immutable.iter().any(|p| glob_match(p, tag))
+    }
+}
+
+/// When each (upstream, repository, tag) was last confirmed with the upstream.
+#[derive(Debug, Default)]
+pub struct TagTtl {
+    confirmed: Mutex<HashMap<(String, String, String), Instant>>,
+}
+
+impl TagTtl {
+    /// Whether the tag may be served from cache without asking the upstream.
+    pub fn is_fresh(&self, policy: &TagPolicy, upstream: &str, repo: &str, tag: &str) -> bool {
+        let map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&(upstream.to_string(), repo.to_string(), tag.to_string())) {
+            Some(_) if policy.is_immutable(tag) => true,
+            Some(at) => at.elapsed() < policy.ttl,
+            None => false,
+        }
+    }
+
+    /// Record that the upstream just confirmed the tag.
+    pub fn confirm(&self, upstream: &str, repo: &str, tag: &str) {
+        let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((upstream.to_string(), repo.to_string(), tag.to_string()), Instant::now());
+    }
+
+    pub fn forget(&self, upstream: &str, repo: &str, tag: &str) {
+        let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(upstream.to_string(), repo.to_string(), tag.to_string()));
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("v*", "v1.2", true),
+            ("v*", "latest", false),
+            ("*-alpine", "3.19-alpine", true),
+            ("1.*.*", "1.2.3", true),
+            ("1.*.*", "1.2", false),
+            ("latest", "latest", true),
+            ("*", "", true),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "acb", false),
+        ];
+        for (p, s, want) in cases {
+            assert_eq!(glob_match(p, s), want, "{p} {s}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_and_immutable_does_not() {
+        let t = TagTtl::default();
+        let policy = TagPolicy { ttl: Duration::from_secs(300), immutable: vec!["v*".into()] };
+        assert!(!t.is_fresh(&policy, "u", "r", "latest"), "never confirmed");
+        t.confirm("u", "r", "latest");
+        t.confirm("u", "r", "v1");
+        assert!(t.is_fresh(&policy, "u", "r", "latest"));
+        tokio::time::advance(Duration::from_secs(301)).await;
+        assert!(!t.is_fresh(&policy, "u", "r", "latest"));
+        assert!(t.is_fresh(&policy, "u", "r", "v1"));
+        t.confirm("u", "r", "latest");
+        assert!(t.is_fresh(&policy, "u", "r", "latest"));
+    }
+}

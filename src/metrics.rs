@@ -1,0 +1,71 @@
+//! Metric names and recording helpers: every Prometheus series regmirror exports is named here.
+//!
+//! Owns: the names, labels and units. Callers record through these functions so that the list in the
+//! README and the code cannot drift apart. Must not do I/O (the exporter renders on `GET /metrics`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "regmirror_http_requests_total";
+pub const REQUEST_SECONDS: &str = "regmirror_http_request_duration_seconds";
+pub const CACHE_REQUESTS: &str = "regmirror_cache_requests_total";
+pub const BYTES_SERVED: &str = "regmirror_bytes_served_total";
+pub const UPSTREAM_REQUESTS: &str = "regmirror_upstream_requests_total";
+pub const UPSTREAM_SECONDS: &str = "regmirror_upstream_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "regmirror_upstream_errors_total";
+pub const FILLS_IN_FLIGHT: &str = "regmirror_fills_in_flight";
+pub const FILLS_TOTAL: &str = "regmirror_fills_total";
+pub const JOINED: &str = "regmirror_coalesced_requests_total";
+pub const CACHE_BYTES: &str = "regmirror_cache_size_bytes";
+pub const CACHE_OBJECTS: &str = "regmirror_cache_objects";
+pub const EVICTIONS: &str = "regmirror_evictions_total";
+pub const EVICTED_BYTES: &str = "regmirror_evicted_bytes_total";
+pub const RATELIMIT_REMAINING: &str = "regmirror_upstream_ratelimit_remaining";
+pub const STALE_SERVED: &str = "regmirror_stale_served_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Install the Prometheus recorder once per process. Returns None if another recorder is installed.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(REQUESTS, "HTTP requests by endpoint kind, method and status");
+    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Time to the response head, by endpoint kind");
+    describe_counter!(CACHE_REQUESTS, "Cache outcomes by kind (blob, manifest) and status (hit, miss, joined, stale, passthrough)");
+    describe_counter!(BYTES_SERVED, Unit::Bytes, "Blob bytes sent to clients, by source (cache, upstream)");
+    describe_counter!(UPSTREAM_REQUESTS, "Requests sent to upstreams, by upstream and status");
+    describe_histogram!(UPSTREAM_SECONDS, Unit::Seconds, "Upstream time to response head, by upstream");
+    describe_counter!(UPSTREAM_ERRORS, "Upstream failures by upstream and kind");
+    describe_gauge!(FILLS_IN_FLIGHT, "Blob downloads running now");
+    describe_counter!(FILLS_TOTAL, "Blob downloads by outcome (ok, failed)");
+    describe_counter!(JOINED, "Requests that joined a download another request started");
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes of blobs and manifests in the cache (as of the last scan)");
+    describe_gauge!(CACHE_OBJECTS, "Blobs and manifests in the cache (as of the last scan)");
+    describe_counter!(EVICTIONS, "Objects removed by eviction");
+    describe_counter!(EVICTED_BYTES, Unit::Bytes, "Bytes removed by eviction");
+    describe_gauge!(RATELIMIT_REMAINING, "Last ratelimit-remaining header seen from each upstream");
+    describe_counter!(STALE_SERVED, "Manifests served stale because the upstream was unavailable");
+}
+
+/// Render the current metrics in the Prometheus text format.
+pub fn render() -> String {
+    match HANDLE.get() {
+        Some(Some(h)) => h.render(),
+        _ => String::from("# metrics recorder not installed\n"),
+    }
+}
