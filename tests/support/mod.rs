@@ -1,0 +1,27 @@
+//! End-to-end test harness: real upstream registries (Debian's `docker-registry`, i.e. distribution
+//! 2.8), an in-process token server, offline image seeding, the real `regmirror` binary, skopeo.
+//!
+//! # Layout
+//! - [`env`]: required tools, `REGMIRROR_E2E`, free ports, child processes killed on drop.
+//! - [`background`]: run an axum router on its own thread and runtime (token server, fake upstreams).
+//! - [`token`]: RS256 token server that distribution's `auth.token` accepts.
+//! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth), count its access log.
+//! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
+//! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
+//!   HTTP/1.1 request for paths no URL library would leave alone.
+//! - [`seed`]: push the standard set of images to an upstream and return their digests.
+//! - [`mirror`]: spawn `regmirror serve` with a generated config, read its listeners and request log.
+//! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
+//!
+//! Every test builds its own world (ports, temp dirs, processes), so tests run in parallel.
+#![allow(dead_code)]
+
+pub mod background;
+pub mod client;
+pub mod env;
+pub mod image;
+pub mod mirror;
+pub mod registry;
+pub mod seed;
+pub mod skopeo;
+pub mod token;
