@@ -18,6 +18,7 @@
 
 pub mod background;
 pub mod client;
+pub mod clients;
 pub mod env;
 pub mod image;
 pub mod mirror;
