@@ -137,8 +137,23 @@ fn containerd_hosts(dir: &Path, mirror: &Regmirror, registries: &[&str], style: 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn containerd_pulls_two_registries_through_ns_and_prefix_hosts_files() {
+async fn containerd_pulls_two_registries_through_ns_style_hosts_files() {
     require_tools!(&all_tools());
+    containerd_pulls_two_registries("ns").await;
+}
+
+/// containerd sends `?ns=<registry>` to a prefix-style mirror too (`GET
+/// /v2/docker.io/library/busybox/manifests/v1?ns=docker.io`): the path prefix must still win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_two_registries_through_prefix_style_hosts_files() {
+    require_tools!(&all_tools());
+    containerd_pulls_two_registries("prefix").await;
+}
+
+/// Pull docker.io and a second registry with `ctr --hosts-dir` written by `client-config
+/// containerd --style STYLE`; each pull in a fresh namespace (content is not shared), so every
+/// blob must come through regmirror.
+async fn containerd_pulls_two_registries(style: &str) {
     // The second registry is named by a dead loopback port: containerd falling back to the
     // registry itself finds nothing there. regmirror knows where it really lives.
     let second = Registry::plain().await;
@@ -149,43 +164,47 @@ async fn containerd_pulls_two_registries_through_ns_and_prefix_hosts_files() {
     let work = tempfile::tempdir().unwrap();
     let registries = ["docker.io", second_name.as_str()];
 
-    for style in ["ns", "prefix"] {
-        let hosts = work.path().join(style);
-        containerd_hosts(&hosts, &mirror, &registries, style);
-        let containerd = tokio::task::spawn_blocking(Containerd::start).await.unwrap();
+    let hosts = work.path().join(style);
+    containerd_hosts(&hosts, &mirror, &registries, style);
+    let containerd = tokio::task::spawn_blocking(Containerd::start).await.unwrap();
+    let pulls = [
+        ("docker.io/library/busybox:v1", "docker.io", "library/busybox", &hub_seeded),
+        (&*format!("{second_name}/team/app:v1"), second_name.as_str(), "team/app", &second_seeded),
+    ]
+    .map(|(n, u, r, s)| (n.to_string(), u, r, s));
+    for (i, (name, upstream, repository, seeded)) in pulls.iter().enumerate() {
         let before = mirror.requests().len();
-        let pulls = [
-            ("docker.io/library/busybox:v1", "docker.io", "library/busybox", &hub_seeded),
-            (&*format!("{second_name}/team/app:v1"), second_name.as_str(), "team/app", &second_seeded),
-        ]
-        .map(|(n, u, r, s)| (n.to_string(), u, r, s));
-        for (i, (name, upstream, repository, seeded)) in pulls.iter().enumerate() {
-            let ns = format!("e2e{i}");
-            let ns = ns.as_str();
-            let out = containerd.pull(ns, &hosts, name);
-            expect_success(&out, &format!("ctr image pull {name} ({style} style)"));
-            assert_eq!(
-                containerd.image_digest(ns, name).as_deref(),
-                Some(seeded.index.manifest.digest.as_str()),
-                "{style}: ctr image ls shows the index digest of {name}"
+        let ns = format!("e2e{i}");
+        let ns = ns.as_str();
+        let out = containerd.pull(ns, &hosts, name);
+        if !out.status.success() {
+            panic!(
+                "ctr image pull {name} ({style} style) failed:\n{}\nregmirror saw:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                summary(&mirror.requests())
             );
-            let content = containerd.content_digests(ns);
-            let amd64 = seeded.index.child("amd64");
-            for d in amd64.digests() {
-                assert!(content.contains(&d), "{style}: containerd holds amd64 {d} of {name}");
-            }
-            assert!(!content.contains(&seeded.index.child("arm64").manifest.digest), "{style}: no arm64 manifest");
-            let reqs: Vec<RequestRecord> = mirror.requests().into_iter().skip(before).collect();
-            let route = style;
-            let want_route_any = matching(&reqs, |r| r.upstream == *upstream && r.repository == *repository);
-            assert!(!want_route_any.is_empty(), "{style}: {name} reached regmirror:\n{}", summary(&reqs));
-            assert_pulled_amd64(&reqs, &seeded.index, upstream, repository, route, &format!("{style}: {name}"));
-            // containerd names the registry with ?ns= on every request to a mirror.
-            for r in matching(&reqs, |r| r.upstream == *upstream) {
-                assert_eq!(ns_of(r), *upstream, "{style}: ?ns= on {} {}", r.method, r.path);
-            }
         }
-        drop(containerd);
+        assert_eq!(
+            containerd.image_digest(ns, name).as_deref(),
+            Some(seeded.index.manifest.digest.as_str()),
+            "{style}: ctr image ls shows the index digest of {name}"
+        );
+        let content = containerd.content_digests(ns);
+        let amd64 = seeded.index.child("amd64");
+        for d in amd64.digests() {
+            assert!(content.contains(&d), "{style}: containerd holds amd64 {d} of {name}");
+        }
+        assert!(!content.contains(&seeded.index.child("arm64").manifest.digest), "{style}: no arm64 manifest");
+        let reqs: Vec<RequestRecord> = mirror.requests().into_iter().skip(before).collect();
+        assert_pulled_amd64(&reqs, &seeded.index, upstream, repository, style, &format!("{style}: {name}"));
+        // containerd names the registry with ?ns= on every request to a mirror.
+        for r in &reqs {
+            assert_eq!(ns_of(r), *upstream, "{style}: ?ns= on {} {}", r.method, r.path);
+        }
+    }
+    drop(containerd);
+    if style != "ns" {
+        return;
     }
 
     // The ns answer: OCI-Namespace names the registry the request was routed to.
@@ -260,4 +279,116 @@ async fn podman_pulls_through_the_registry_mirror_with_a_dead_primary_location()
     });
     let printed = expect_success(&out, "podman run");
     assert_eq!(printed, expected_text(amd64, &format!("{label} oci amd64")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_copies_through_prefix_and_host_style_registries_conf() {
+    require_tools!(&all_tools());
+    // ghcr.io stands in at a second registry, reached by Host header: the mirror URL's host name
+    // `localhost` is in the upstream's `hosts`.
+    let ghcr = Registry::plain().await;
+    let ghcr_seeded = seed(&ghcr, "team/app", "team/single", "skopeo ghcr").await;
+    let (_hub, hub_seeded, mirror) =
+        hub_and_mirror("skopeo hub", vec![UpstreamEntry::new("ghcr.io", &ghcr.url()).host("localhost")]).await;
+    let port = mirror.addr().rsplit_once(':').unwrap().1.to_string();
+    let work = tempfile::tempdir().unwrap();
+    // Both registries' own locations are dead loopback ports: only the mirrors can answer.
+    let existing = work.path().join("existing.conf");
+    std::fs::write(
+        &existing,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:{}\"\n\n\
+             [[registry]]\nprefix = \"ghcr.io\"\nlocation = \"127.0.0.1:{}\"\n",
+            dead_port(),
+            dead_port()
+        ),
+    )
+    .unwrap();
+    let step1 = work.path().join("step1");
+    client_config_write(&["podman", "--mirror", &mirror.url, "--merge", existing.to_str().unwrap()], &step1);
+    let step2 = work.path().join("step2");
+    let host_mirror = format!("http://localhost:{port}");
+    let merged = step1.join("registries.conf");
+    client_config_write(
+        &["podman", "--style", "host", "--registry", "ghcr.io", "--mirror", &host_mirror, "--merge", merged.to_str().unwrap()],
+        &step2,
+    );
+    let conf = step2.join("registries.conf");
+
+    let cases = [
+        ("docker.io/library/busybox:v1", &hub_seeded, "docker.io", "library/busybox", "prefix"),
+        ("ghcr.io/team/app:v1", &ghcr_seeded, "ghcr.io", "team/app", "host"),
+    ];
+    for (i, (reference, seeded, upstream, repository, route)) in cases.into_iter().enumerate() {
+        // --all keeps the index, byte for byte.
+        let dest = work.path().join(format!("all{i}"));
+        let c = conf.clone();
+        let d = dest.clone();
+        let out = tokio::task::spawn_blocking(move || clients::skopeo_copy(&c, reference, &d, true)).await.unwrap();
+        expect_success(&out, &format!("skopeo copy --all {reference}"));
+        let copy = clients::read_dir_layout(&dest);
+        assert_eq!(copy.manifest_digest(), seeded.index.manifest.digest, "{reference}: index digest kept");
+        let mut want: Vec<String> = seeded.index.children.iter().map(|c| c.manifest.digest.clone()).collect();
+        want.sort();
+        assert_eq!(copy.instance_digests(), want, "{reference}: both platforms copied");
+        let reqs = mirror.requests();
+        let via: Vec<&RequestRecord> = matching(&reqs, |r| r.upstream == upstream && r.repository == repository);
+        assert!(!via.is_empty(), "{reference} reached regmirror:\n{}", summary(&reqs));
+        assert!(via.iter().all(|r| r.route == route && r.status == 200), "{reference} routed by {route}:\n{}", summary(&reqs));
+
+        // Without --all: this machine's platform only.
+        let dest = work.path().join(format!("one{i}"));
+        let c = conf.clone();
+        let d = dest.clone();
+        let out = tokio::task::spawn_blocking(move || clients::skopeo_copy(&c, reference, &d, false)).await.unwrap();
+        expect_success(&out, &format!("skopeo copy {reference}"));
+        let copy = clients::read_dir_layout(&dest);
+        assert_eq!(copy.manifest_digest(), seeded.index.child("amd64").manifest.digest, "{reference}: amd64 chosen");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeadm_and_kubespray_image_names_pull_through_the_mirror() {
+    require_tools!(&all_tools());
+    // registry.k8s.io keeps CoreDNS at coredns/coredns; the pause image at pause.
+    let k8s = Registry::plain().await;
+    let seeded = seed(&k8s, "coredns/coredns", "pause", "k8s").await;
+    let mirror = Regmirror::start(MirrorConfig::new(vec![UpstreamEntry::new("registry.k8s.io", &k8s.url())])).await;
+
+    let kubeadm = client_config_print(&["kubeadm", "--mirror", &mirror.url]);
+    let repo = clients::yaml_value(&kubeadm, 0, "imageRepository").expect("imageRepository");
+    let dns_repo = clients::yaml_value(&kubeadm, 2, "imageRepository").expect("dns.imageRepository");
+    let kubespray = client_config_print(&["kubespray", "--mirror", &mirror.url]);
+    let kube_image_repo = clients::yaml_value(&kubespray, 0, "kube_image_repo").expect("kube_image_repo");
+    assert_eq!(kube_image_repo, repo, "kubeadm and kubespray agree");
+
+    // kubeadm pulls <dns.imageRepository>/coredns:<tag> and <imageRepository>/pause:<tag>;
+    // kubespray's coredns_image_repo is <kube_image_repo>/coredns/coredns. containerd pulls them
+    // from the mirror as from any plain-HTTP registry.
+    let containerd = tokio::task::spawn_blocking(Containerd::start).await.unwrap();
+    let no_hosts = tempfile::tempdir().unwrap();
+    let pulls = [
+        (format!("{dns_repo}/coredns:v1"), "coredns/coredns", seeded.index.manifest.digest.clone()),
+        (format!("{repo}/pause:oci"), "pause", seeded.oci.manifest.digest.clone()),
+        (format!("{kube_image_repo}/coredns/coredns:v2"), "coredns/coredns", seeded.index.manifest.digest.clone()),
+    ];
+    for (i, (name, repository, digest)) in pulls.iter().enumerate() {
+        let ns = format!("k8s{i}");
+        let out = containerd.pull(&ns, no_hosts.path(), name);
+        expect_success(&out, &format!("ctr image pull {name}"));
+        assert_eq!(containerd.image_digest(&ns, name).as_deref(), Some(digest.as_str()), "{name}");
+        let reqs = mirror.requests();
+        let tag = name.rsplit_once(':').unwrap().1;
+        let path = format!("/v2/registry.k8s.io/{repository}/manifests/{tag}");
+        assert!(
+            reqs.iter().any(|r| r.path == path
+                && r.status == 200
+                && r.route == "prefix"
+                && r.upstream == "registry.k8s.io"
+                && r.repository == *repository),
+            "{name} routed to registry.k8s.io {repository}:\n{}",
+            summary(&reqs)
+        );
+    }
+    drop(containerd);
 }

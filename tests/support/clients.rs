@@ -424,3 +424,34 @@ impl Drop for Dockerd {
         let _ = &self.netns;
     }
 }
+
+/// `skopeo copy [--all] docker://REFERENCE dir:DEST` with `registries_conf` as the only
+/// registries configuration (no TLS override: the conf's `insecure` must allow plain HTTP).
+pub fn skopeo_copy(registries_conf: &Path, reference: &str, dest: &Path, all: bool) -> Output {
+    let mut cmd = Command::new("skopeo");
+    // skopeo 1.9 does not read CONTAINERS_REGISTRIES_CONF; it takes --registries-conf.
+    cmd.env("REGISTRY_AUTH_FILE", dest.with_extension("auth.json"))
+        .arg("--registries-conf")
+        .arg(registries_conf)
+        .args(["--insecure-policy", "copy", "--retry-times=0", "--src-no-creds"]);
+    if all {
+        cmd.arg("--all");
+    }
+    cmd.arg(format!("docker://{reference}")).arg(format!("dir:{}", dest.display()));
+    run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+/// The files of a `dir:` layout, for [`super::skopeo::DirImage`]'s checks.
+pub fn read_dir_layout(dest: &Path) -> super::skopeo::DirImage {
+    let mut files = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dest).unwrap_or_else(|e| panic!("read {}: {e}", dest.display())).flatten() {
+        files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read layout file"));
+    }
+    super::skopeo::DirImage { path: dest.to_path_buf(), files }
+}
+
+/// The value of `key: "value"` in a YAML file written by client-config (`indent` spaces before it).
+pub fn yaml_value(text: &str, indent: usize, key: &str) -> Option<String> {
+    let prefix = format!("{}{key}: ", " ".repeat(indent));
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().trim_matches('"').to_string())
+}
