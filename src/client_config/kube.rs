@@ -63,8 +63,8 @@ pub fn kubeadm(req: &Request) -> Result<Output, Error> {
     if req.needs_insecure() {
         notes.push(format!(
             "the container runtime pulls these images from {host} as a registry of its own: allow it there \
-             (containerd: certs.d/{host}/hosts.toml with server = \"{url}\" and, for HTTPS, skip_verify = true \
-             under [host.\"{url}\"]; CRI-O: a [[registry]] location = \"{host}\" with insecure = true)",
+             (containerd: certs.d/{host}/hosts.toml with server = \"{url}\", plus skip_verify = true for an \
+             unverified HTTPS certificate; CRI-O: a [[registry]] location = \"{host}\" with insecure = true)",
             host = req.mirror.host,
             url = req.mirror.url(),
         ));

@@ -39,7 +39,8 @@ pub struct Args {
     /// Write the files under this directory instead of printing them.
     #[arg(long)]
     pub write: Option<PathBuf>,
-    /// Merge into this existing file (docker daemon.json, podman registries.conf), keeping its other settings.
+    /// Merge into this existing file (docker daemon.json, podman registries.conf), keeping its other
+    /// settings; a missing file counts as empty.
     #[arg(long)]
     pub merge: Option<PathBuf>,
 }
@@ -266,8 +267,13 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
 /// Run the command: read the `--merge` file, generate, then print or write.
 pub fn run(args: &Args) -> Result<(), Error> {
     let req = Request::from_args(args)?;
+    // A missing --merge file is an empty one: the first run on a fresh machine just creates it.
     let existing = match &args.merge {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.clone(), source })?),
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(Error::Read { path: path.clone(), source }),
+        },
         None => None,
     };
     let out = generate(&req, existing.as_deref()).map_err(|e| match (e, &args.merge) {
@@ -387,6 +393,58 @@ mod tests {
         ];
         assert_eq!(render_for_stdout(&files), "# a/hosts.toml\nx = 1\n\n# b/hosts.toml\ny = 2\n");
         assert_eq!(render_for_stdout(&files[..1]), "x = 1\n");
+    }
+
+    /// `client-config ARGS` as the command line would parse it.
+    fn parse(line: &str) -> Args {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let words = std::iter::once("client-config").chain(line.split_whitespace());
+        <Cli as clap::Parser>::try_parse_from(words).unwrap_or_else(|e| panic!("{line}: {e}")).args
+    }
+
+    /// Every `$ regmirror client-config ...` example in docs/clients.md that prints (no --write)
+    /// shows exactly what the command prints.
+    #[test]
+    fn docs_show_the_real_output() {
+        let doc = include_str!("../../docs/clients.md");
+        let mut checked = 0;
+        for block in doc.split("```console\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            for example in block.split("$ ").skip(1) {
+                let (command, printed) = example.split_once('\n').unwrap_or((example, ""));
+                let Some(line) = command.strip_prefix("regmirror client-config ") else { continue };
+                if line.contains("--write") || line.contains("--merge") {
+                    continue;
+                }
+                let req = Request::from_args(&parse(line)).unwrap();
+                let out = generate(&req, None).unwrap();
+                assert_eq!(printed, render_for_stdout(&out.files), "docs/clients.md: {line}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 4, "only {checked} examples found");
+    }
+
+    #[test]
+    fn run_writes_files_and_merges_a_missing_file_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let line = format!("containerd --mirror http://127.0.0.1:5000 --registry docker.io --registry 127.0.0.1:5101 --write {d}");
+        run(&parse(&line)).unwrap();
+        for r in ["docker.io", "127.0.0.1:5101"] {
+            let text = std::fs::read_to_string(dir.path().join(r).join("hosts.toml")).unwrap();
+            assert!(text.contains("[host.\"http://127.0.0.1:5000\"]"), "{text}");
+        }
+        let line = format!("docker --mirror https://m.example --merge {d}/absent.json --write {d}/docker");
+        run(&parse(&line)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("docker/daemon.json")).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), serde_json::json!({"registry-mirrors": ["https://m.example"]}));
+        let err = run(&parse(&format!("docker --mirror https://m.example --merge {d}"))).unwrap_err();
+        assert!(matches!(err, Error::Read { .. }), "a directory cannot be merged: {err}");
     }
 
     #[test]
