@@ -78,6 +78,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let spool = storage.tmp_dir();
     let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool)?);
     let policy = cache.evict_policy();
+    {
+        // Measure the cache once in the background (sets the size gauges; start-up does not wait).
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.evict(policy).await });
+    }
     if policy.max_size.is_some() || policy.max_age.is_some() {
         let (cache, every) = (cache.clone(), Duration::from_secs(config.gc_interval_secs));
         tokio::spawn(async move {

@@ -81,6 +81,7 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         repository = outcome.route.as_ref().map(|r| r.repository.as_str()).unwrap_or("-"),
         route = outcome.route.as_ref().map(|r| r.style.as_str()).unwrap_or("-"),
         cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
+        bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
         ms = started.elapsed().as_millis() as u64,
         "request"
     );

@@ -94,7 +94,7 @@ impl Cache {
             Err(e) => return Err(e.into()),
         };
         let r = range.map(|r| r.resolve(meta.size)).transpose()?;
-        self.note_access(&key, meta.modified).await;
+        self.note_access(&key, Some(meta.modified)).await;
         let body = if head {
             None
         } else {
@@ -181,6 +181,8 @@ impl Cache {
         let deadline = fill_deadline(self.fill_timeout_secs);
         let digest = fill.digest.clone();
         let work = async {
+            // Wait for a download slot; the wait counts against the fill deadline.
+            let _slot = self.fill_slots.acquire().await.map_err(|_| Error::Storage("shutting down".into()))?;
             let mut req = Request::new(Method::GET, &repo, format!("blobs/{digest}"));
             req.streaming = true;
             let resp = up.send(&req).await.map_err(blob_error)?;

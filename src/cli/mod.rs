@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cache_cmd;
+
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
@@ -32,6 +34,13 @@ pub enum Command {
     },
     /// Print the configuration a client needs to pull through this mirror.
     ClientConfig(crate::client_config::Args),
+    /// Inspect and trim the cache (safe while the server runs).
+    Cache {
+        #[command(flatten)]
+        location: cache_cmd::Location,
+        #[command(subcommand)]
+        command: cache_cmd::CacheCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +64,16 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Command::Cache { location, command } => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+            };
+            match rt.block_on(cache_cmd::run(&location, &command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::ClientConfig(args) => match crate::client_config::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
