@@ -26,5 +26,5 @@ fi
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 threads="${REGMIRROR_TEST_THREADS:-$(( $(nproc) > 4 ? 4 : $(nproc) ))}"
-cargo test --locked --all-targets -- --test-threads="$threads"
-cargo test --locked --doc
+# --no-fail-fast: report every failing test binary, not just the first; still exits non-zero.
+cargo test --locked --no-fail-fast -- --test-threads="$threads"

@@ -225,6 +225,14 @@ impl Regmirror {
         self.guard.exited().is_none()
     }
 
+    /// Whether the process is still running (probing with signal 0, no reaping).
+    pub fn is_running_ref(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.guard.pid())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.guard.pid()))
+                .map(|s| s.split(' ').nth(2) == Some("Z"))
+                .unwrap_or(true)
+    }
+
     /// The captured stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -234,6 +242,21 @@ impl Regmirror {
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.log().lines().filter_map(parse_request_record).collect()
     }
+}
+
+impl Drop for Regmirror {
+    /// On a failing test, show the end of regmirror's log (the test harness prints it with the failure).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- regmirror log (last 40 lines of {}) ---\n{}", self.log_path.display(), tail(&self.log(), 40));
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `regmirror: listening on http://127.0.0.1:41234 (all upstreams)` -> (url, None);

@@ -12,6 +12,8 @@
 //! - [`seed`]: push the standard set of images to an upstream and return their digests.
 //! - [`mirror`]: spawn `regmirror serve` with a generated config, read its listeners and request log.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
+//! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
+//!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
 //!
 //! Every test builds its own world (ports, temp dirs, processes), so tests run in parallel.
 #![allow(dead_code)]
@@ -26,3 +28,4 @@ pub mod registry;
 pub mod seed;
 pub mod skopeo;
 pub mod token;
+pub mod world;

@@ -139,9 +139,30 @@ impl Registry {
         self.count_requests("GET", &format!("/v2/{repo}/blobs/{digest}"))
     }
 
+    /// How many blob GETs of `digest` reached the registry, in any repository.
+    pub fn count_blob_gets_any(&self, digest: &str) -> usize {
+        let needle = format!("/blobs/{digest} HTTP/");
+        self.access_lines().iter().filter(|l| l.contains("\"GET /v2/") && l.contains(&needle)).count()
+    }
+
     /// Requests (any method) whose path starts with `prefix`, e.g. "/v2/team/multi/manifests/".
     pub fn count_prefix(&self, method: &str, prefix: &str) -> usize {
         let needle = format!("\"{method} {prefix}");
         self.access_lines().iter().filter(|l| l.contains(&needle)).count()
+    }
+}
+
+impl Drop for Registry {
+    /// On a failing test, show the end of the registry's logs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+            eprintln!(
+                "--- docker-registry 127.0.0.1:{} access log (last 20) ---\n{}\n--- app log (last 10) ---\n{}",
+                self.port,
+                super::mirror::tail(&read(&self.access_log), 20),
+                super::mirror::tail(&read(&self.app_log), 10)
+            );
+        }
     }
 }
