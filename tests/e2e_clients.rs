@@ -39,7 +39,7 @@ fn expected_text(img: &Image, label: &str) -> String {
 }
 
 /// Requests regmirror logged that match `pred`, for assertions with context.
-fn matching<'a>(reqs: &'a [RequestRecord], pred: impl Fn(&RequestRecord) -> bool) -> Vec<&'a RequestRecord> {
+fn matching(reqs: &[RequestRecord], pred: impl Fn(&RequestRecord) -> bool) -> Vec<&RequestRecord> {
     reqs.iter().filter(|r| pred(r)).collect()
 }
 
@@ -94,11 +94,25 @@ async fn dockerd_pulls_docker_hub_images_through_registry_mirrors() {
 
     let bridge = Dockerd::bridge(&mirror.addr());
     let inner_mirror = format!("http://127.0.0.1:{}", bridge.inner_port);
-    let notes = client_config_write(&["docker", "--mirror", &inner_mirror], &bridge.config_dir());
+    // Merged into the operator's daemon.json, whose own settings dockerd must still accept.
+    let existing = bridge.config_dir().join("daemon.json");
+    std::fs::write(&existing, r#"{"log-level": "info", "max-concurrent-downloads": 2}"#).unwrap();
+    let notes = client_config_write(
+        &["docker", "--mirror", &inner_mirror, "--merge", existing.to_str().unwrap()],
+        &bridge.config_dir(),
+    );
     assert!(notes.contains("only docker.io"), "client-config docker says Docker mirrors only docker.io: {notes}");
-    let daemon_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bridge.config_dir().join("daemon.json")).unwrap()).unwrap();
-    assert_eq!(daemon_json["registry-mirrors"], serde_json::json!([inner_mirror]));
+    let daemon_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&existing).unwrap()).unwrap();
+    let inner_host = inner_mirror.trim_start_matches("http://");
+    assert_eq!(
+        daemon_json,
+        serde_json::json!({
+            "log-level": "info",
+            "max-concurrent-downloads": 2,
+            "registry-mirrors": [inner_mirror],
+            "insecure-registries": [inner_host],
+        })
+    );
     let docker = tokio::task::spawn_blocking(move || bridge.start()).await.unwrap();
 
     // A bare name: dockerd asks its mirror for library/busybox, regmirror's default upstream.

@@ -52,6 +52,7 @@ fn hosts_toml(req: &Request, style: Style, registry: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // the case tables read best inline
 mod tests {
     use super::super::tests::request;
     use super::super::Client;

@@ -115,6 +115,7 @@ pub fn kubespray(req: &Request) -> Result<Output, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // the case tables read best inline
 mod tests {
     use super::super::tests::request;
     use super::super::Client;
@@ -159,7 +160,7 @@ mod tests {
                 ]),
                 "{text}"
             );
-            assert!(text.contains(&format!("\ndns:\n  # ")), "{text}");
+            assert!(text.contains("\ndns:\n  # "), "{text}");
             assert!(text.contains(&format!("\n  imageRepository: \"{dns_repo}\"\n")), "{text}");
         }
     }

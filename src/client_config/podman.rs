@@ -86,6 +86,7 @@ fn merge_err(message: &str) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // the case tables read best inline
 mod tests {
     use super::super::tests::request;
     use super::super::Client;
