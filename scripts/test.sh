@@ -10,7 +10,8 @@ PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-sta
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    # "install ok installed" only: a removed package whose config files remain also passes `dpkg -s`.
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -22,6 +23,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

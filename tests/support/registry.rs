@@ -68,7 +68,7 @@ impl Registry {
                     ts.realm(),
                     ts.service,
                     ts.issuer,
-                    ts.cert_path().display()
+                    ts.write_cert(dir.path()).display()
                 );
                 (yaml, Some(ts), Some((user.clone(), password.clone())))
             }
@@ -107,6 +107,18 @@ impl Registry {
             }
         }
         panic!("docker-registry did not start: {last_err}");
+    }
+
+    /// Kill the registry now (by PID) and wait until its port refuses connections, so later
+    /// requests provably cannot reach it.
+    pub async fn stop(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "registry port {} still open after kill", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `127.0.0.1:PORT`: the registry's name as clients and regmirror's config write it.
