@@ -36,6 +36,7 @@
 
 pub mod background;
 pub mod client;
+pub mod clients;
 pub mod env;
 pub mod fake_upstream;
 pub mod image;
