@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Packages the end-to-end tests run: upstream registry, clients, helpers, the busybox put into test images.
 PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-static ca-certificates)
+# The real clients of tests/e2e_clients.rs (dockerd, containerd, podman) and what they need.
+while read -r p; do [[ -n "$p" ]] && PACKAGES+=("$p"); done < scripts/apt-clients.txt
 
 missing=()
 for p in "${PACKAGES[@]}"; do
