@@ -406,11 +406,11 @@ mod tests {
         <Cli as clap::Parser>::try_parse_from(words).unwrap_or_else(|e| panic!("{line}: {e}")).args
     }
 
-    /// Every `$ regmirror client-config ...` example in docs/clients.md that prints (no --write)
+    /// Every `$ regmirror client-config ...` example in README.md that prints (no --write)
     /// shows exactly what the command prints.
     #[test]
     fn docs_show_the_real_output() {
-        let doc = include_str!("../../docs/clients.md");
+        let doc = include_str!("../../README.md");
         let mut checked = 0;
         for block in doc.split("```console\n").skip(1) {
             let block = block.split("```").next().unwrap_or_default();
@@ -422,7 +422,7 @@ mod tests {
                 }
                 let req = Request::from_args(&parse(line)).unwrap();
                 let out = generate(&req, None).unwrap();
-                assert_eq!(printed, render_for_stdout(&out.files), "docs/clients.md: {line}");
+                assert_eq!(printed, render_for_stdout(&out.files), "README.md: {line}");
                 checked += 1;
             }
         }
