@@ -33,6 +33,9 @@ pub struct UpstreamEntry {
     pub password: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag_ttl_secs: Option<u64>,
+    /// PEM CA bundle to trust for an https upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 impl UpstreamEntry {
