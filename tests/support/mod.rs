@@ -1,0 +1,48 @@
+//! End-to-end test harness: real upstream registries (Debian's `docker-registry`, i.e. distribution
+//! 2.8), an in-process token server, offline image seeding, the real `regmirror` binary, skopeo.
+//!
+//! # Layout
+//! - [`env`]: required tools, `REGMIRROR_E2E`, free ports, child processes killed on drop.
+//! - [`background`]: run an axum router on its own thread and runtime (token server, fake upstreams).
+//! - [`fake_upstream`]: an in-process upstream serving a blob with wrong bytes and paginated tags.
+//! - [`token`]: RS256 token server that distribution's `auth.token` accepts.
+//! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth), count its access log.
+//! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
+//! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
+//!   HTTP/1.1 request for paths no URL library would leave alone.
+//! - [`seed`]: push the standard set of images to an upstream and return their digests.
+//! - [`mirror`]: spawn `regmirror serve` with a generated config, read its listeners and request log.
+//! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
+//! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
+//!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
+//!
+//! Every test builds its own world (ports, temp dirs, processes), so tests run in parallel.
+//! Processes are killed by PID when their guard drops; on a failing test the mirror's and the
+//! registries' logs are printed with the failure.
+//!
+//! A test reads like this:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn pulls_through_the_alias() {
+//!     require_tools!(); // skips, or fails under REGMIRROR_E2E=1, when a tool is missing
+//!     let w = World::start().await;
+//!     let copy = skopeo::copy(&format!("{}/tok/team/multi:v1", w.mirror.addr()), w.work.path(),
+//!                             &CopyOptions { all: true, ..Default::default() }).await.unwrap();
+//!     assert_eq!(copy.manifest_digest(), w.tok_seed.index.manifest.digest);
+//! }
+//! ```
+#![allow(dead_code)]
+
+pub mod background;
+pub mod client;
+pub mod clients;
+pub mod env;
+pub mod fake_upstream;
+pub mod image;
+pub mod mirror;
+pub mod registry;
+pub mod seed;
+pub mod skopeo;
+pub mod token;
+pub mod world;
