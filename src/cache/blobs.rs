@@ -94,7 +94,7 @@ impl Cache {
             Err(e) => return Err(e.into()),
         };
         let r = range.map(|r| r.resolve(meta.size)).transpose()?;
-        self.note_access(&key, meta.modified).await;
+        self.note_access(&key, Some(meta.modified)).await;
         let body = if head {
             None
         } else {

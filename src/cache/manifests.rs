@@ -146,10 +146,12 @@ impl Cache {
         let media_type = media::manifest_media_type(&body, declared_type.as_deref())
             .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
         self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
+        self.hot.put_manifest(digest.clone(), media_type.clone(), body.clone());
         if let Reference::Tag(tag) = reference {
             let record = TagRecord { digest: digest.to_string(), media_type: media_type.clone(), size: body.len() as u64 };
             let json = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
             self.storage.put(&keys::tag(up.name(), repo, tag), Bytes::from(json)).await?;
+            self.hot.put_tag(up.name(), repo, tag, record);
             self.tag_ttl.confirm(up.name(), repo, tag);
         }
         tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
@@ -178,12 +180,18 @@ impl Cache {
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
         let key = keys::manifest(d);
+        if let Some(hot) = self.hot.manifest(d) {
+            self.note_access(&key, None).await;
+            return Ok(Some(hot));
+        }
         match self.storage.get(&key).await {
             Ok(stored) => {
-                if let Ok(meta) = self.storage.head(&key).await {
-                    self.note_access(&key, meta.modified).await;
+                self.note_access(&key, None).await;
+                let decoded = decode_manifest(stored);
+                if let Some((mt, body)) = &decoded {
+                    self.hot.put_manifest(d.clone(), mt.clone(), body.clone());
                 }
-                Ok(decode_manifest(stored))
+                Ok(decoded)
             }
             Err(storage::Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
@@ -192,12 +200,19 @@ impl Cache {
 
     /// The manifest a cached tag record points to, when both are stored.
     async fn cached_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<Manifest>> {
-        let record = match self.storage.get(&keys::tag(upstream, repo, tag)).await {
-            Ok(b) => b,
-            Err(storage::Error::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let record = match self.hot.tag(upstream, repo, tag) {
+            Some(r) => r,
+            None => {
+                let raw = match self.storage.get(&keys::tag(upstream, repo, tag)).await {
+                    Ok(b) => b,
+                    Err(storage::Error::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else { return Ok(None) };
+                self.hot.put_tag(upstream, repo, tag, record.clone());
+                record
+            }
         };
-        let Ok(record) = serde_json::from_slice::<TagRecord>(&record) else { return Ok(None) };
         let Ok(digest) = record.digest.parse::<Digest>() else { return Ok(None) };
         Ok(self.stored_manifest(&digest).await?.map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
     }

@@ -8,6 +8,7 @@
 mod blobs;
 pub mod evict;
 pub mod fill;
+mod hot;
 pub mod inventory;
 mod manifests;
 pub mod tags;
@@ -100,6 +101,9 @@ pub struct Cache {
     tag_ttl: TagTtl,
     manifest_flights: manifests::Flights,
     in_use: Arc<evict::InUse>,
+    hot: hot::Hot,
+    /// When each key's access time was last written to storage (throttles `touch`).
+    touched: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
     evict_policy: evict::Policy,
     /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
     fill_slots: Arc<tokio::sync::Semaphore>,
@@ -136,6 +140,8 @@ impl Cache {
             tag_ttl: TagTtl::default(),
             manifest_flights: Default::default(),
             in_use: Arc::default(),
+            hot: hot::Hot::new(32 << 20, 100_000),
+            touched: Default::default(),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
             evict_policy: Cache::policy_from_config(config),
             counters: Counters::default(),
@@ -169,13 +175,26 @@ impl Cache {
         self.evict_policy
     }
 
-    /// Refresh an object's last-access time, at most about once a minute per object.
-    async fn note_access(&self, key: &str, modified: u64) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if now.saturating_sub(modified) >= 60 {
-            if let Err(e) = self.storage.touch(key).await {
-                tracing::debug!(%key, error = %e, "cannot record access time");
+    /// Refresh an object's last-access time (for LRU eviction), at most about once a minute per
+    /// object. `modified` is the stored time when the caller already knows it.
+    async fn note_access(&self, key: &str, modified: Option<u64>) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs()) {
+            return;
+        }
+        {
+            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            if touched.get(key).is_some_and(|t| t.elapsed() < EVERY) {
+                return;
             }
+            if touched.len() > 100_000 {
+                touched.retain(|_, t| t.elapsed() < EVERY);
+            }
+            touched.insert(key.to_string(), tokio::time::Instant::now());
+        }
+        if let Err(e) = self.storage.touch(key).await {
+            tracing::debug!(%key, error = %e, "cannot record access time");
         }
     }
 

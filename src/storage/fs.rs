@@ -3,7 +3,8 @@
 //! Small objects are written to `<root>/tmp/` and renamed into place, so a crash leaves at worst a
 //! stray temporary file (removed by [`FsStorage::clean_tmp`] at start-up), never a partial object.
 
-use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -11,8 +12,7 @@ use std::time::UNIX_EPOCH;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
 
 use super::{check_key, ByteStream, Error, ObjectMeta, Result, Storage};
 
@@ -88,6 +88,34 @@ fn meta(key: &str, m: &std::fs::Metadata) -> ObjectMeta {
     ObjectMeta { key: key.to_string(), size: m.len(), modified }
 }
 
+/// Stream `start..end` of a file with positional reads on the blocking pool: one copy from the
+/// page cache into a fresh buffer that is handed to the socket writer as is.
+pub fn positional_stream(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
+    futures::stream::try_unfold(start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = (end - pos).min(READ_CHUNK as u64) as usize;
+            let buf = tokio::task::spawn_blocking(move || {
+                let mut buf = bytes::BytesMut::zeroed(len);
+                let n = file.read_at(&mut buf, pos)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+                }
+                buf.truncate(n);
+                Ok(buf.freeze())
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            let next = pos + buf.len() as u64;
+            Ok(Some((buf, next)))
+        }
+    })
+    .boxed()
+}
+
 /// A unique temporary file name.
 pub fn temp_name(prefix: &str) -> String {
     format!("{prefix}-{}-{:016x}", std::process::id(), rand::random::<u64>())
@@ -111,15 +139,16 @@ impl Storage for FsStorage {
 
     async fn get_stream(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| map_err(key, e))?;
-        let stream: ByteStream = match range {
-            None => ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
-            Some(r) => {
-                file.seek(SeekFrom::Start(r.start)).await.map_err(|e| map_err(key, e))?;
-                ReaderStream::with_capacity(file.take(r.end.saturating_sub(r.start)), READ_CHUNK).boxed()
-            }
-        };
-        Ok(stream)
+        let opened = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            Ok::<_, std::io::Error>((f, len))
+        })
+        .await
+        .map_err(|e| Error::Io { key: key.to_string(), source: std::io::Error::other(e) })?;
+        let (file, len) = opened.map_err(|e| map_err(key, e))?;
+        let r = range.unwrap_or(0..len);
+        Ok(positional_stream(Arc::new(file), r.start, r.end.min(len)))
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {

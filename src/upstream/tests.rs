@@ -1,0 +1,208 @@
+//! Upstream client tests against in-process HTTP servers on loopback: the token flow, Basic auth,
+//! redirects to another host, retries and the outbound proxy.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::{Method, StatusCode};
+
+use super::{Error, Request as UpReq, Upstream};
+use crate::config::UpstreamConfig;
+
+/// What the fake registry saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicUsize,
+    token_requests: AtomicUsize,
+    auth_headers: Mutex<Vec<Option<String>>>,
+    /// Tokens the registry accepts; clearing it simulates expiry.
+    valid_tokens: Mutex<Vec<String>>,
+    fail_first: AtomicUsize,
+}
+
+type Handler = fn(Arc<Seen>, String, Request) -> Response;
+
+async fn serve(seen: Arc<Seen>, handler: Handler) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let b2 = base.clone();
+    let app = axum::Router::new().fallback(move |State(seen): State<Arc<Seen>>, req: Request| {
+        let base = b2.clone();
+        async move { handler(seen, base, req) }
+    });
+    let app = app.with_state(seen);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+fn status(code: u16, body: &str) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap();
+    r
+}
+
+fn auth_of(req: &Request) -> Option<String> {
+    req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string())
+}
+
+/// A registry with bearer auth whose token endpoint is `/token` on the same server.
+fn bearer_registry(seen: Arc<Seen>, base: String, req: Request) -> Response {
+    let auth = auth_of(&req);
+    if req.uri().path() == "/token" {
+        seen.token_requests.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(auth.as_deref(), Some("Basic dTpw"), "token request carries the configured credentials (u:p)");
+        let q = req.uri().query().unwrap_or("");
+        assert!(q.contains("scope=repository%3Aa%2Fb%3Apull") && q.contains("service=fake"), "{q}");
+        let token = format!("t{}", seen.token_requests.load(Ordering::SeqCst));
+        seen.valid_tokens.lock().unwrap().push(token.clone());
+        return status(200, &format!(r#"{{"access_token":"{token}","expires_in":300}}"#));
+    }
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.auth_headers.lock().unwrap().push(auth.clone());
+    let ok = auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)).is_some_and(|t| seen.valid_tokens.lock().unwrap().contains(&t));
+    if ok {
+        return status(200, "manifest");
+    }
+    let mut r = status(401, "{}");
+    let challenge = format!(r#"Bearer realm="{base}/token",service="fake",scope="repository:a/b:pull""#);
+    r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+    r
+}
+
+fn upstream(url: &str, creds: bool) -> Upstream {
+    let mut cfg = UpstreamConfig { name: "fake".into(), url: Some(url.into()), ..Default::default() };
+    if creds {
+        cfg.username = Some("u".into());
+        cfg.password = Some("p".into());
+    }
+    Upstream::new(&cfg).unwrap()
+}
+
+fn get(path: &str) -> UpReq {
+    UpReq::new(Method::GET, "a/b", path.into())
+}
+
+#[tokio::test]
+async fn bearer_flow_caches_tokens_and_refreshes_on_401() {
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), bearer_registry).await;
+    let up = upstream(&base, true);
+    for _ in 0..3 {
+        let r = up.send(&get("manifests/latest")).await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "manifest");
+    }
+    assert_eq!(seen.token_requests.load(Ordering::SeqCst), 1, "one token for three requests");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 4, "one anonymous probe, then three with the token");
+    // The registry forgets its tokens (expiry): one 401, one new token, then success.
+    seen.valid_tokens.lock().unwrap().clear();
+    up.send(&get("manifests/latest")).await.unwrap();
+    assert_eq!(seen.token_requests.load(Ordering::SeqCst), 2);
+}
+
+fn basic_registry(seen: Arc<Seen>, _base: String, req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    match auth_of(&req).as_deref() {
+        Some("Basic dTpw") => status(200, "ok"),
+        _ => {
+            let mut r = status(401, "{}");
+            r.headers_mut().insert("www-authenticate", r#"Basic realm="x""#.parse().unwrap());
+            r
+        }
+    }
+}
+
+#[tokio::test]
+async fn basic_auth_and_wrong_credentials() {
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), basic_registry).await;
+    assert_eq!(upstream(&base, true).send(&get("tags/list")).await.unwrap().text().await.unwrap(), "ok");
+    let err = upstream(&base, false).send(&get("tags/list")).await.unwrap_err();
+    assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+}
+
+fn redirecting_registry(seen: Arc<Seen>, _base: String, req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(auth_of(&req).as_deref(), Some("Basic dTpw"), "the registry itself gets the credentials");
+    let cdn = CDN.lock().unwrap().clone();
+    let mut r = status(307, "");
+    r.headers_mut().insert("location", format!("{cdn}/blob-data").parse().unwrap());
+    r
+}
+
+static CDN: Mutex<String> = Mutex::new(String::new());
+
+fn cdn(seen: Arc<Seen>, _base: String, req: Request) -> Response {
+    seen.auth_headers.lock().unwrap().push(auth_of(&req));
+    status(200, "blob bytes")
+}
+
+#[tokio::test]
+async fn redirects_to_another_host_drop_authorization() {
+    let cdn_seen = Arc::new(Seen::default());
+    *CDN.lock().unwrap() = serve(cdn_seen.clone(), cdn).await.replace("127.0.0.1", "localhost");
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), redirecting_registry).await;
+    // Basic challenge known up front, so the first request already carries credentials.
+    let up = upstream(&base, true);
+    up.tokens.set_challenge(super::auth::Challenge::Basic);
+    let r = up.send(&get("blobs/sha256:x")).await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "blob bytes");
+    assert_eq!(*cdn_seen.auth_headers.lock().unwrap(), vec![None], "the CDN never sees the registry credentials");
+}
+
+fn flaky_registry(seen: Arc<Seen>, _base: String, _req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    if seen.fail_first.load(Ordering::SeqCst) > 0 {
+        seen.fail_first.fetch_sub(1, Ordering::SeqCst);
+        return status(503, "busy");
+    }
+    status(200, "ok")
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), flaky_registry).await;
+    let up = upstream(&base, false);
+    seen.fail_first.store(2, Ordering::SeqCst);
+    assert!(up.send(&get("manifests/x")).await.is_ok(), "two 503s then success");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+    seen.fail_first.store(10, Ordering::SeqCst);
+    let err = up.send(&get("manifests/x")).await.unwrap_err();
+    assert!(err.is_outage(), "{err:?}");
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 6, "three attempts at most");
+    // Nothing listening: a connection error, reported as an outage.
+    let dead = upstream("http://127.0.0.1:9", false);
+    assert!(dead.send(&get("manifests/x")).await.unwrap_err().is_outage());
+}
+
+/// A forward proxy for plain HTTP: it receives absolute-form requests and relays them.
+fn proxy(seen: Arc<Seen>, _base: String, req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let target = req.uri().to_string();
+    assert!(target.starts_with("http://"), "absolute-form request line: {target}");
+    let body = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { reqwest::get(&target).await.unwrap().text().await.unwrap() })
+    })
+    .join()
+    .unwrap();
+    status(200, &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_proxy_is_used() {
+    let reg_seen = Arc::new(Seen::default());
+    let base = serve(reg_seen.clone(), flaky_registry).await;
+    let proxy_seen = Arc::new(Seen::default());
+    let proxy_url = serve(proxy_seen.clone(), proxy).await;
+    let cfg = UpstreamConfig { name: "fake".into(), url: Some(base), proxy: Some(proxy_url), ..Default::default() };
+    let up = Upstream::new(&cfg).unwrap();
+    assert_eq!(up.send(&get("manifests/x")).await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(proxy_seen.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(reg_seen.requests.load(Ordering::SeqCst), 1);
+}
