@@ -21,6 +21,7 @@
 pub mod background;
 pub mod client;
 pub mod env;
+pub mod faults;
 pub mod image;
 pub mod mirror;
 pub mod registry;
