@@ -539,6 +539,14 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// TCP sockets of process `pid` connected to `peer` (`127.0.0.1:PORT`), from `ss -tanp`.
+pub fn sockets_to(pid: u32, peer: &str) -> usize {
+    let out = Command::new("ss").args(["-tanp"]).output().expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let owner = format!("pid={pid},");
+    text.lines().filter(|l| l.contains(&owner) && l.split_whitespace().nth(4) == Some(peer)).count()
+}
+
 /// Resident memory of process `pid` in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
