@@ -7,10 +7,13 @@ cd "$(dirname "$0")/.."
 
 # Packages the end-to-end tests run: upstream registry, clients, helpers, the busybox put into test images.
 PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-static ca-certificates)
+# The real clients of tests/e2e_clients.rs (dockerd, containerd, podman) and what they need.
+while read -r p; do [[ -n "$p" ]] && PACKAGES+=("$p"); done < scripts/apt-clients.txt
 
 missing=()
 for p in "${PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    # "install ok installed" only: a removed package whose config files remain also passes `dpkg -s`.
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
@@ -22,6 +25,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+
+command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

@@ -124,6 +124,8 @@ pub struct UpstreamConfig {
     pub read_timeout_secs: Option<u64>,
     /// Accept invalid TLS certificates from this upstream (testing only).
     pub insecure_skip_verify: Option<bool>,
+    /// PEM file of extra CA certificates to trust for this upstream (a private registry's CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Defaults used when an upstream does not set them.
@@ -176,7 +178,7 @@ impl UpstreamConfig {
             ($($f:ident),*) => { $( if other.$f != d.$f { self.$f = other.$f; } )* };
         }
         take!(url, aliases, hosts, listen, username, password, password_file, password_env, proxy,
-              tag_ttl_secs, immutable_tags, connect_timeout_secs, read_timeout_secs, insecure_skip_verify);
+              tag_ttl_secs, immutable_tags, connect_timeout_secs, read_timeout_secs, insecure_skip_verify, ca_file);
     }
 }
 
@@ -332,6 +334,12 @@ impl Config {
                 return Err(invalid(key("username"), "username and password (or password_file / password_env) go together"));
             }
             u.resolved_password()?;
+            if let Some(ca) = &u.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(invalid(key("ca_file"), format!("{}: no PEM certificate in it", ca.display())));
+                }
+            }
         }
         if !self.default_upstream.is_empty() && self.upstream(&self.default_upstream).is_none() {
             return Err(invalid(

@@ -120,10 +120,17 @@ impl RoutingTable {
             }
         }
         if let Some(ns) = req.ns.filter(|ns| !ns.is_empty()) {
-            return match self.lookup_registry(ns) {
-                Some(u) => Ok((u, name, RouteStyle::Namespace)),
-                None => Err(self.unknown(format!("namespace {ns:?} (?ns=)"))),
+            let Some(u) = self.lookup_registry(ns) else {
+                return Err(self.unknown(format!("namespace {ns:?} (?ns=)")));
             };
+            // containerd sends `ns` also with `override_path` (prefix-style) mirrors: when the
+            // path already names the same registry, the prefix is not part of the repository.
+            if let Some((first, rest)) = name.split_once('/') {
+                if self.lookup_registry(first).as_deref() == Some(u.as_str()) {
+                    return Ok((u, rest, RouteStyle::Prefix));
+                }
+            }
+            return Ok((u, name, RouteStyle::Namespace));
         }
         if let Some((first, rest)) = name.split_once('/') {
             if let Some(u) = self.lookup_registry(first) {
@@ -225,6 +232,9 @@ mod tests {
             (f(None, Some("mirror.local"), Some("ghcr.io"), "o/i"), r("ghcr.io", "o/i", Namespace)),
             (f(None, None, Some("docker.io"), "alpine"), r("docker.io", "library/alpine", Namespace)),
             (f(None, None, Some("127.0.0.1:5101"), "a/b"), r("127.0.0.1:5101", "a/b", Namespace)),
+            (f(None, None, Some("docker.io"), "docker.io/library/busybox"), r("docker.io", "library/busybox", Prefix)),
+            (f(None, None, Some("127.0.0.1:5101"), "local/a/b"), r("127.0.0.1:5101", "a/b", Prefix)),
+            (f(None, None, Some("docker.io"), "ghcr/x/y"), r("docker.io", "ghcr/x/y", Namespace)),
             (f(None, None, None, "registry.k8s.io/coredns/coredns"), r("registry.k8s.io", "coredns/coredns", Prefix)),
             (f(None, None, None, "ghcr/o/i"), r("ghcr.io", "o/i", Prefix)),
             (f(None, None, None, "local/a/b"), r("127.0.0.1:5101", "a/b", Prefix)),

@@ -8,6 +8,7 @@ mod support;
 
 use reqwest::Method;
 use support::client::{raw_request, RegistryClient};
+use support::fake_upstream::{fake_upstream, get_blob, Transfer};
 use support::image::{Image, MultiImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use support::mirror::Regmirror;
 use support::registry::Registry;
@@ -86,7 +87,7 @@ fn assert_routed(mirror: &Regmirror, path: &str, route: &str, upstream: &str, re
 /// asserting statuses, digests and bytes. Returns the responses' `OCI-Namespace` headers.
 async fn fetch_multi_raw(c: &RegistryClient, name: &str, query: &str, multi: &MultiImage, tag: &str) -> Vec<Option<String>> {
     let mut ns_headers = Vec::new();
-    let top = c.manifest(Method::GET, &format!("{name}"), &format!("{tag}{query}")).await;
+    let top = c.manifest(Method::GET, name, &format!("{tag}{query}")).await;
     assert_eq!(top.status, 200, "GET /v2/{name}/manifests/{tag}{query}: {}", top.text());
     assert_eq!(top.header("docker-content-digest"), Some(multi.manifest.digest.as_str()), "index digest via {name}{query}");
     assert_eq!(top.body, multi.manifest.bytes, "index bytes via {name}{query}");
@@ -203,6 +204,12 @@ async fn alias_route_and_second_pull_is_served_from_cache() {
         }
     }
     assert!(w.mirror.requests().iter().any(|r| r.cache == "hit"), "second pull produced cache hits");
+    // The upstream's credentials came from regmirror's config (skopeo pulled without any).
+    let tokens = w.tok.token_server.as_ref().unwrap().requests();
+    assert!(
+        tokens.iter().any(|t| t.granted && t.user.as_deref() == Some(support::world::TOK_USER.0)),
+        "regmirror obtained a token with its configured credentials: {tokens:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +458,11 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         // Unknown upstreams.
         ("GET", "/v2/nosuch.example.com/foo/manifests/latest".into(), 404, "NAME_UNKNOWN"),
         ("GET", "/v2/foo/manifests/latest?ns=nosuch.example.org".into(), 404, "NAME_UNKNOWN"),
+        // Well-formed requests for what the upstream does not have.
+        ("GET", "/v2/tok/team/multi/manifests/no-such-tag".into(), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("/v2/tok/team/multi/manifests/sha256:{hex}"), 404, "MANIFEST_UNKNOWN"),
+        ("GET", format!("/v2/tok/team/multi/blobs/sha256:{hex}"), 404, "BLOB_UNKNOWN"),
+        ("GET", format!("/v2/library/busybox/blobs/sha256:{hex}"), 404, "BLOB_UNKNOWN"),
         // Push and delete attempts.
         ("POST", "/v2/library/busybox/blobs/uploads/".into(), 405, "UNSUPPORTED"),
         ("POST", format!("/v2/tok/team/multi/blobs/uploads/?digest=sha256:{hex}"), 405, "UNSUPPORTED"),
@@ -472,14 +484,15 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         if r.status != *status || (!code.is_empty() && got_code != *code) {
             failures.push(format!("{method} {target}: want {status} {code}, got {} {}", r.status, r.text().trim()));
         }
-        if *status == 404 && !code.is_empty() {
+        if *code == "NAME_UNKNOWN" {
             // The message names what is configured, so the user knows what to write instead.
             let text = r.text();
             if !(text.contains("docker.io") && text.contains(&tok)) {
                 failures.push(format!("{method} {target}: NAME_UNKNOWN message should list configured upstreams: {text}"));
             }
         }
-        if !(*method == "HEAD" || r.status < 400) && r.header("content-type").map_or(true, |ct| !ct.contains("json")) {
+        let json_error = r.header("content-type").is_some_and(|ct| ct.contains("json"));
+        if *method != "HEAD" && r.status >= 400 && !json_error {
             failures.push(format!("{method} {target}: error without a JSON Content-Type: {:?}", r.headers));
         }
     }
@@ -499,137 +512,11 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
     assert!(w.mirror.is_running_ref(), "regmirror survived the bad input");
 }
 
-/// A tiny in-process upstream: `evil/app:v1` is an image whose layer bytes do not match the
-/// layer's digest; `evil/app` tags a..e are paginated with `Link` headers.
-struct FakeUpstream {
-    server: support::background::BackgroundServer,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    good: Vec<u8>,
-    bad: Vec<u8>,
-    layer_digest: String,
-    manifest: support::image::Blob,
-}
-
-fn fake_upstream() -> FakeUpstream {
-    use axum::body::Body;
-    use axum::http::{Request, Response, StatusCode};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use support::image::{Blob, OCI_CONFIG, OCI_LAYER_GZIP};
-
-    // 512 KiB so the mirror streams in many chunks; the bad copy differs in its last byte only.
-    let good: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut bad = good.clone();
-    *bad.last_mut().unwrap() ^= 0xff;
-    let layer = Blob::new(OCI_LAYER_GZIP, good.clone());
-    let config = Blob::new(OCI_CONFIG, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec());
-    let manifest = serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()],
-    });
-    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
-    let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let (h, m, c, l, b) = (hits.clone(), manifest.clone(), config.clone(), layer.digest.clone(), bad.clone());
-    let router = axum::Router::new().fallback(move |req: Request<Body>| {
-        let (h, m, c, l, b) = (h.clone(), m.clone(), c.clone(), l.clone(), b.clone());
-        async move {
-            let path = req.uri().path().to_string();
-            let reply = |status: StatusCode, ct: &str, digest: &str, body: Vec<u8>| {
-                let len = body.len();
-                let body = if req.method() == axum::http::Method::HEAD { Vec::new() } else { body };
-                Response::builder()
-                    .status(status)
-                    .header("content-type", ct)
-                    .header("docker-content-digest", digest)
-                    .header("docker-distribution-api-version", "registry/2.0")
-                    .header("content-length", len)
-                    .body(Body::from(body))
-                    .unwrap()
-            };
-            if path == "/v2/" {
-                return reply(StatusCode::OK, "application/json", "", b"{}".to_vec());
-            }
-            if path == "/v2/evil/app/manifests/v1" || path == format!("/v2/evil/app/manifests/{}", m.digest) {
-                return reply(StatusCode::OK, OCI_MANIFEST, &m.digest, m.bytes.clone());
-            }
-            if path == format!("/v2/evil/app/blobs/{}", c.digest) {
-                return reply(StatusCode::OK, "application/octet-stream", &c.digest, c.bytes.clone());
-            }
-            if path == "/v2/evil/app/tags/list" {
-                return paginated_tags(req.uri().query().unwrap_or(""));
-            }
-            if path == format!("/v2/evil/app/blobs/{l}") {
-                if req.method() == axum::http::Method::GET {
-                    h.fetch_add(1, Ordering::SeqCst);
-                }
-                // Claims the right digest, sends the wrong bytes.
-                return reply(StatusCode::OK, "application/octet-stream", &l, b.clone());
-            }
-            let err = br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec();
-            reply(StatusCode::NOT_FOUND, "application/json", "", err)
-        }
-    });
-    FakeUpstream { server: support::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
-}
-
-/// Tags a..e of `evil/app`, paginated by `n` and `last` with a `Link` header like Docker Hub's.
-fn paginated_tags(query: &str) -> axum::http::Response<axum::body::Body> {
-    let params: std::collections::HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let all = ["a", "b", "c", "d", "e"];
-    let n: usize = params.get("n").and_then(|n| n.parse().ok()).unwrap_or(all.len());
-    let last = params.get("last").cloned().unwrap_or_default();
-    let rest: Vec<&str> = all.iter().copied().filter(|t| *t > last.as_str()).collect();
-    let page: Vec<&str> = rest.iter().copied().take(n).collect();
-    let mut resp = axum::http::Response::builder().status(200).header("content-type", "application/json");
-    if rest.len() > page.len() {
-        let link = format!("</v2/evil/app/tags/list?last={}&n={n}>; rel=\"next\"", page.last().unwrap());
-        resp = resp.header("link", link);
-    }
-    let body = serde_json::json!({"name": "evil/app", "tags": page});
-    resp.body(axum::body::Body::from(body.to_string())).unwrap()
-}
-
-/// What a client got for one blob GET.
-#[derive(Debug, PartialEq)]
-enum Transfer {
-    Refused(u16),
-    Aborted(String),
-    Complete(Vec<u8>),
-}
-
-impl Transfer {
-    fn describe(&self) -> String {
-        match self {
-            Transfer::Complete(b) => format!("complete 200 with {} bytes", b.len()),
-            other => format!("{other:?}"),
-        }
-    }
-}
-
-async fn get_blob(url: &str) -> Transfer {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
-    let resp = match client.get(url).send().await {
-        Ok(r) => r,
-        Err(e) => return Transfer::Aborted(e.to_string()),
-    };
-    if resp.status() != 200 {
-        return Transfer::Refused(resp.status().as_u16());
-    }
-    match resp.bytes().await {
-        Ok(b) => Transfer::Complete(b.to_vec()),
-        Err(e) => Transfer::Aborted(format!("{e:?}")),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
-    require_tools!(&["openssl"]);
+    // Needs no external tool: the upstream is in-process.
     let up = fake_upstream();
-    let name = up.server.addr.to_string();
-    let mut config = support::mirror::MirrorConfig::new(vec![
-        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
-    ]);
-    config.no_builtin_upstreams = true;
-    config.default_upstream = name.clone();
-    let mirror = Regmirror::start(config).await;
+    let mirror = up.mirror_in_front().await;
 
     // The manifest itself is fine.
     let c = RegistryClient::new(&mirror.url, None);
@@ -657,13 +544,19 @@ async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
 
     // Nothing under the data dir holds the bad bytes or is named after the digest with them.
     let hex = up.layer_digest.trim_start_matches("sha256:");
+    // (Spool files under `<data_dir>/tmp/` may exist while a fill runs; they must not hold the
+    // complete bad bytes either.)
     for f in support::env::files_under(&mirror.data_dir) {
         let meta = std::fs::metadata(&f).unwrap();
         if meta.len() == up.bad.len() as u64 {
             assert_ne!(std::fs::read(&f).unwrap(), up.bad, "{} holds the corrupt blob", f.display());
         }
-        let p = f.to_string_lossy();
-        assert!(!(p.contains(hex) && !p.contains("/tmp")), "{p} is a cache entry for the unverified digest");
+        let rel = f.strip_prefix(&mirror.data_dir).unwrap();
+        assert!(
+            rel.starts_with("tmp") || !rel.to_string_lossy().contains(hex),
+            "{} is a cache entry for the unverified digest",
+            rel.display()
+        );
     }
     // The mirror still works afterwards.
     let root = c.get("/v2/", &[]).await;
@@ -672,15 +565,9 @@ async fn blob_with_wrong_upstream_bytes_is_never_served_complete_or_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_list_link_from_a_paginating_upstream_points_into_the_mirror_namespace() {
-    require_tools!(&["openssl"]);
+    // Needs no external tool: the upstream is in-process.
     let up = fake_upstream();
-    let name = up.server.addr.to_string();
-    let mut config = support::mirror::MirrorConfig::new(vec![
-        support::mirror::UpstreamEntry::new(&name, &up.server.url()).alias("evil-up"),
-    ]);
-    config.no_builtin_upstreams = true;
-    config.default_upstream = name.clone();
-    let mirror = Regmirror::start(config).await;
+    let mirror = up.mirror_in_front().await;
     let c = RegistryClient::new(&mirror.url, None);
     for client_name in ["evil-up/evil/app", "evil/app"] {
         let mut next = format!("/v2/{client_name}/tags/list?n=2");
@@ -703,4 +590,45 @@ async fn tags_list_link_from_a_paginating_upstream_points_into_the_mirror_namesp
         assert_eq!(collected, ["a", "b", "c", "d", "e"], "tags of {client_name} following Link");
         assert_eq!(links, 2, "pages of 2 over 5 tags have two Link headers");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_fetch_each_blob_from_upstream_once() {
+    require_tools!();
+    let w = World::start().await;
+    let reference = format!("{}/{TOK_ALIAS}/team/multi:v1", w.mirror.addr());
+    let opts = all();
+    let (a, b, c) = tokio::join!(
+        skopeo::copy(&reference, w.work.path(), &opts),
+        skopeo::copy(&reference, w.work.path(), &opts),
+        skopeo::copy(&reference, w.work.path(), &opts),
+    );
+    for copy in [a, b, c] {
+        assert_multi_copy(&copy.unwrap(), &w.tok_seed.index, "concurrent copy");
+    }
+    for img in &w.tok_seed.index.children {
+        for blob in img.blobs() {
+            let n = w.tok.count_blob_gets_any(&blob.digest);
+            assert_eq!(n, 1, "upstream GETs of blob {} after three concurrent pulls", blob.digest);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_by_digest_is_served_from_cache_with_the_upstream_gone() {
+    require_tools!();
+    let mut w = World::start().await;
+    let m = w.mirror.addr();
+    let first = skopeo::copy(&format!("{m}/busybox:v1"), w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&first, &w.hub_seed.index, "warm-up copy");
+    w.hub.stop().await;
+    let by_digest = format!("{m}/busybox@{}", w.hub_seed.index.manifest.digest);
+    let again = skopeo::copy(&by_digest, w.work.path(), &all()).await.unwrap();
+    assert_multi_copy(&again, &w.hub_seed.index, "copy by digest with the upstream stopped");
+    let arm = skopeo::copy(&by_digest, w.work.path(), &arch("arm64")).await.unwrap();
+    assert_single_copy(&arm, w.hub_seed.index.child("arm64"), "arm64 by digest with the upstream stopped");
+    // Something never cached is an error the client can read, not a hang.
+    let missing = w.mirror_client().manifest(Method::GET, "busybox", "list").await;
+    assert!(missing.status.is_client_error() || missing.status.is_server_error(), "uncached tag with upstream down: {}", missing.status);
+    assert!(missing.error_code().is_some(), "OCI error body: {}", missing.text());
 }

@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod error;
+mod tags;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -144,7 +145,7 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
         Endpoint::TagsList { .. } => {
             let page = app.cache.tags_list(&route.upstream, &route.repository, query.map(strip_ns)).await?;
             outcome.cache = Some(CacheStatus::Passthrough);
-            tags_response(page, &route.repository, &name)
+            tags_response(page, &route.repository, &name, query)
         }
         _ => return Err(Error::NotFound),
     };
@@ -231,16 +232,34 @@ fn blob_response(b: crate::cache::Blob) -> Response {
     resp
 }
 
-fn tags_response(page: crate::cache::TagsPage, upstream_repo: &str, client_name: &str) -> Response {
-    let len = page.body.len() as u64;
-    let mut resp = Response::new(Body::from(page.body));
+fn tags_response(page: crate::cache::TagsPage, upstream_repo: &str, client_name: &str, query: Option<&str>) -> Response {
+    let n = query.and_then(|q| query_param(q, "n")).and_then(|n| n.parse::<usize>().ok());
+    let last = query.and_then(|q| query_param(q, "last"));
+    let mut link = page.link.map(|l| rewrite_link(&l, upstream_repo, client_name));
+    let body = match tags::page(&page.body, client_name, n, last.as_deref()) {
+        Some((body, next)) => {
+            if link.is_none() {
+                link = next.map(|last| {
+                    let q = url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("n", &n.unwrap_or_default().to_string())
+                        .append_pair("last", &last)
+                        .finish();
+                    format!("</v2/{client_name}/tags/list?{q}>; rel=\"next\"")
+                });
+            }
+            body
+        }
+        None => page.body,
+    };
+    let len = body.len() as u64;
+    let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
     let ct = page.content_type.unwrap_or_else(|| "application/json".into());
     if let Ok(v) = HeaderValue::from_str(&ct) {
         h.insert(header::CONTENT_TYPE, v);
     }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Some(link) = page.link.and_then(|l| HeaderValue::from_str(&rewrite_link(&l, upstream_repo, client_name)).ok()) {
+    if let Some(link) = link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         h.insert(header::LINK, link);
     }
     resp

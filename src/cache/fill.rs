@@ -94,15 +94,13 @@ impl Fill {
                 }
                 if readable > pos {
                     let len = (readable - pos).min(CHUNK as u64) as usize;
-                    let f = file.clone();
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = BytesMut::zeroed(len);
-                        let n = f.read_at(&mut buf, pos)?;
+                    // The spool was just written, so it is in the page cache: read it in place
+                    // rather than paying a blocking-pool hop per chunk.
+                    let mut buf = BytesMut::zeroed(len);
+                    let read = file.read_at(&mut buf, pos).map(|n| {
                         buf.truncate(n);
-                        Ok::<_, std::io::Error>(buf.freeze())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                        buf.freeze()
+                    });
                     return match read {
                         Ok(b) if b.is_empty() => Some((Err(std::io::Error::other("spool file shorter than announced")), (rx, None, pos))),
                         Ok(b) => {
@@ -127,7 +125,7 @@ const CHUNK: usize = 256 * 1024;
 
 /// The writer half of a fill, held by the task that downloads.
 pub struct FillWriter {
-    tx: watch::Sender<FillState>,
+    tx: Arc<watch::Sender<FillState>>,
     fill: Arc<Fill>,
     path: Option<PathBuf>,
 }
@@ -147,38 +145,66 @@ impl FillWriter {
     }
 
     /// Copy `body` into the spool, verifying length and digest. Returns the spool path on success.
+    ///
+    /// Hashing and writing run in parallel: this task hashes each batch while a blocking thread
+    /// writes the previous one and publishes progress to readers. Readers never wait for the
+    /// hash, except for the blob's last byte.
     pub async fn write_body<S>(&mut self, file: Arc<File>, body: S, size: Option<u64>) -> Result<PathBuf, Error>
     where
         S: Stream<Item = Result<Bytes, String>> + Unpin,
     {
         let mut hasher = Hasher::new(self.fill.digest.algorithm());
-        let mut written: u64 = 0;
-        // Take every chunk that is already there in one go: one blocking write per batch.
-        let mut batches = body.ready_chunks(64);
+        let mut received: u64 = 0;
+        let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<(u64, Vec<Bytes>)>(WRITE_QUEUE);
+        let progress = self.tx.clone();
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            while let Some((offset, chunks)) = batch_rx.blocking_recv() {
+                let end = write_chunks(&file, offset, &chunks)?;
+                progress.send_modify(|s| s.written = end);
+            }
+            Ok(())
+        });
+        // Take every chunk that is already there in one go: one write call per batch.
+        let mut batches = body.ready_chunks(32);
+        let mut failure = None;
         while let Some(batch) = batches.next().await {
+            let offset = received;
             let mut chunks = Vec::with_capacity(batch.len());
             for item in batch {
-                let chunk = item.map_err(|e| Error::Upstream(upstream::Error::Unavailable(format!("reading blob: {e}"))))?;
-                hasher.update(&chunk);
-                written += chunk.len() as u64;
-                chunks.push(chunk);
-            }
-            if let Some(s) = size {
-                if written > s {
-                    return Err(Error::Invalid(format!("upstream sent more than the announced {s} bytes")));
+                match item {
+                    Ok(chunk) => {
+                        received += chunk.len() as u64;
+                        chunks.push(chunk);
+                    }
+                    Err(e) => {
+                        failure = Some(Error::Upstream(upstream::Error::Unavailable(format!("reading blob: {e}"))));
+                        break;
+                    }
                 }
             }
-            let offset = written - chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-            let f = file.clone();
-            tokio::task::spawn_blocking(move || write_chunks(&f, offset, &chunks))
-                .await
-                .map_err(|e| Error::Storage(e.to_string()))?
-                .map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
-            self.tx.send_modify(|s| s.written = written);
+            if let Some(s) = size.filter(|s| received > *s) {
+                failure = Some(Error::Invalid(format!("upstream sent more than the announced {s} bytes")));
+            }
+            if failure.is_some() {
+                break;
+            }
+            let hash_input = chunks.clone(); // reference-counted: no byte copy
+            if batch_tx.send((offset, chunks)).await.is_err() {
+                break; // the writer failed; its error is collected below
+            }
+            for c in &hash_input {
+                hasher.update(c);
+            }
         }
+        drop(batch_tx);
+        let written = writer.await.map_err(|e| Error::Storage(e.to_string()))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        written.map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
         if let Some(s) = size {
-            if written != s {
-                return Err(Error::Upstream(upstream::Error::Unavailable(format!("upstream closed after {written} of {s} bytes"))));
+            if received != s {
+                return Err(Error::Upstream(upstream::Error::Unavailable(format!("upstream closed after {received} of {s} bytes"))));
             }
         }
         let actual = hasher.finish();
@@ -186,7 +212,7 @@ impl FillWriter {
             return Err(Error::DigestMismatch { expected: self.fill.digest.to_string(), actual: actual.to_string() });
         }
         if self.fill.state().size.is_none() {
-            self.tx.send_modify(|s| s.size = Some(written));
+            self.tx.send_modify(|s| s.size = Some(received));
         }
         self.path.clone().ok_or_else(|| Error::Storage("spool file missing".into()))
     }
@@ -214,13 +240,17 @@ impl Drop for FillWriter {
     }
 }
 
-fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<()> {
+/// Write `chunks` at `offset`; returns the offset after them.
+fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<u64> {
     for c in chunks {
         f.write_all_at(c, offset)?;
         offset += c.len() as u64;
     }
-    Ok(())
+    Ok(offset)
 }
+
+/// Batches queued between the hashing task and the spool writer (bounds memory per fill).
+const WRITE_QUEUE: usize = 4;
 
 /// The in-flight fills of one cache, by digest: the single-flight table.
 #[derive(Default)]
@@ -247,7 +277,7 @@ impl Fills {
         let (tx, rx) = watch::channel(FillState::default());
         let fill = Arc::new(Fill { digest: digest.clone(), state: rx, spool: Mutex::new(None) });
         map.insert(digest.clone(), fill.clone());
-        Joined::New(fill.clone(), FillWriter { tx, fill, path: None })
+        Joined::New(fill.clone(), FillWriter { tx: Arc::new(tx), fill, path: None })
     }
 
     /// The in-flight fill for `digest`, if any.

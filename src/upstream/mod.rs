@@ -113,6 +113,14 @@ impl Upstream {
         } else {
             builder = builder.no_proxy();
         }
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("ca_file {}: {}", ca.display(), describe(&e))))?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
         if cfg.insecure_skip_verify == Some(true) {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }

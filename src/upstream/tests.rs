@@ -181,17 +181,22 @@ async fn retries_are_bounded() {
 }
 
 /// A forward proxy for plain HTTP: it receives absolute-form requests and relays them.
-fn proxy(seen: Arc<Seen>, _base: String, req: Request) -> Response {
-    seen.requests.fetch_add(1, Ordering::SeqCst);
-    let target = req.uri().to_string();
-    assert!(target.starts_with("http://"), "absolute-form request line: {target}");
-    let body = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { reqwest::get(&target).await.unwrap().text().await.unwrap() })
-    })
-    .join()
-    .unwrap();
-    status(200, &body)
+async fn serve_proxy(seen: Arc<Seen>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let seen = seen.clone();
+        async move {
+            seen.requests.fetch_add(1, Ordering::SeqCst);
+            let target = req.uri().to_string();
+            assert!(target.starts_with("http://"), "absolute-form request line: {target}");
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let body = client.get(&target).send().await.unwrap().text().await.unwrap();
+            status(200, &body)
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +204,7 @@ async fn outbound_proxy_is_used() {
     let reg_seen = Arc::new(Seen::default());
     let base = serve(reg_seen.clone(), flaky_registry).await;
     let proxy_seen = Arc::new(Seen::default());
-    let proxy_url = serve(proxy_seen.clone(), proxy).await;
+    let proxy_url = serve_proxy(proxy_seen.clone()).await;
     let cfg = UpstreamConfig { name: "fake".into(), url: Some(base), proxy: Some(proxy_url), ..Default::default() };
     let up = Upstream::new(&cfg).unwrap();
     assert_eq!(up.send(&get("manifests/x")).await.unwrap().text().await.unwrap(), "ok");

@@ -33,6 +33,9 @@ pub struct UpstreamEntry {
     pub password: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag_ttl_secs: Option<u64>,
+    /// PEM CA bundle to trust for an https upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 impl UpstreamEntry {
@@ -242,6 +245,21 @@ impl Regmirror {
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.log().lines().filter_map(parse_request_record).collect()
     }
+}
+
+impl Drop for Regmirror {
+    /// On a failing test, show the end of regmirror's log (the test harness prints it with the failure).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- regmirror log (last 40 lines of {}) ---\n{}", self.log_path.display(), tail(&self.log(), 40));
+        }
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `regmirror: listening on http://127.0.0.1:41234 (all upstreams)` -> (url, None);

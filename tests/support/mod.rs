@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`env`]: required tools, `REGMIRROR_E2E`, free ports, child processes killed on drop.
 //! - [`background`]: run an axum router on its own thread and runtime (token server, fake upstreams).
+//! - [`fake_upstream`]: an in-process upstream serving a blob with wrong bytes and paginated tags.
 //! - [`token`]: RS256 token server that distribution's `auth.token` accepts.
 //! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth), count its access log.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
@@ -16,11 +17,28 @@
 //!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
 //!
 //! Every test builds its own world (ports, temp dirs, processes), so tests run in parallel.
+//! Processes are killed by PID when their guard drops; on a failing test the mirror's and the
+//! registries' logs are printed with the failure.
+//!
+//! A test reads like this:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn pulls_through_the_alias() {
+//!     require_tools!(); // skips, or fails under REGMIRROR_E2E=1, when a tool is missing
+//!     let w = World::start().await;
+//!     let copy = skopeo::copy(&format!("{}/tok/team/multi:v1", w.mirror.addr()), w.work.path(),
+//!                             &CopyOptions { all: true, ..Default::default() }).await.unwrap();
+//!     assert_eq!(copy.manifest_digest(), w.tok_seed.index.manifest.digest);
+//! }
+//! ```
 #![allow(dead_code)]
 
 pub mod background;
 pub mod client;
+pub mod clients;
 pub mod env;
+pub mod fake_upstream;
 pub mod faults;
 pub mod image;
 pub mod mirror;

@@ -68,7 +68,7 @@ impl Registry {
                     ts.realm(),
                     ts.service,
                     ts.issuer,
-                    ts.cert_path().display()
+                    ts.write_cert(dir.path()).display()
                 );
                 (yaml, Some(ts), Some((user.clone(), password.clone())))
             }
@@ -107,6 +107,18 @@ impl Registry {
             }
         }
         panic!("docker-registry did not start: {last_err}");
+    }
+
+    /// Kill the registry now (by PID) and wait until its port refuses connections, so later
+    /// requests provably cannot reach it.
+    pub async fn stop(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "registry port {} still open after kill", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// `127.0.0.1:PORT`: the registry's name as clients and regmirror's config write it.
@@ -149,5 +161,20 @@ impl Registry {
     pub fn count_prefix(&self, method: &str, prefix: &str) -> usize {
         let needle = format!("\"{method} {prefix}");
         self.access_lines().iter().filter(|l| l.contains(&needle)).count()
+    }
+}
+
+impl Drop for Registry {
+    /// On a failing test, show the end of the registry's logs.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+            eprintln!(
+                "--- docker-registry 127.0.0.1:{} access log (last 20) ---\n{}\n--- app log (last 10) ---\n{}",
+                self.port,
+                super::mirror::tail(&read(&self.access_log), 20),
+                super::mirror::tail(&read(&self.app_log), 10)
+            );
+        }
     }
 }

@@ -15,9 +15,9 @@ use super::background::BackgroundServer;
 /// The RSA key and certificate, generated once per test process with the openssl CLI.
 pub struct SigningKey {
     pub key_pem: Vec<u8>,
-    pub cert_path: PathBuf,
+    /// Self-signed certificate of the key (PEM), for distribution's `rootcertbundle`.
+    pub cert_pem: Vec<u8>,
     pub kid: String,
-    _dir: tempfile::TempDir,
 }
 
 /// The process-wide signing key (RSA keygen is the slow part; every token server shares it).
@@ -36,9 +36,8 @@ pub fn signing_key() -> &'static SigningKey {
         let spki_der = std::fs::read(&spki).expect("read SPKI");
         SigningKey {
             key_pem: std::fs::read(&key).expect("read key"),
-            cert_path: cert,
+            cert_pem: std::fs::read(&cert).expect("read cert"),
             kid: libtrust_key_id(&spki_der),
-            _dir: dir,
         }
     })
 }
@@ -112,8 +111,11 @@ impl TokenServer {
         format!("{}/token", self.server.url())
     }
 
-    pub fn cert_path(&self) -> &Path {
-        &signing_key().cert_path
+    /// Write the signing certificate into `dir` (for `rootcertbundle`) and return its path.
+    pub fn write_cert(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("token-cert.pem");
+        std::fs::write(&path, &signing_key().cert_pem).expect("write token cert");
+        path
     }
 
     /// Every token request so far.
