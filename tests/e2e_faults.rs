@@ -220,6 +220,9 @@ async fn upstream_with(images: &[(&str, &Image)]) -> Registry {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_fails_the_fill_cleanly_keeps_serving_cached_content_and_eviction_recovers() {
     require_tools!(&["docker-registry", "skopeo", "mount"]);
+    if !support::faults::root_available() {
+        return;
+    }
     let s1 = sized_image("disk-s1", 512 * KIB);
     let b1 = sized_image("disk-b1", 3 * MIB);
     let b2 = sized_image("disk-b2", 3 * MIB);
@@ -273,6 +276,9 @@ async fn full_disk_fails_the_fill_cleanly_keeps_serving_cached_content_and_evict
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_with_max_size_set_evicts_to_make_room() {
     require_tools!(&["docker-registry", "skopeo", "mount"]);
+    if !support::faults::root_available() {
+        return;
+    }
     let s1 = sized_image("maxsize-s1", 512 * KIB);
     let b1 = sized_image("maxsize-b1", 3 * MIB);
     let g = sized_image("maxsize-g", 5 * MIB);

@@ -439,6 +439,20 @@ impl Drop for Mirror {
 // ---------------------------------------------------------------------------------------------
 // tmpfs
 
+/// Whether this process runs as root (mounting a tmpfs needs it). Without root the calling test
+/// is skipped, or fails under `REGMIRROR_E2E=1`.
+pub fn root_available() -> bool {
+    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if uid.as_deref() == Ok("0") {
+        return true;
+    }
+    if super::env::e2e_required() {
+        panic!("REGMIRROR_E2E=1 but the tmpfs tests must run as root (they mount a small tmpfs)");
+    }
+    eprintln!("SKIPPED: not root; the disk-full tests mount a tmpfs");
+    false
+}
+
 /// A tmpfs mounted for the test (root only); unmounted when dropped.
 pub struct Tmpfs {
     pub path: PathBuf,
