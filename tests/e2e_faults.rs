@@ -828,7 +828,7 @@ async fn soak_request(
                 return Err(format!("{what}: wrong body"));
             }
         }
-        2 | 3 | 4 => {
+        2..=4 => {
             let url = format!("{base}/library/busybox/blobs/{}", blob.digest);
             let (req, want, what) = match kind {
                 2 => (client.get(&url), 200, format!("GET blob {}", blob.digest)),
