@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Duration;
@@ -94,13 +94,7 @@ impl Fill {
                 }
                 if readable > pos {
                     let len = (readable - pos).min(CHUNK as u64) as usize;
-                    // The spool was just written, so it is in the page cache: read it in place
-                    // rather than paying a blocking-pool hop per chunk.
-                    let mut buf = BytesMut::zeroed(len);
-                    let read = file.read_at(&mut buf, pos).map(|n| {
-                        buf.truncate(n);
-                        buf.freeze()
-                    });
+                    let read = crate::storage::fs::read_chunk(file.clone(), pos, len).await;
                     return match read {
                         Ok(b) if b.is_empty() => Some((Err(std::io::Error::other("spool file shorter than announced")), (rx, None, pos))),
                         Ok(b) => {
@@ -121,7 +115,7 @@ impl Fill {
 }
 
 /// Size of one read from a spool file.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 /// The writer half of a fill, held by the task that downloads.
 pub struct FillWriter {
