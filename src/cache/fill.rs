@@ -159,7 +159,7 @@ impl FillWriter {
             Ok(())
         });
         // Take every chunk that is already there in one go: one write call per batch.
-        let mut batches = body.ready_chunks(32);
+        let mut batches = body.ready_chunks(16);
         let mut failure = None;
         while let Some(batch) = batches.next().await {
             let offset = received;
@@ -244,7 +244,7 @@ fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<
 }
 
 /// Batches queued between the hashing task and the spool writer (bounds memory per fill).
-const WRITE_QUEUE: usize = 4;
+const WRITE_QUEUE: usize = 2;
 
 /// The in-flight fills of one cache, by digest: the single-flight table.
 #[derive(Default)]
