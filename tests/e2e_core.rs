@@ -455,6 +455,7 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         ("GET", "/v2/library/busybox/blobs/md5:d41d8cd98f00b204e9800998ecf8427e".into(), 400, "DIGEST_INVALID"),
         ("HEAD", "/v2/library/busybox/blobs/sha256:1234".into(), 400, ""),
         ("GET", "/v2/library/busybox/manifests/sha256:zzzz".into(), 400, "DIGEST_INVALID"),
+        ("GET", "/v2/library/busybox/manifests/-not.a.tag".into(), 400, "TAG_INVALID"),
         // Unknown upstreams.
         ("GET", "/v2/nosuch.example.com/foo/manifests/latest".into(), 404, "NAME_UNKNOWN"),
         ("GET", "/v2/foo/manifests/latest?ns=nosuch.example.org".into(), 404, "NAME_UNKNOWN"),

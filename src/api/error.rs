@@ -18,7 +18,7 @@ pub enum Error {
     #[error("{0}")]
     DigestInvalid(String),
     #[error("{0}")]
-    ManifestInvalid(String),
+    TagInvalid(String),
     #[error("manifest unknown to the upstream registry")]
     ManifestUnknown,
     #[error("blob unknown to the upstream registry")]
@@ -49,7 +49,7 @@ impl Error {
             Error::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
             Error::NameUnknown(_) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             Error::DigestInvalid(_) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-            Error::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+            Error::TagInvalid(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
             Error::ManifestUnknown => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),

@@ -124,9 +124,12 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
     let head = req.method == Method::HEAD;
     let mut resp = match endpoint {
         Endpoint::Manifest { reference, .. } => {
-            let reference = Reference::parse(&reference).map_err(|e| match Reference::parse(&reference) {
-                _ if reference.contains(':') => Error::DigestInvalid(e.to_string()),
-                _ => Error::ManifestInvalid(e.to_string()),
+            let reference = Reference::parse(&reference).map_err(|e| {
+                if reference.contains(':') {
+                    Error::DigestInvalid(e.to_string())
+                } else {
+                    Error::TagInvalid(e.to_string())
+                }
             })?;
             let accept = media::accepted_types(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
             let m = app.cache.manifest(&route.upstream, &route.repository, &reference, &accept, head).await?;

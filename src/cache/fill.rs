@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Duration;
@@ -94,13 +94,7 @@ impl Fill {
                 }
                 if readable > pos {
                     let len = (readable - pos).min(CHUNK as u64) as usize;
-                    // The spool was just written, so it is in the page cache: read it in place
-                    // rather than paying a blocking-pool hop per chunk.
-                    let mut buf = BytesMut::zeroed(len);
-                    let read = file.read_at(&mut buf, pos).map(|n| {
-                        buf.truncate(n);
-                        buf.freeze()
-                    });
+                    let read = crate::storage::fs::read_chunk(file.clone(), pos, len).await;
                     return match read {
                         Ok(b) if b.is_empty() => Some((Err(std::io::Error::other("spool file shorter than announced")), (rx, None, pos))),
                         Ok(b) => {
@@ -121,7 +115,7 @@ impl Fill {
 }
 
 /// Size of one read from a spool file.
-const CHUNK: usize = 256 * 1024;
+const CHUNK: usize = 128 * 1024;
 
 /// The writer half of a fill, held by the task that downloads.
 pub struct FillWriter {
@@ -165,7 +159,7 @@ impl FillWriter {
             Ok(())
         });
         // Take every chunk that is already there in one go: one write call per batch.
-        let mut batches = body.ready_chunks(32);
+        let mut batches = body.ready_chunks(16);
         let mut failure = None;
         while let Some(batch) = batches.next().await {
             let offset = received;
@@ -250,7 +244,7 @@ fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<
 }
 
 /// Batches queued between the hashing task and the spool writer (bounds memory per fill).
-const WRITE_QUEUE: usize = 4;
+const WRITE_QUEUE: usize = 2;
 
 /// The in-flight fills of one cache, by digest: the single-flight table.
 #[derive(Default)]

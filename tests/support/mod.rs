@@ -39,6 +39,7 @@ pub mod client;
 pub mod clients;
 pub mod env;
 pub mod fake_upstream;
+pub mod faults;
 pub mod image;
 pub mod mirror;
 pub mod registry;
