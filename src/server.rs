@@ -171,10 +171,17 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header timeout starts with the first byte: a client that connects and sends
+            // nothing would hold its socket forever. Give it the same time to start.
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await, Ok(Ok(1))) {
+                tracing::debug!("closing a connection that sent nothing (or closed) within the header timeout");
+                return;
+            }
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -202,15 +202,17 @@ impl Cache {
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!("blob fill exceeded {}s", deadline.as_secs())))),
         };
         if matches!(&outcome, Err(Error::Storage(m)) if m.contains("No space left")) {
-            // Disk full: make room in the background so that the next fill can succeed.
+            // Disk full: make room for this blob in the background so that the next try succeeds.
+            // The cache may be under max_size and still not fit (the disk is smaller, or shared),
+            // so the target is the blob's size below what is stored now, and never above max_size.
             let cache = self.clone();
+            let needed = fill.state().size;
             tokio::spawn(async move {
                 let mut policy = cache.evict_policy();
-                if policy.max_size.is_none() {
-                    if let Ok(all) = super::evict::objects(cache.storage.as_ref()).await {
-                        let total: u64 = all.iter().map(|m| m.size).sum();
-                        policy.max_size = Some(total - total / 10);
-                    }
+                if let Ok(all) = super::evict::objects(cache.storage.as_ref()).await {
+                    let total: u64 = all.iter().map(|m| m.size).sum();
+                    let room = total.saturating_sub(needed.unwrap_or(total / 10).max(total / 10));
+                    policy.max_size = Some(policy.max_size.map_or(room, |m| m.min(room)));
                 }
                 if let Err(e) = cache.evict(policy).await {
                     tracing::warn!(error = %e, "eviction after a full disk failed");

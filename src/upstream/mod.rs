@@ -105,6 +105,7 @@ impl Upstream {
             .connect_timeout(cfg.connect_timeout())
             .read_timeout(cfg.read_timeout())
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(10));
         if let Some(p) = &cfg.proxy {
