@@ -633,3 +633,31 @@ async fn pull_by_digest_is_served_from_cache_with_the_upstream_gone() {
     assert!(missing.status.is_client_error() || missing.status.is_server_error(), "uncached tag with upstream down: {}", missing.status);
     assert!(missing.error_code().is_some(), "OCI error body: {}", missing.text());
 }
+
+/// SIGTERM: regmirror stops accepting, lets the request in progress finish, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_transfer_in_progress_and_exits_cleanly() {
+    require_tools!();
+    let mut w = World::start().await;
+    let c = w.mirror_client();
+    let img = &w.hub_seed.oci;
+    let layer = img.layers[0].digest.clone();
+    // Warm the cache, then start a download and signal while the response is being read.
+    let url = format!("{}/v2/library/hello/blobs/{layer}", w.mirror.url);
+    assert_eq!(c.http.get(&url).send().await.unwrap().status(), 200);
+    let resp = c.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // SAFETY: kill(2) on the PID of a child this test started.
+    assert_eq!(unsafe { libc::kill(w.mirror.pid() as i32, libc::SIGTERM) }, 0);
+    let body = resp.bytes().await.expect("the transfer in progress completes");
+    assert_eq!(support::env::sha256_digest(&body), layer, "complete and correct after SIGTERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = w.mirror.exit_status() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "regmirror still running 15 s after SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status:?}\n{}", w.mirror.log());
+}

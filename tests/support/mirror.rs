@@ -223,6 +223,11 @@ impl Regmirror {
         self.guard.pid()
     }
 
+    /// The exit status once the process has ended.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.guard.exited()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.guard.exited().is_none()
