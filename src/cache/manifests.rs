@@ -58,6 +58,7 @@ impl Cache {
         let up = self.upstream(upstream)?;
         match reference {
             Reference::Digest(d) => {
+                // A digest names exact bytes: they are the answer whatever the client accepts.
                 if let Some((media_type, body)) = self.stored_manifest(d).await? {
                     return Ok(manifest(d.clone(), media_type, body, CacheStatus::Hit));
                 }
@@ -68,18 +69,37 @@ impl Cache {
             Reference::Tag(tag) => {
                 if self.tag_ttl.is_fresh(self.policy(upstream), upstream, repo, tag) {
                     if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
-                        return Ok(m);
+                        if media::client_accepts(accept, &m.media_type) {
+                            return Ok(m);
+                        }
                     }
                 }
             }
         }
-        let key = (upstream.to_string(), repo.to_string(), reference.to_string());
+        let m = self.manifest_shared(&up, repo, reference, accept).await?;
+        if matches!(reference, Reference::Digest(_)) || media::client_accepts(accept, &m.media_type) {
+            return Ok(m);
+        }
+        // The cached (or shared) answer is a type this client did not ask for, e.g. an OCI index
+        // for a client that only takes Docker schema2: ask the upstream with exactly its Accept.
+        match self.get_manifest_exact(&up, repo, reference, accept, head).await {
+            Ok(exact) => Ok(exact),
+            Err(e) => {
+                tracing::debug!(upstream = %up.name(), %repo, %reference, error = %e, "no manifest of an accepted type; serving the cached one");
+                Ok(m)
+            }
+        }
+    }
+
+    /// The coalesced fetch: one upstream request per (upstream, repository, reference).
+    async fn manifest_shared(self: &Arc<Self>, up: &Arc<Upstream>, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+        let key = (up.name().to_string(), repo.to_string(), reference.to_string());
         let cell = {
             let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
         let leader = !cell.initialized();
-        let result = cell.get_or_init(|| self.fetch_manifest(&up, repo, reference, accept)).await.clone();
+        let result = cell.get_or_init(|| self.fetch_manifest(up, repo, reference, accept)).await.clone();
         {
             let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
             if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -156,6 +176,34 @@ impl Cache {
         }
         tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
         Ok(manifest(digest, media_type, body, CacheStatus::Miss))
+    }
+
+    /// GET (or HEAD) a manifest with exactly the client's Accept list, for a client that cannot take
+    /// the type cached for this tag. Stored by digest (content-addressed), never as the tag's record.
+    async fn get_manifest_exact(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String], head: bool) -> Result<Manifest> {
+        let mut req = Request::new(if head { Method::HEAD } else { Method::GET }, repo, format!("manifests/{reference}"));
+        for t in accept {
+            let v = HeaderValue::from_str(t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
+            req.headers.append(http::header::ACCEPT, v);
+        }
+        let resp = up.send(&req).await.map_err(manifest_error)?;
+        let declared_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let declared_digest = header_digest(resp.headers());
+        if head {
+            let digest = declared_digest.ok_or_else(|| Error::Invalid("upstream HEAD without Docker-Content-Digest".into()))?;
+            let size = super::blobs::content_length(resp.headers()).unwrap_or(0);
+            let media_type = declared_type.unwrap_or_default();
+            return Ok(Manifest { digest, media_type, size, body: Bytes::new(), status: CacheStatus::Passthrough });
+        }
+        let body = read_limited(resp, self.max_manifest_bytes).await?;
+        let digest = declared_digest.unwrap_or_else(|| Digest::sha256_of(&body));
+        if !digest.matches(&body) {
+            return Err(Error::DigestMismatch { expected: digest.to_string(), actual: Digest::sha256_of(&body).to_string() });
+        }
+        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
+            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
+        self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
+        Ok(manifest(digest, media_type, body, CacheStatus::Passthrough))
     }
 
     /// HEAD a manifest at the upstream; answers what it says without caching.

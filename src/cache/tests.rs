@@ -28,6 +28,8 @@ struct Fake {
     /// Answer every request with this status.
     fail_with: Option<u16>,
     chunk_delay_ms: u64,
+    /// Served instead of the manifest to clients whose Accept lacks the OCI index type.
+    schema2_alternative: Option<Bytes>,
 }
 
 #[derive(Default)]
@@ -66,9 +68,14 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
         } else {
             let c = if head { &up.counts.manifest_head } else { &up.counts.manifest_get };
             c.fetch_add(1, Ordering::SeqCst);
-            match f.manifests.get(&tail) {
-                Some(b) => (200, b.clone(), 0, false, false),
-                None => (404, Bytes::new(), 0, false, false),
+            let accepts_index = req.headers().get_all("accept").iter().any(|v| v.to_str().unwrap().contains("image.index"));
+            if let (false, Some(alt)) = (accepts_index, &f.schema2_alternative) {
+                (200, alt.clone(), 0, false, false)
+            } else {
+                match f.manifests.get(&tail) {
+                    Some(b) => (200, b.clone(), 0, false, false),
+                    None => (404, Bytes::new(), 0, false, false),
+                }
             }
         }
     };
@@ -94,7 +101,12 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
     h.insert("content-length", body.len().into());
     if path.contains("/manifests/") && status == 200 {
         h.insert("docker-content-digest", Digest::sha256_of(&body).to_string().parse().unwrap());
-        h.insert("content-type", crate::oci::media::OCI_MANIFEST.parse().unwrap());
+        let ct = if body.starts_with(b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker") {
+            crate::oci::media::DOCKER_MANIFEST
+        } else {
+            crate::oci::media::OCI_MANIFEST
+        };
+        h.insert("content-type", ct.parse().unwrap());
     }
     resp
 }
@@ -334,4 +346,27 @@ async fn concurrent_manifest_requests_share_one_fetch() {
     let m = h.cache.manifest("up", "r", &Reference::Digest(d), &[], true).await.unwrap();
     assert_eq!((m.status, m.size), (CacheStatus::Hit, manifest_body(7).len() as u64));
     assert_eq!(h.counts.manifest_get.load(Ordering::SeqCst) + h.counts.manifest_head.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_cannot_take_the_cached_type_gets_what_it_accepts() {
+    use crate::oci::media;
+    let h = harness(300).await;
+    let index = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
+    let schema2 = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}"#);
+    {
+        let mut f = h.fake.lock().unwrap();
+        f.manifests.insert("multi".into(), index.clone());
+        f.schema2_alternative = Some(schema2.clone());
+    }
+    let tag = Reference::Tag("multi".into());
+    let modern = vec![media::OCI_INDEX.to_string(), media::DOCKER_MANIFEST.to_string()];
+    let m = h.cache.manifest("up", "r", &tag, &modern, false).await.unwrap();
+    assert_eq!((m.body.clone(), m.media_type.as_str()), (index.clone(), media::OCI_INDEX));
+    let old = vec![media::DOCKER_MANIFEST.to_string()];
+    let m = h.cache.manifest("up", "r", &tag, &old, false).await.unwrap();
+    assert_eq!((m.body.clone(), m.media_type.as_str(), m.status), (schema2, media::DOCKER_MANIFEST, CacheStatus::Passthrough));
+    // The tag's cached answer is still the index for everyone else.
+    let m = h.cache.manifest("up", "r", &tag, &modern, false).await.unwrap();
+    assert_eq!((m.body, m.status), (index, CacheStatus::Hit));
 }
