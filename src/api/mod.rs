@@ -147,8 +147,13 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
         }
         Endpoint::TagsList { .. } => {
             let page = app.cache.tags_list(&route.upstream, &route.repository, query.map(strip_ns)).await?;
-            outcome.cache = Some(CacheStatus::Passthrough);
-            tags_response(page, &route.repository, &name, query)
+            outcome.cache = Some(page.status);
+            let stale = page.status == CacheStatus::Stale;
+            let mut resp = tags_response(page, &route.repository, &name, query);
+            if stale {
+                resp.headers_mut().insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+            }
+            resp
         }
         _ => return Err(Error::NotFound),
     };
@@ -168,6 +173,9 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
     }
     Ok(resp)
 }
+
+/// The `Warning` header on answers served from cache during an upstream outage.
+const STALE_WARNING: &str = "110 regmirror \"Response is stale: the upstream registry is unreachable\"";
 
 fn base_response() -> Response {
     let mut resp = (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
@@ -195,7 +203,7 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
     if m.status == CacheStatus::Stale {
         resp.headers_mut().insert(
             header::WARNING,
-            HeaderValue::from_static("110 regmirror \"Response is stale: the upstream registry is unreachable\""),
+            HeaderValue::from_static(STALE_WARNING),
         );
     }
     resp

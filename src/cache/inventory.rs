@@ -119,6 +119,7 @@ pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
     let mut candidates = BTreeSet::new();
     for i in &gone {
         storage.delete(&keys::tag(&i.upstream, &i.repository, &i.tag)).await?;
+        storage.delete(&keys::tags_list(&i.upstream, &i.repository)).await?;
         report.tags += 1;
         if let Ok(d) = i.digest.parse() {
             candidates.extend(closure(storage, &d).await?);

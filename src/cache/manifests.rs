@@ -43,6 +43,8 @@ pub struct TagsPage {
     pub content_type: Option<String>,
     /// The upstream's `Link` header (next page), unmodified.
     pub link: Option<String>,
+    /// `Passthrough` from the upstream, `Stale` from the copy kept for outages.
+    pub status: CacheStatus,
 }
 
 impl Cache {
@@ -265,19 +267,37 @@ impl Cache {
         Ok(self.stored_manifest(&digest).await?.map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
     }
 
-    /// One page of an upstream's tags list (not cached).
+    /// One page of an upstream's tags list. The unpaginated list is kept, and served (status
+    /// `Stale`, paginated by the API) when the upstream is unreachable.
     pub async fn tags_list(self: &Arc<Self>, upstream: &str, repo: &str, query: Option<String>) -> Result<TagsPage> {
         let up = self.upstream(upstream)?;
+        let key = keys::tags_list(upstream, repo);
+        let whole = query.as_deref().is_none_or(str::is_empty);
         let mut req = Request::new(Method::GET, repo, "tags/list".into());
         req.query = query;
-        let resp = up.send(&req).await.map_err(|e| match e {
-            upstream::Error::NotFound => Error::ManifestUnknown,
-            e => Error::Upstream(e),
-        })?;
+        let resp = match up.send(&req).await {
+            Ok(r) => r,
+            Err(upstream::Error::NotFound) => return Err(Error::ManifestUnknown),
+            Err(e) if e.is_outage() => {
+                return match self.storage.get(&key).await {
+                    Ok(body) => {
+                        tracing::warn!(%upstream, %repo, error = %e, "upstream unavailable; serving the cached tags list");
+                        Ok(TagsPage { body, content_type: Some("application/json".into()), link: None, status: CacheStatus::Stale })
+                    }
+                    Err(_) => Err(Error::Upstream(e)),
+                };
+            }
+            Err(e) => return Err(Error::Upstream(e)),
+        };
         let get = |n: http::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (content_type, link) = (get(http::header::CONTENT_TYPE), get(http::header::LINK));
         let body = read_limited(resp, self.max_manifest_bytes).await?;
-        Ok(TagsPage { body, content_type, link })
+        if whole && link.is_none() {
+            if let Err(e) = self.storage.put(&key, body.clone()).await {
+                tracing::debug!(%upstream, %repo, error = %e, "cannot keep the tags list");
+            }
+        }
+        Ok(TagsPage { body, content_type, link, status: CacheStatus::Passthrough })
     }
 }
 

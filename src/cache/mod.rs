@@ -224,6 +224,9 @@ pub mod keys {
     pub fn tag(upstream: &str, repo: &str, tag: &str) -> String {
         format!("tags/{upstream}/{repo}/_tag/{tag}")
     }
+    pub fn tags_list(upstream: &str, repo: &str) -> String {
+        format!("tags/{upstream}/{repo}/_list")
+    }
 }
 
 /// Encode a stored manifest: media type line, then the exact bytes.

@@ -370,3 +370,16 @@ async fn a_client_that_cannot_take_the_cached_type_gets_what_it_accepts() {
     let m = h.cache.manifest("up", "r", &tag, &modern, false).await.unwrap();
     assert_eq!((m.body, m.status), (index, CacheStatus::Hit));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_is_served_stale_during_an_outage() {
+    let h = harness(300).await;
+    let list = Bytes::from_static(br#"{"name":"r","tags":["a","b"]}"#);
+    h.fake.lock().unwrap().manifests.insert("list".into(), list.clone());
+    let page = h.cache.tags_list("up", "r", None).await.unwrap();
+    assert_eq!((page.body, page.status), (list.clone(), CacheStatus::Passthrough));
+    h.fake.lock().unwrap().fail_with = Some(503);
+    let page = h.cache.tags_list("up", "r", Some("n=1".into())).await.unwrap();
+    assert_eq!((page.body, page.status), (list, CacheStatus::Stale));
+    assert!(h.cache.tags_list("up", "other", None).await.is_err(), "never listed: the outage is an error");
+}

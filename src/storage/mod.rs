@@ -13,7 +13,9 @@
 //! <root>/
 //! ├── blobs/sha256/<hex[0..2]>/<hex>            layer and config bytes, content-addressed
 //! ├── manifests/sha256/<hex[0..2]>/<hex>        "<media type>\n" followed by the manifest bytes
-//! └── tags/<upstream>/<repository>/_tag/<tag>   JSON tag record: digest, media type, size
+//! └── tags/<upstream>/<repository>/
+//!     ├── _tag/<tag>                             JSON tag record: digest, media type, size
+//!     └── _list                                  the last whole tags list (served during outages)
 //! ```
 //!
 //! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`fs`]).
