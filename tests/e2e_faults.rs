@@ -42,28 +42,7 @@ fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
     assert_eq!(copy.blob_digests(), want, "{what}: blobs");
 }
 
-/// What a client got for one blob GET (the texts are for failure messages).
-#[derive(Debug)]
-#[allow(dead_code)]
-enum Transfer {
-    Refused(u16),
-    Aborted(String),
-    Complete(Vec<u8>),
-}
-
-async fn get_blob(http: &reqwest::Client, url: &str) -> Transfer {
-    let resp = match http.get(url).send().await {
-        Ok(r) => r,
-        Err(e) => return Transfer::Aborted(e.to_string()),
-    };
-    if resp.status() != 200 {
-        return Transfer::Refused(resp.status().as_u16());
-    }
-    match resp.bytes().await {
-        Ok(b) => Transfer::Complete(b.to_vec()),
-        Err(e) => Transfer::Aborted(format!("{e:?}")),
-    }
-}
+use support::fake_upstream::{get_blob_with as get_blob, Transfer};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
@@ -330,17 +309,7 @@ async fn full_disk_with_max_size_set_evicts_to_make_room() {
 // ---------------------------------------------------------------------------------------------
 // Eviction and the cache CLI
 
-/// `regmirror cache`'s size format.
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
-}
+use regmirror::cache::inventory::human_size as human;
 
 fn total_size(files: &[PathBuf]) -> u64 {
     files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum()

@@ -133,6 +133,22 @@ pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
     Ok(report)
 }
 
+/// A size for people: `512 B`, `1.5 KiB`, `2.9 MiB` (what `regmirror cache` prints).
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +191,13 @@ mod tests {
         assert_eq!((r.tags, r.objects), (1, 2));
         assert_eq!(images(&s, "").await.unwrap().len(), 1);
         assert_eq!(remove(&s, "docker.io/library/b:2").await.unwrap(), Removed::default(), "no such tag");
+    }
+
+    #[test]
+    fn human_sizes() {
+        for (n, want) in [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 20, "3.0 MiB"), (5 << 40, "5.0 TiB")] {
+            assert_eq!(human_size(n), want);
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use crate::cache::{evict, inventory};
+use inventory::human_size as human;
 use crate::config::{ByteSize, Config};
 use crate::storage::fs::FsStorage;
 use crate::storage::Storage;
@@ -105,15 +106,4 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

@@ -125,6 +125,11 @@ impl Transfer {
 
 pub async fn get_blob(url: &str) -> Transfer {
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    get_blob_with(&client, url).await
+}
+
+/// [`get_blob`] with the caller's client.
+pub async fn get_blob_with(client: &reqwest::Client, url: &str) -> Transfer {
     let resp = match client.get(url).send().await {
         Ok(r) => r,
         Err(e) => return Transfer::Aborted(e.to_string()),
