@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: `{key}`: {message}")]
@@ -21,7 +24,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole configuration of one `regmirror serve` process.
@@ -136,20 +142,29 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 impl UpstreamConfig {
     /// The URL regmirror fetches from, without a trailing slash.
     pub fn base_url(&self) -> String {
-        let url = self.url.clone().unwrap_or_else(|| format!("https://{}", self.name));
+        let url = self
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", self.name));
         url.trim_end_matches('/').to_string()
     }
 
     pub fn tag_ttl(&self) -> Duration {
-        self.tag_ttl_secs.map(Duration::from_secs).unwrap_or(DEFAULT_TAG_TTL)
+        self.tag_ttl_secs
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TAG_TTL)
     }
 
     pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+        self.connect_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     pub fn read_timeout(&self) -> Duration {
-        self.read_timeout_secs.map(Duration::from_secs).unwrap_or(DEFAULT_READ_TIMEOUT)
+        self.read_timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_READ_TIMEOUT)
     }
 
     /// The password from `password`, `password_file` or `password_env`, in that order.
@@ -159,13 +174,19 @@ impl UpstreamConfig {
         }
         if let Some(path) = &self.password_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(format!("upstream.{}.password_file", self.name), format!("{}: {e}", path.display()))
+                invalid(
+                    format!("upstream.{}.password_file", self.name),
+                    format!("{}: {e}", path.display()),
+                )
             })?;
             return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
         }
         if let Some(var) = &self.password_env {
             return std::env::var(var).map(Some).map_err(|_| {
-                invalid(format!("upstream.{}.password_env", self.name), format!("environment variable {var} is not set"))
+                invalid(
+                    format!("upstream.{}.password_env", self.name),
+                    format!("environment variable {var} is not set"),
+                )
             });
         }
         Ok(None)
@@ -177,20 +198,43 @@ impl UpstreamConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f != d.$f { self.$f = other.$f; } )* };
         }
-        take!(url, aliases, hosts, listen, username, password, password_file, password_env, proxy,
-              tag_ttl_secs, immutable_tags, connect_timeout_secs, read_timeout_secs, insecure_skip_verify, ca_file);
+        take!(
+            url,
+            aliases,
+            hosts,
+            listen,
+            username,
+            password,
+            password_file,
+            password_env,
+            proxy,
+            tag_ttl_secs,
+            immutable_tags,
+            connect_timeout_secs,
+            read_timeout_secs,
+            insecure_skip_verify,
+            ca_file
+        );
     }
 }
 
 /// The public registries regmirror mirrors with no configuration at all: (name, url, aliases).
 const BUILTIN: &[(&str, &str, &[&str])] = &[
-    ("docker.io", "https://registry-1.docker.io", &["dockerhub", "index.docker.io", "registry-1.docker.io"]),
+    (
+        "docker.io",
+        "https://registry-1.docker.io",
+        &["dockerhub", "index.docker.io", "registry-1.docker.io"],
+    ),
     ("registry.k8s.io", "https://registry.k8s.io", &["k8s"]),
     ("k8s.gcr.io", "https://k8s.gcr.io", &["k8s-gcr"]),
     ("gcr.io", "https://gcr.io", &["gcr"]),
     ("ghcr.io", "https://ghcr.io", &["ghcr"]),
     ("quay.io", "https://quay.io", &["quay"]),
-    ("docker.elastic.co", "https://docker.elastic.co", &["elastic"]),
+    (
+        "docker.elastic.co",
+        "https://docker.elastic.co",
+        &["elastic"],
+    ),
     ("mcr.microsoft.com", "https://mcr.microsoft.com", &["mcr"]),
     ("nvcr.io", "https://nvcr.io", &["nvcr"]),
     ("cr.l5d.io", "https://cr.l5d.io", &["l5d"]),
@@ -216,9 +260,14 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-                Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                })?
             }
             None => Config::default(),
         };
@@ -252,7 +301,12 @@ impl Config {
             self.allow_any_upstream = match v.as_str() {
                 "1" | "true" | "yes" => true,
                 "0" | "false" | "no" | "" => false,
-                _ => return Err(invalid("REGMIRROR_ALLOW_ANY_UPSTREAM", "expected true or false")),
+                _ => {
+                    return Err(invalid(
+                        "REGMIRROR_ALLOW_ANY_UPSTREAM",
+                        "expected true or false",
+                    ))
+                }
             };
         }
         Ok(())
@@ -282,7 +336,11 @@ impl Config {
         if self.max_header_bytes < 8192 {
             return Err(invalid("max_header_bytes", "must be at least 8192"));
         }
-        if self.max_headers == 0 || self.max_concurrent_fills == 0 || self.header_timeout_secs == 0 || self.gc_interval_secs == 0 {
+        if self.max_headers == 0
+            || self.max_concurrent_fills == 0
+            || self.header_timeout_secs == 0
+            || self.gc_interval_secs == 0
+        {
             return Err(invalid(
                 "max_headers / max_concurrent_fills / header_timeout_secs / gc_interval_secs",
                 "must be greater than 0",
@@ -297,54 +355,91 @@ impl Config {
         listens.insert(parse_addr("listen", &self.listen)?);
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = |field: &str| format!("upstream[{i}].{field} (name = {:?})", u.name);
-            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace) {
-                return Err(invalid(key("name"), "must be a registry host such as \"docker.io\" or \"127.0.0.1:5000\""));
+            if u.name.is_empty() || u.name.contains('/') || u.name.chars().any(char::is_whitespace)
+            {
+                return Err(invalid(
+                    key("name"),
+                    "must be a registry host such as \"docker.io\" or \"127.0.0.1:5000\"",
+                ));
             }
             let url = u.base_url();
-            let parsed = url::Url::parse(&url).map_err(|e| invalid(key("url"), format!("{url}: {e}")))?;
+            let parsed =
+                url::Url::parse(&url).map_err(|e| invalid(key("url"), format!("{url}: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(invalid(key("url"), format!("{url}: expected http://host[:port] or https://host[:port]")));
+                return Err(invalid(
+                    key("url"),
+                    format!("{url}: expected http://host[:port] or https://host[:port]"),
+                ));
             }
             for p in std::iter::once(&u.name).chain(u.aliases.iter()) {
                 if p.is_empty() || p.contains('/') {
-                    return Err(invalid(key("aliases"), format!("{p:?} is not a single path segment")));
+                    return Err(invalid(
+                        key("aliases"),
+                        format!("{p:?} is not a single path segment"),
+                    ));
                 }
                 if !prefixes.insert(p.to_ascii_lowercase()) {
-                    return Err(invalid(key("aliases"), format!("{p:?} names two upstreams")));
+                    return Err(invalid(
+                        key("aliases"),
+                        format!("{p:?} names two upstreams"),
+                    ));
                 }
             }
             for h in &u.hosts {
                 if !hosts.insert(h.to_ascii_lowercase()) {
-                    return Err(invalid(key("hosts"), format!("{h:?} routes to two upstreams")));
+                    return Err(invalid(
+                        key("hosts"),
+                        format!("{h:?} routes to two upstreams"),
+                    ));
                 }
             }
             if let Some(l) = &u.listen {
                 let addr = parse_addr(&key("listen"), l)?;
                 if addr.port() != 0 && !listens.insert(addr) {
-                    return Err(invalid(key("listen"), format!("{l} is already used by another listener")));
+                    return Err(invalid(
+                        key("listen"),
+                        format!("{l} is already used by another listener"),
+                    ));
                 }
             }
             if let Some(p) = &u.proxy {
-                let proxy = url::Url::parse(p).map_err(|e| invalid(key("proxy"), format!("{p}: {e}")))?;
+                let proxy =
+                    url::Url::parse(p).map_err(|e| invalid(key("proxy"), format!("{p}: {e}")))?;
                 if !matches!(proxy.scheme(), "http" | "https" | "socks5" | "socks5h") {
-                    return Err(invalid(key("proxy"), format!("{p}: expected http://, https://, socks5:// or socks5h://")));
+                    return Err(invalid(
+                        key("proxy"),
+                        format!("{p}: expected http://, https://, socks5:// or socks5h://"),
+                    ));
                 }
             }
-            if u.username.is_some() != (u.password.is_some() || u.password_file.is_some() || u.password_env.is_some()) {
-                return Err(invalid(key("username"), "username and password (or password_file / password_env) go together"));
+            if u.username.is_some()
+                != (u.password.is_some() || u.password_file.is_some() || u.password_env.is_some())
+            {
+                return Err(invalid(
+                    key("username"),
+                    "username and password (or password_file / password_env) go together",
+                ));
             }
             u.resolved_password()?;
             if let Some(ca) = &u.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
+                let pem = std::fs::read(ca)
+                    .map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
                 if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(invalid(key("ca_file"), format!("{}: no PEM certificate in it", ca.display())));
+                    return Err(invalid(
+                        key("ca_file"),
+                        format!("{}: no PEM certificate in it", ca.display()),
+                    ));
                 }
             }
         }
         if !self.default_upstream.is_empty() && self.upstream(&self.default_upstream).is_none() {
             return Err(invalid(
                 "default_upstream",
-                format!("{:?} is not a configured upstream (known: {})", self.default_upstream, self.upstream_names()),
+                format!(
+                    "{:?} is not a configured upstream (known: {})",
+                    self.default_upstream,
+                    self.upstream_names()
+                ),
             ));
         }
         Ok(())
@@ -357,7 +452,11 @@ impl Config {
 
     /// Comma-separated names, for error messages.
     pub fn upstream_names(&self) -> String {
-        self.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.upstreams
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The effective configuration as TOML (passwords masked), for `config check`.
@@ -368,7 +467,8 @@ impl Config {
                 u.password = Some("********".into());
             }
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
@@ -380,20 +480,28 @@ impl std::str::FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
         let (num, unit) = (t[..split].trim(), t[split..].trim());
-        let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size such as \"200GiB\""))?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as \"200GiB\""))?;
         let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1000,
             "kib" => 1 << 10,
-            "m" | "mb" => 1000_000,
+            "m" | "mb" => 1_000_000,
             "mib" => 1 << 20,
-            "g" | "gb" => 1000_000_000,
+            "g" | "gb" => 1_000_000_000,
             "gib" => 1 << 30,
-            "t" | "tb" => 1000_000_000_000,
+            "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
-            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown unit {unit:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+                ))
+            }
         };
         Ok(ByteSize((n * mult as f64) as u64))
     }
@@ -422,7 +530,12 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// Parse a listen address, naming the key on failure.
 pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| invalid(key, format!("{value:?} is not an address such as \"0.0.0.0:5000\"")))
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address such as \"0.0.0.0:5000\""),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -432,10 +545,21 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_include_public_registries() {
         let c = Config::load(None).unwrap();
-        for name in ["docker.io", "registry.k8s.io", "k8s.gcr.io", "gcr.io", "ghcr.io", "quay.io", "public.ecr.aws"] {
+        for name in [
+            "docker.io",
+            "registry.k8s.io",
+            "k8s.gcr.io",
+            "gcr.io",
+            "ghcr.io",
+            "quay.io",
+            "public.ecr.aws",
+        ] {
             assert!(c.upstream(name).is_some(), "{name}");
         }
-        assert_eq!(c.upstream("docker.io").unwrap().base_url(), "https://registry-1.docker.io");
+        assert_eq!(
+            c.upstream("docker.io").unwrap().base_url(),
+            "https://registry-1.docker.io"
+        );
     }
 
     #[test]
@@ -448,7 +572,10 @@ mod tests {
         c.validate().unwrap();
         let d = c.upstream("docker.io").unwrap();
         assert_eq!(d.base_url(), "http://127.0.0.1:5101");
-        assert!(d.aliases.contains(&"dockerhub".to_string()), "built-in aliases kept");
+        assert!(
+            d.aliases.contains(&"dockerhub".to_string()),
+            "built-in aliases kept"
+        );
         assert_eq!(c.upstream("local:5").unwrap().base_url(), "https://local:5");
     }
 
@@ -459,11 +586,23 @@ mod tests {
             ("default_upstream = \"nope.example\"", "default_upstream"),
             ("log_format = \"xml\"", "log_format"),
             ("[[upstream]]\nname = \"a.io\"\nurl = \"ftp://x\"", "url"),
-            ("[[upstream]]\nname = \"a.io\"\naliases = [\"ghcr\"]", "aliases"),
-            ("[[upstream]]\nname = \"a.io\"\nproxy = \"gopher://x\"", "proxy"),
-            ("[[upstream]]\nname = \"a.io\"\nusername = \"u\"", "username"),
+            (
+                "[[upstream]]\nname = \"a.io\"\naliases = [\"ghcr\"]",
+                "aliases",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nproxy = \"gopher://x\"",
+                "proxy",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nusername = \"u\"",
+                "username",
+            ),
             ("[[upstream]]\nname = \"a/b\"", "name"),
-            ("[[upstream]]\nname = \"a.io\"\nlisten = \"0.0.0.0:5000\"", "listen"),
+            (
+                "[[upstream]]\nname = \"a.io\"\nlisten = \"0.0.0.0:5000\"",
+                "listen",
+            ),
         ];
         for (text, key) in cases {
             let mut c = Config::from_toml(text).unwrap();
@@ -477,7 +616,14 @@ mod tests {
 
     #[test]
     fn sizes() {
-        let cases = [("200GiB", Some(200u64 << 30)), ("500 MB", Some(500_000_000)), ("1048576", Some(1 << 20)), ("1.5KiB", Some(1536)), ("5 parsecs", None), ("", None)];
+        let cases = [
+            ("200GiB", Some(200u64 << 30)),
+            ("500 MB", Some(500_000_000)),
+            ("1048576", Some(1 << 20)),
+            ("1.5KiB", Some(1536)),
+            ("5 parsecs", None),
+            ("", None),
+        ];
         for (s, want) in cases {
             assert_eq!(s.parse::<ByteSize>().ok().map(|b| b.0), want, "{s}");
         }
@@ -485,7 +631,9 @@ mod tests {
         assert_eq!(c.max_size, Some(ByteSize(2 << 30)));
         let c = Config::from_toml("max_size = 1000").unwrap();
         assert_eq!(c.max_size, Some(ByteSize(1000)));
-        assert!(Config::from_toml("max_size = \"lots\"").unwrap_err().contains("max_size"));
+        assert!(Config::from_toml("max_size = \"lots\"")
+            .unwrap_err()
+            .contains("max_size"));
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+                .set_buckets(&[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -44,22 +46,56 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(REQUESTS, "HTTP requests by endpoint kind, method and status");
-    describe_histogram!(REQUEST_SECONDS, Unit::Seconds, "Time to the response head, by endpoint kind");
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests by endpoint kind, method and status"
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Time to the response head, by endpoint kind"
+    );
     describe_counter!(CACHE_REQUESTS, "Cache outcomes by kind (blob, manifest) and status (hit, miss, joined, stale, passthrough)");
-    describe_counter!(BYTES_SERVED, Unit::Bytes, "Blob bytes sent to clients, by source (cache, upstream)");
-    describe_counter!(UPSTREAM_REQUESTS, "Requests sent to upstreams, by upstream and status");
-    describe_histogram!(UPSTREAM_SECONDS, Unit::Seconds, "Upstream time to response head, by upstream");
+    describe_counter!(
+        BYTES_SERVED,
+        Unit::Bytes,
+        "Blob bytes sent to clients, by source (cache, upstream)"
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Requests sent to upstreams, by upstream and status"
+    );
+    describe_histogram!(
+        UPSTREAM_SECONDS,
+        Unit::Seconds,
+        "Upstream time to response head, by upstream"
+    );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures by upstream and kind");
     describe_gauge!(FILLS_IN_FLIGHT, "Blob downloads running now");
     describe_counter!(FILLS_TOTAL, "Blob downloads by outcome (ok, failed)");
-    describe_counter!(JOINED, "Requests that joined a download another request started");
-    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes of blobs and manifests in the cache (as of the last scan)");
-    describe_gauge!(CACHE_OBJECTS, "Blobs and manifests in the cache (as of the last scan)");
+    describe_counter!(
+        JOINED,
+        "Requests that joined a download another request started"
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of blobs and manifests in the cache (as of the last scan)"
+    );
+    describe_gauge!(
+        CACHE_OBJECTS,
+        "Blobs and manifests in the cache (as of the last scan)"
+    );
     describe_counter!(EVICTIONS, "Objects removed by eviction");
     describe_counter!(EVICTED_BYTES, Unit::Bytes, "Bytes removed by eviction");
-    describe_gauge!(RATELIMIT_REMAINING, "Last ratelimit-remaining header seen from each upstream");
-    describe_counter!(STALE_SERVED, "Manifests served stale because the upstream was unavailable");
+    describe_gauge!(
+        RATELIMIT_REMAINING,
+        "Last ratelimit-remaining header seen from each upstream"
+    );
+    describe_counter!(
+        STALE_SERVED,
+        "Manifests served stale because the upstream was unavailable"
+    );
 }
 
 /// Render the current metrics in the Prometheus text format.

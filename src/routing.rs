@@ -105,10 +105,17 @@ impl RoutingTable {
         let (upstream, rest, style) = self.pick(req)?;
         let repository = normalise(&upstream, rest);
         validate_name(&repository)?;
-        Ok(Route { upstream, repository, style })
+        Ok(Route {
+            upstream,
+            repository,
+            style,
+        })
     }
 
-    fn pick<'n>(&self, req: &RequestFacts<'n>) -> Result<(String, &'n str, RouteStyle), RouteError> {
+    fn pick<'n>(
+        &self,
+        req: &RequestFacts<'n>,
+    ) -> Result<(String, &'n str, RouteStyle), RouteError> {
         let name = req.name;
         if let Some(u) = req.listener_upstream {
             return Ok((u.to_string(), name, RouteStyle::Listener));
@@ -162,7 +169,10 @@ impl RoutingTable {
     }
 
     fn unknown(&self, what: String) -> RouteError {
-        RouteError::UnknownUpstream { what, known: self.known.clone() }
+        RouteError::UnknownUpstream {
+            what,
+            known: self.known.clone(),
+        }
     }
 }
 
@@ -188,7 +198,8 @@ fn strip_port(host: &str) -> &str {
 /// A registry host: has a dot or a port, or is `localhost`; only safe characters.
 fn looks_like_host(s: &str) -> bool {
     (s.contains('.') || s.contains(':') || s == "localhost")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
         && !s.starts_with(['.', '-', ':'])
 }
 
@@ -216,33 +227,103 @@ mod tests {
     }
 
     fn r(up: &str, repo: &str, style: RouteStyle) -> Result<Route, RouteError> {
-        Ok(Route { upstream: up.into(), repository: repo.into(), style })
+        Ok(Route {
+            upstream: up.into(),
+            repository: repo.into(),
+            style,
+        })
     }
 
     #[test]
     fn precedence_table() {
         use RouteStyle::*;
         let t = table(false);
-        let f = |l, h, ns, name| RequestFacts { listener_upstream: l, host: h, ns, name };
+        let f = |l, h, ns, name| RequestFacts {
+            listener_upstream: l,
+            host: h,
+            ns,
+            name,
+        };
         let cases = vec![
-            (f(Some("quay.io"), Some("k8s.mirror.example.com"), Some("ghcr.io"), "ghcr/x"), r("quay.io", "ghcr/x", Listener)),
-            (f(None, Some("k8s.mirror.example.com"), Some("ghcr.io"), "coredns/coredns"), r("registry.k8s.io", "coredns/coredns", Host)),
-            (f(None, Some("k8s.mirror.example.com:5000"), None, "pause"), r("registry.k8s.io", "pause", Host)),
-            (f(None, Some("127.0.0.2:5000"), None, "a/b"), r("127.0.0.1:5101", "a/b", Host)),
-            (f(None, Some("mirror.local"), Some("ghcr.io"), "o/i"), r("ghcr.io", "o/i", Namespace)),
-            (f(None, None, Some("docker.io"), "alpine"), r("docker.io", "library/alpine", Namespace)),
-            (f(None, None, Some("127.0.0.1:5101"), "a/b"), r("127.0.0.1:5101", "a/b", Namespace)),
-            (f(None, None, Some("docker.io"), "docker.io/library/busybox"), r("docker.io", "library/busybox", Prefix)),
-            (f(None, None, Some("127.0.0.1:5101"), "local/a/b"), r("127.0.0.1:5101", "a/b", Prefix)),
-            (f(None, None, Some("docker.io"), "ghcr/x/y"), r("docker.io", "ghcr/x/y", Namespace)),
-            (f(None, None, None, "registry.k8s.io/coredns/coredns"), r("registry.k8s.io", "coredns/coredns", Prefix)),
+            (
+                f(
+                    Some("quay.io"),
+                    Some("k8s.mirror.example.com"),
+                    Some("ghcr.io"),
+                    "ghcr/x",
+                ),
+                r("quay.io", "ghcr/x", Listener),
+            ),
+            (
+                f(
+                    None,
+                    Some("k8s.mirror.example.com"),
+                    Some("ghcr.io"),
+                    "coredns/coredns",
+                ),
+                r("registry.k8s.io", "coredns/coredns", Host),
+            ),
+            (
+                f(None, Some("k8s.mirror.example.com:5000"), None, "pause"),
+                r("registry.k8s.io", "pause", Host),
+            ),
+            (
+                f(None, Some("127.0.0.2:5000"), None, "a/b"),
+                r("127.0.0.1:5101", "a/b", Host),
+            ),
+            (
+                f(None, Some("mirror.local"), Some("ghcr.io"), "o/i"),
+                r("ghcr.io", "o/i", Namespace),
+            ),
+            (
+                f(None, None, Some("docker.io"), "alpine"),
+                r("docker.io", "library/alpine", Namespace),
+            ),
+            (
+                f(None, None, Some("127.0.0.1:5101"), "a/b"),
+                r("127.0.0.1:5101", "a/b", Namespace),
+            ),
+            (
+                f(None, None, Some("docker.io"), "docker.io/library/busybox"),
+                r("docker.io", "library/busybox", Prefix),
+            ),
+            (
+                f(None, None, Some("127.0.0.1:5101"), "local/a/b"),
+                r("127.0.0.1:5101", "a/b", Prefix),
+            ),
+            (
+                f(None, None, Some("docker.io"), "ghcr/x/y"),
+                r("docker.io", "ghcr/x/y", Namespace),
+            ),
+            (
+                f(None, None, None, "registry.k8s.io/coredns/coredns"),
+                r("registry.k8s.io", "coredns/coredns", Prefix),
+            ),
             (f(None, None, None, "ghcr/o/i"), r("ghcr.io", "o/i", Prefix)),
-            (f(None, None, None, "local/a/b"), r("127.0.0.1:5101", "a/b", Prefix)),
-            (f(None, None, None, "127.0.0.1:5101/a"), r("127.0.0.1:5101", "a", Prefix)),
-            (f(None, None, None, "docker.io/alpine"), r("docker.io", "library/alpine", Prefix)),
-            (f(None, None, None, "dockerhub/library/alpine"), r("docker.io", "library/alpine", Prefix)),
-            (f(None, None, None, "alpine"), r("docker.io", "library/alpine", Default)),
-            (f(None, None, None, "bitnami/redis"), r("docker.io", "bitnami/redis", Default)),
+            (
+                f(None, None, None, "local/a/b"),
+                r("127.0.0.1:5101", "a/b", Prefix),
+            ),
+            (
+                f(None, None, None, "127.0.0.1:5101/a"),
+                r("127.0.0.1:5101", "a", Prefix),
+            ),
+            (
+                f(None, None, None, "docker.io/alpine"),
+                r("docker.io", "library/alpine", Prefix),
+            ),
+            (
+                f(None, None, None, "dockerhub/library/alpine"),
+                r("docker.io", "library/alpine", Prefix),
+            ),
+            (
+                f(None, None, None, "alpine"),
+                r("docker.io", "library/alpine", Default),
+            ),
+            (
+                f(None, None, None, "bitnami/redis"),
+                r("docker.io", "bitnami/redis", Default),
+            ),
         ];
         for (facts, want) in cases {
             assert_eq!(t.route(&facts), want, "{facts:?}");
@@ -252,12 +333,39 @@ mod tests {
     #[test]
     fn unknown_and_invalid() {
         let t = table(false);
-        let err = t.route(&RequestFacts { ns: Some("evil.example.com"), name: "x/y", ..Default::default() }).unwrap_err();
-        assert!(err.to_string().contains("registry.k8s.io"), "message lists upstreams: {err}");
-        let err = t.route(&RequestFacts { name: "evil.example.com/x", ..Default::default() }).unwrap_err();
+        let err = t
+            .route(&RequestFacts {
+                ns: Some("evil.example.com"),
+                name: "x/y",
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("registry.k8s.io"),
+            "message lists upstreams: {err}"
+        );
+        let err = t
+            .route(&RequestFacts {
+                name: "evil.example.com/x",
+                ..Default::default()
+            })
+            .unwrap_err();
         assert!(matches!(err, RouteError::UnknownUpstream { .. }), "{err:?}");
-        for bad in ["../etc/passwd", "a/../../b", "%2e%2e/x", "A", &"a".repeat(300)] {
-            assert!(t.route(&RequestFacts { name: bad, ..Default::default() }).is_err(), "{bad}");
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "%2e%2e/x",
+            "A",
+            &"a".repeat(300),
+        ] {
+            assert!(
+                t.route(&RequestFacts {
+                    name: bad,
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -265,11 +373,18 @@ mod tests {
     fn open_proxy_only_when_enabled() {
         let t = table(true);
         assert_eq!(
-            t.route(&RequestFacts { name: "evil.example.com/x", ..Default::default() }),
+            t.route(&RequestFacts {
+                name: "evil.example.com/x",
+                ..Default::default()
+            }),
             r("evil.example.com", "x", RouteStyle::Prefix)
         );
         assert_eq!(
-            t.route(&RequestFacts { ns: Some("other.io"), name: "x", ..Default::default() }),
+            t.route(&RequestFacts {
+                ns: Some("other.io"),
+                name: "x",
+                ..Default::default()
+            }),
             r("other.io", "x", RouteStyle::Namespace)
         );
     }
@@ -280,6 +395,12 @@ mod tests {
         c.default_upstream = String::new();
         c.merge_builtins();
         let t = RoutingTable::new(&c);
-        assert!(matches!(t.route(&RequestFacts { name: "alpine", ..Default::default() }), Err(RouteError::UnknownUpstream { .. })));
+        assert!(matches!(
+            t.route(&RequestFacts {
+                name: "alpine",
+                ..Default::default()
+            }),
+            Err(RouteError::UnknownUpstream { .. })
+        ));
     }
 }

@@ -25,9 +25,16 @@ use crate::storage::fs::FsStorage;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open the data directory {path}: {source}")]
-    DataDir { path: String, source: crate::storage::Error },
+    DataDir {
+        path: String,
+        source: crate::storage::Error,
+    },
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: String, what: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Cache(#[from] crate::cache::Error),
     #[error("server error: {0}")]
@@ -50,29 +57,47 @@ pub async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
         }
     }
     for (addr, upstream) in wanted {
-        let what = upstream.as_ref().map(|u| format!("upstream {u}")).unwrap_or_else(|| "all upstreams".into());
+        let what = upstream
+            .as_ref()
+            .map(|u| format!("upstream {u}"))
+            .unwrap_or_else(|| "all upstreams".into());
         let sock: SocketAddr = parse_addr("listen", &addr).map_err(|e| Error::Bind {
             addr: addr.clone(),
             what: what.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let listener = TcpListener::bind(sock).await.map_err(|source| Error::Bind { addr: addr.clone(), what, source })?;
+        let listener = TcpListener::bind(sock)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: addr.clone(),
+                what,
+                source,
+            })?;
         out.push(Bound { listener, upstream });
     }
     Ok(out)
 }
 
 /// Open storage and the cache, bind, announce and serve until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     if crate::metrics::install().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be empty");
     }
     let storage = FsStorage::open(&config.data_dir)
         .await
-        .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+        .map_err(|source| Error::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
     match storage.clean_tmp().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed temporary files left by a previous run"),
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed temporary files left by a previous run"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
     }
     let spool = storage.tmp_dir();
@@ -94,7 +119,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             }
         });
     }
-    let app = Arc::new(App { cache, routing: RoutingTable::new(&config) });
+    let app = Arc::new(App {
+        cache,
+        routing: RoutingTable::new(&config),
+    });
     let bound = bind(&config).await?;
     serve(app, bound, Limits::from_config(&config), shutdown).await
 }
@@ -129,23 +157,37 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     for b in bound {
         let addr = b.listener.local_addr().map_err(Error::Serve)?;
-        let what = b.upstream.as_ref().map(|u| format!("upstream {u}")).unwrap_or_else(|| "all upstreams".into());
+        let what = b
+            .upstream
+            .as_ref()
+            .map(|u| format!("upstream {u}"))
+            .unwrap_or_else(|| "all upstreams".into());
         println!("regmirror: listening on http://{addr} ({what})");
         tracing::info!(%addr, serves = %what, "listening");
-        let router = api::router(Listener { app: app.clone(), upstream: b.upstream });
+        let router = api::router(Listener {
+            app: app.clone(),
+            upstream: b.upstream,
+        });
         tasks.spawn(accept_loop(b.listener, router, limits, token.clone()));
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     shutdown.await;
-    tracing::info!("shutting down: no new connections; waiting up to 10 s for requests in progress");
+    tracing::info!(
+        "shutting down: no new connections; waiting up to 10 s for requests in progress"
+    );
     token.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
 /// Accept connections until `stop`, then let open connections finish (bounded).
-async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    stop: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -154,7 +196,10 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _peer) = tokio::select! {
@@ -176,8 +221,13 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits
             // hyper's header timeout starts with the first byte: a client that connects and sends
             // nothing would hold its socket forever. Give it the same time to start.
             let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await, Ok(Ok(1))) {
-                tracing::debug!("closing a connection that sent nothing (or closed) within the header timeout");
+            if !matches!(
+                tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                tracing::debug!(
+                    "closing a connection that sent nothing (or closed) within the header timeout"
+                );
                 return;
             }
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -186,7 +236,10 @@ async fn accept_loop(listener: TcpListener, router: axum::Router, limits: Limits
             }
         });
     }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after 10 s; closing them");
     }
 }

@@ -13,8 +13,15 @@ use regmirror::routing::{RequestFacts, RoutingTable};
 use regmirror::upstream::auth::{parse_challenge, Challenge};
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4096);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4096);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 /// Paths built from the pieces that matter, plus arbitrary bytes.
@@ -36,7 +43,10 @@ fn path_strategy() -> impl Strategy<Value = String> {
 }
 
 fn routing() -> RoutingTable {
-    let mut c = Config::from_toml("[[upstream]]\nname = \"127.0.0.1:5101\"\naliases = [\"local\"]\nhosts = [\"h.example\"]\n").unwrap();
+    let mut c = Config::from_toml(
+        "[[upstream]]\nname = \"127.0.0.1:5101\"\naliases = [\"local\"]\nhosts = [\"h.example\"]\n",
+    )
+    .unwrap();
     c.merge_builtins();
     c.validate().unwrap();
     RoutingTable::new(&c)

@@ -64,7 +64,11 @@ impl Endpoint {
             _ => {}
         }
         if path == "/v2" || path == "/v2/" {
-            return if read { Ok(Endpoint::Base) } else { Err(ParseError::MethodNotAllowed) };
+            return if read {
+                Ok(Endpoint::Base)
+            } else {
+                Err(ParseError::MethodNotAllowed)
+            };
         }
         let rest = path.strip_prefix("/v2/").ok_or(ParseError::NotFound)?;
         if rest == "_catalog" {
@@ -72,7 +76,9 @@ impl Endpoint {
         }
         if let Some(name) = rest.strip_suffix("/tags/list") {
             return if method == Method::GET || method == Method::HEAD {
-                Ok(Endpoint::TagsList { name: name.to_string() })
+                Ok(Endpoint::TagsList {
+                    name: name.to_string(),
+                })
             } else {
                 Err(ParseError::MethodNotAllowed)
             };
@@ -80,22 +86,38 @@ impl Endpoint {
         if let Some(i) = rest.rfind("/blobs/uploads") {
             let tail = &rest[i + "/blobs/uploads".len()..];
             if tail.is_empty() || tail.starts_with('/') {
-                return Ok(Endpoint::Unsupported { what: "blob upload" });
+                return Ok(Endpoint::Unsupported {
+                    what: "blob upload",
+                });
             }
         }
         if let Some((name, reference)) = split_last(rest, "/manifests/") {
             if !read {
-                let what = if method == Method::DELETE { "manifest delete" } else { "manifest push" };
+                let what = if method == Method::DELETE {
+                    "manifest delete"
+                } else {
+                    "manifest push"
+                };
                 return Ok(Endpoint::Unsupported { what });
             }
-            return Ok(Endpoint::Manifest { name: name.to_string(), reference: reference.to_string() });
+            return Ok(Endpoint::Manifest {
+                name: name.to_string(),
+                reference: reference.to_string(),
+            });
         }
         if let Some((name, digest)) = split_last(rest, "/blobs/") {
             if !read {
-                return Ok(Endpoint::Unsupported { what: "blob delete" });
+                return Ok(Endpoint::Unsupported {
+                    what: "blob delete",
+                });
             }
-            let digest = digest.parse().map_err(|_| ParseError::DigestInvalid(digest.chars().take(200).collect()))?;
-            return Ok(Endpoint::Blob { name: name.to_string(), digest });
+            let digest = digest
+                .parse()
+                .map_err(|_| ParseError::DigestInvalid(digest.chars().take(200).collect()))?;
+            return Ok(Endpoint::Blob {
+                name: name.to_string(),
+                digest,
+            });
         }
         Err(ParseError::NotFound)
     }
@@ -120,31 +142,120 @@ mod tests {
             (get.clone(), "/v2/".into(), Ok(Endpoint::Base)),
             (get.clone(), "/v2".into(), Ok(Endpoint::Base)),
             (Method::HEAD, "/v2/".into(), Ok(Endpoint::Base)),
-            (Method::POST, "/v2/".into(), Err(ParseError::MethodNotAllowed)),
-            (get.clone(), "/v2/a/b/manifests/latest".into(),
-                Ok(Endpoint::Manifest { name: "a/b".into(), reference: "latest".into() })),
-            (get.clone(), "/v2/registry.k8s.io/coredns/coredns/manifests/v1.11".into(),
-                Ok(Endpoint::Manifest { name: "registry.k8s.io/coredns/coredns".into(), reference: "v1.11".into() })),
-            (get.clone(), "/v2/x/manifests/y/manifests/z".into(),
-                Ok(Endpoint::Manifest { name: "x/manifests/y".into(), reference: "z".into() })),
-            (Method::HEAD, format!("/v2/a/blobs/{d}"), Ok(Endpoint::Blob { name: "a".into(), digest: d.parse().unwrap() })),
-            (get.clone(), "/v2/a/blobs/sha256:xyz".into(), Err(ParseError::DigestInvalid("sha256:xyz".into()))),
-            (get.clone(), "/v2/a/b/tags/list".into(), Ok(Endpoint::TagsList { name: "a/b".into() })),
-            (get.clone(), "/v2/_catalog".into(), Ok(Endpoint::Unsupported { what: "catalog" })),
-            (Method::POST, "/v2/a/blobs/uploads/".into(), Ok(Endpoint::Unsupported { what: "blob upload" })),
-            (Method::PATCH, "/v2/a/blobs/uploads/123".into(), Ok(Endpoint::Unsupported { what: "blob upload" })),
-            (Method::PUT, "/v2/a/manifests/latest".into(), Ok(Endpoint::Unsupported { what: "manifest push" })),
-            (Method::DELETE, "/v2/a/manifests/latest".into(), Ok(Endpoint::Unsupported { what: "manifest delete" })),
-            (Method::DELETE, format!("/v2/a/blobs/{d}"), Ok(Endpoint::Unsupported { what: "blob delete" })),
-            (get.clone(), "/v2/a/manifests/".into(), Err(ParseError::NotFound)),
-            (get.clone(), "/v2/manifests/x".into(), Err(ParseError::NotFound)),
-            (get.clone(), "/v1/a/manifests/x".into(), Err(ParseError::NotFound)),
+            (
+                Method::POST,
+                "/v2/".into(),
+                Err(ParseError::MethodNotAllowed),
+            ),
+            (
+                get.clone(),
+                "/v2/a/b/manifests/latest".into(),
+                Ok(Endpoint::Manifest {
+                    name: "a/b".into(),
+                    reference: "latest".into(),
+                }),
+            ),
+            (
+                get.clone(),
+                "/v2/registry.k8s.io/coredns/coredns/manifests/v1.11".into(),
+                Ok(Endpoint::Manifest {
+                    name: "registry.k8s.io/coredns/coredns".into(),
+                    reference: "v1.11".into(),
+                }),
+            ),
+            (
+                get.clone(),
+                "/v2/x/manifests/y/manifests/z".into(),
+                Ok(Endpoint::Manifest {
+                    name: "x/manifests/y".into(),
+                    reference: "z".into(),
+                }),
+            ),
+            (
+                Method::HEAD,
+                format!("/v2/a/blobs/{d}"),
+                Ok(Endpoint::Blob {
+                    name: "a".into(),
+                    digest: d.parse().unwrap(),
+                }),
+            ),
+            (
+                get.clone(),
+                "/v2/a/blobs/sha256:xyz".into(),
+                Err(ParseError::DigestInvalid("sha256:xyz".into())),
+            ),
+            (
+                get.clone(),
+                "/v2/a/b/tags/list".into(),
+                Ok(Endpoint::TagsList { name: "a/b".into() }),
+            ),
+            (
+                get.clone(),
+                "/v2/_catalog".into(),
+                Ok(Endpoint::Unsupported { what: "catalog" }),
+            ),
+            (
+                Method::POST,
+                "/v2/a/blobs/uploads/".into(),
+                Ok(Endpoint::Unsupported {
+                    what: "blob upload",
+                }),
+            ),
+            (
+                Method::PATCH,
+                "/v2/a/blobs/uploads/123".into(),
+                Ok(Endpoint::Unsupported {
+                    what: "blob upload",
+                }),
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/latest".into(),
+                Ok(Endpoint::Unsupported {
+                    what: "manifest push",
+                }),
+            ),
+            (
+                Method::DELETE,
+                "/v2/a/manifests/latest".into(),
+                Ok(Endpoint::Unsupported {
+                    what: "manifest delete",
+                }),
+            ),
+            (
+                Method::DELETE,
+                format!("/v2/a/blobs/{d}"),
+                Ok(Endpoint::Unsupported {
+                    what: "blob delete",
+                }),
+            ),
+            (
+                get.clone(),
+                "/v2/a/manifests/".into(),
+                Err(ParseError::NotFound),
+            ),
+            (
+                get.clone(),
+                "/v2/manifests/x".into(),
+                Err(ParseError::NotFound),
+            ),
+            (
+                get.clone(),
+                "/v1/a/manifests/x".into(),
+                Err(ParseError::NotFound),
+            ),
             (get.clone(), "/healthz".into(), Ok(Endpoint::Health)),
             (get.clone(), "/readyz".into(), Ok(Endpoint::Ready)),
             (get.clone(), "/metrics".into(), Ok(Endpoint::Metrics)),
             (Method::POST, "/metrics".into(), Err(ParseError::NotFound)),
-            (get.clone(), "/v2/%2e%2e/manifests/x".into(),
-                Ok(Endpoint::Manifest { name: "%2e%2e".into(), reference: "x".into() })),
+            (
+                get.clone(),
+                "/v2/%2e%2e/manifests/x".into(),
+                Ok(Endpoint::Manifest {
+                    name: "%2e%2e".into(),
+                    reference: "x".into(),
+                }),
+            ),
         ];
         for (m, p, want) in cases {
             assert_eq!(Endpoint::parse(&m, &p), want, "{m} {p}");

@@ -89,7 +89,9 @@ impl From<cache::Error> for Error {
         match e {
             C::ManifestUnknown => Error::ManifestUnknown,
             C::BlobUnknown => Error::BlobUnknown,
-            C::UnknownUpstream(u) => Error::NameUnknown(format!("no upstream registry named {u:?} is configured")),
+            C::UnknownUpstream(u) => {
+                Error::NameUnknown(format!("no upstream registry named {u:?} is configured"))
+            }
             C::Upstream(u) => u.into(),
             e @ C::DigestMismatch { .. } => Error::BadGateway(e.to_string()),
             e @ C::ManifestTooLarge { .. } => Error::BadGateway(e.to_string()),
@@ -105,7 +107,9 @@ impl From<upstream::Error> for Error {
         use upstream::Error as U;
         match e {
             U::NotFound => Error::ManifestUnknown,
-            U::Unauthorized(m) => Error::Unauthorized(format!("the upstream registry refused regmirror's credentials: {m}")),
+            U::Unauthorized(m) => Error::Unauthorized(format!(
+                "the upstream registry refused regmirror's credentials: {m}"
+            )),
             U::Denied(m) => Error::Denied(format!("the upstream registry denied access: {m}")),
             U::TooManyRequests { retry_after } => Error::TooManyRequests { retry_after },
             e @ (U::Unavailable(_) | U::Status { .. }) => Error::Unavailable(e.to_string()),
@@ -121,7 +125,10 @@ impl IntoResponse for Error {
             "errors": [{ "code": code, "message": self.to_string(), "detail": serde_json::Value::Null }]
         });
         let mut resp = (status, axum::Json(body)).into_response();
-        if let Error::TooManyRequests { retry_after: Some(r) } = &self {
+        if let Error::TooManyRequests {
+            retry_after: Some(r),
+        } = &self
+        {
             if let Ok(v) = HeaderValue::from_str(r) {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
@@ -143,16 +150,38 @@ mod tests {
             (Error::ManifestUnknown, 404, "MANIFEST_UNKNOWN"),
             (Error::BlobUnknown, 404, "BLOB_UNKNOWN"),
             (Error::Unsupported("push".into()), 405, "UNSUPPORTED"),
-            (upstream::Error::Unauthorized("x".into()).into(), 401, "UNAUTHORIZED"),
+            (
+                upstream::Error::Unauthorized("x".into()).into(),
+                401,
+                "UNAUTHORIZED",
+            ),
             (upstream::Error::Denied("x".into()).into(), 403, "DENIED"),
-            (upstream::Error::TooManyRequests { retry_after: Some("7".into()) }.into(), 429, "TOOMANYREQUESTS"),
+            (
+                upstream::Error::TooManyRequests {
+                    retry_after: Some("7".into()),
+                }
+                .into(),
+                429,
+                "TOOMANYREQUESTS",
+            ),
             (cache::Error::BlobUnknown.into(), 404, "BLOB_UNKNOWN"),
-            (cache::Error::DigestMismatch { expected: "a".into(), actual: "b".into() }.into(), 502, "UNKNOWN"),
+            (
+                cache::Error::DigestMismatch {
+                    expected: "a".into(),
+                    actual: "b".into(),
+                }
+                .into(),
+                502,
+                "UNKNOWN",
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
         }
-        let resp = Error::TooManyRequests { retry_after: Some("7".into()) }.into_response();
+        let resp = Error::TooManyRequests {
+            retry_after: Some("7".into()),
+        }
+        .into_response();
         assert_eq!(resp.headers().get("retry-after").unwrap(), "7");
     }
 }

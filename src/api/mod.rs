@@ -66,12 +66,18 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         *resp.body_mut() = Body::empty();
     }
     let ns = query.as_deref().and_then(|q| query_param(q, "ns"));
-    let kind = if outcome.kind.is_empty() { "invalid" } else { outcome.kind };
+    let kind = if outcome.kind.is_empty() {
+        "invalid"
+    } else {
+        outcome.kind
+    };
     let status = resp.status().as_u16().to_string();
     metrics::counter!(crate::metrics::REQUESTS, "endpoint" => kind, "method" => method.to_string(), "status" => status).increment(1);
-    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "endpoint" => kind).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::REQUEST_SECONDS, "endpoint" => kind)
+        .record(started.elapsed().as_secs_f64());
     if let Some(c) = outcome.cache {
-        metrics::counter!(crate::metrics::CACHE_REQUESTS, "kind" => kind, "status" => c.as_str()).increment(1);
+        metrics::counter!(crate::metrics::CACHE_REQUESTS, "kind" => kind, "status" => c.as_str())
+            .increment(1);
     }
     tracing::info!(
         %method,
@@ -89,11 +95,20 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     resp
 }
 
-async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option<&str>, outcome: &mut Outcome) -> Result<Response, Error> {
+async fn dispatch(
+    listener: &Listener,
+    req: &http::request::Parts,
+    query: Option<&str>,
+    outcome: &mut Outcome,
+) -> Result<Response, Error> {
     let endpoint = Endpoint::parse(&req.method, req.uri.path()).map_err(|e| match e {
         endpoint::ParseError::NotFound => Error::NotFound,
-        endpoint::ParseError::DigestInvalid(d) => Error::DigestInvalid(format!("invalid digest {d:?}: expected sha256:<64 hex>")),
-        endpoint::ParseError::MethodNotAllowed => Error::Unsupported("regmirror is a read-only pull-through mirror".into()),
+        endpoint::ParseError::DigestInvalid(d) => {
+            Error::DigestInvalid(format!("invalid digest {d:?}: expected sha256:<64 hex>"))
+        }
+        endpoint::ParseError::MethodNotAllowed => {
+            Error::Unsupported("regmirror is a read-only pull-through mirror".into())
+        }
     })?;
     let app = &listener.app;
     outcome.kind = endpoint.kind();
@@ -108,17 +123,33 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
         }
         Endpoint::Metrics => {
             let mut resp = crate::metrics::render().into_response();
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             return Ok(resp);
         }
         Endpoint::Unsupported { what } => {
-            return Err(Error::Unsupported(format!("{what} is not supported: regmirror is a read-only pull-through mirror")))
+            return Err(Error::Unsupported(format!(
+                "{what} is not supported: regmirror is a read-only pull-through mirror"
+            )))
         }
-        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } | Endpoint::TagsList { name } => name.clone(),
+        Endpoint::Manifest { name, .. }
+        | Endpoint::Blob { name, .. }
+        | Endpoint::TagsList { name } => name.clone(),
     };
     let ns = query.and_then(|q| query_param(q, "ns"));
-    let host = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.authority().map(|a| a.as_str()));
-    let facts = RequestFacts { listener_upstream: listener.upstream.as_deref(), host, ns: ns.as_deref(), name: &name };
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()));
+    let facts = RequestFacts {
+        listener_upstream: listener.upstream.as_deref(),
+        host,
+        ns: ns.as_deref(),
+        name: &name,
+    };
     let route = app.routing.route(&facts)?;
     outcome.route = Some(route.clone());
     let head = req.method == Method::HEAD;
@@ -131,8 +162,22 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
                     Error::TagInvalid(e.to_string())
                 }
             })?;
-            let accept = media::accepted_types(req.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()));
-            let m = app.cache.manifest(&route.upstream, &route.repository, &reference, &accept, head).await?;
+            let accept = media::accepted_types(
+                req.headers
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+            let m = app
+                .cache
+                .manifest(
+                    &route.upstream,
+                    &route.repository,
+                    &reference,
+                    &accept,
+                    head,
+                )
+                .await?;
             outcome.cache = Some(m.status);
             manifest_response(m)
         }
@@ -141,17 +186,24 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
                 Some(v) => Some(parse_range(v)?),
                 None => None,
             };
-            let b = app.cache.blob(&route.upstream, &route.repository, &digest, range, head).await?;
+            let b = app
+                .cache
+                .blob(&route.upstream, &route.repository, &digest, range, head)
+                .await?;
             outcome.cache = Some(b.status);
             blob_response(b)
         }
         Endpoint::TagsList { .. } => {
-            let page = app.cache.tags_list(&route.upstream, &route.repository, query.map(strip_ns)).await?;
+            let page = app
+                .cache
+                .tags_list(&route.upstream, &route.repository, query.map(strip_ns))
+                .await?;
             outcome.cache = Some(page.status);
             let stale = page.status == CacheStatus::Stale;
             let mut resp = tags_response(page, &route.repository, &name, query);
             if stale {
-                resp.headers_mut().insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+                resp.headers_mut()
+                    .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
             }
             resp
         }
@@ -165,7 +217,10 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
     }
     if let Ok(up) = app.cache.upstream(&route.upstream) {
         let rl = up.rate_limit();
-        for (n, v) in [(crate::upstream::RATELIMIT_LIMIT, rl.limit), (crate::upstream::RATELIMIT_REMAINING, rl.remaining)] {
+        for (n, v) in [
+            (crate::upstream::RATELIMIT_LIMIT, rl.limit),
+            (crate::upstream::RATELIMIT_REMAINING, rl.remaining),
+        ] {
             if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 h.insert(n, v);
             }
@@ -175,16 +230,23 @@ async fn dispatch(listener: &Listener, req: &http::request::Parts, query: Option
 }
 
 /// The `Warning` header on answers served from cache during an upstream outage.
-const STALE_WARNING: &str = "110 regmirror \"Response is stale: the upstream registry is unreachable\"";
+const STALE_WARNING: &str =
+    "110 regmirror \"Response is stale: the upstream registry is unreachable\"";
 
 fn base_response() -> Response {
     let mut resp = (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
-    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     resp
 }
 
 fn common_headers(h: &mut HeaderMap, digest: &str, content_type: &str, len: u64) {
-    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     if let Ok(v) = HeaderValue::from_str(digest) {
         h.insert("docker-content-digest", v.clone());
         if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
@@ -199,18 +261,25 @@ fn common_headers(h: &mut HeaderMap, digest: &str, content_type: &str, len: u64)
 
 fn manifest_response(m: crate::cache::Manifest) -> Response {
     let mut resp = Response::new(Body::from(m.body));
-    common_headers(resp.headers_mut(), &m.digest.to_string(), &m.media_type, m.size);
+    common_headers(
+        resp.headers_mut(),
+        &m.digest.to_string(),
+        &m.media_type,
+        m.size,
+    );
     if m.status == CacheStatus::Stale {
-        resp.headers_mut().insert(
-            header::WARNING,
-            HeaderValue::from_static(STALE_WARNING),
-        );
+        resp.headers_mut()
+            .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
     resp
 }
 
 fn blob_response(b: crate::cache::Blob) -> Response {
-    let source = if b.status == CacheStatus::Hit { "cache" } else { "upstream" };
+    let source = if b.status == CacheStatus::Hit {
+        "cache"
+    } else {
+        "upstream"
+    };
     let body = match b.body {
         Some(stream) => {
             let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
@@ -229,12 +298,19 @@ fn blob_response(b: crate::cache::Blob) -> Response {
         (Some((start, end)), size) => {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let total = size.map(|s| s.to_string()).unwrap_or_else(|| "*".into());
-            common_headers(resp.headers_mut(), &b.digest.to_string(), "application/octet-stream", end - start);
+            common_headers(
+                resp.headers_mut(),
+                &b.digest.to_string(),
+                "application/octet-stream",
+                end - start,
+            );
             if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1)) {
                 resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
         }
-        (None, Some(size)) => common_headers(h, &b.digest.to_string(), "application/octet-stream", size),
+        (None, Some(size)) => {
+            common_headers(h, &b.digest.to_string(), "application/octet-stream", size)
+        }
         (None, None) => {
             common_headers(h, &b.digest.to_string(), "application/octet-stream", 0);
             h.remove(header::CONTENT_LENGTH);
@@ -243,10 +319,19 @@ fn blob_response(b: crate::cache::Blob) -> Response {
     resp
 }
 
-fn tags_response(page: crate::cache::TagsPage, upstream_repo: &str, client_name: &str, query: Option<&str>) -> Response {
-    let n = query.and_then(|q| query_param(q, "n")).and_then(|n| n.parse::<usize>().ok());
+fn tags_response(
+    page: crate::cache::TagsPage,
+    upstream_repo: &str,
+    client_name: &str,
+    query: Option<&str>,
+) -> Response {
+    let n = query
+        .and_then(|q| query_param(q, "n"))
+        .and_then(|n| n.parse::<usize>().ok());
     let last = query.and_then(|q| query_param(q, "last"));
-    let mut link = page.link.map(|l| rewrite_link(&l, upstream_repo, client_name));
+    let mut link = page
+        .link
+        .map(|l| rewrite_link(&l, upstream_repo, client_name));
     let body = match tags::page(&page.body, client_name, n, last.as_deref()) {
         Some((body, next)) => {
             if link.is_none() {
@@ -265,7 +350,9 @@ fn tags_response(page: crate::cache::TagsPage, upstream_repo: &str, client_name:
     let len = body.len() as u64;
     let mut resp = Response::new(Body::from(body));
     let h = resp.headers_mut();
-    let ct = page.content_type.unwrap_or_else(|| "application/json".into());
+    let ct = page
+        .content_type
+        .unwrap_or_else(|| "application/json".into());
     if let Ok(v) = HeaderValue::from_str(&ct) {
         h.insert(header::CONTENT_TYPE, v);
     }
@@ -291,7 +378,11 @@ pub fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str) -> Strin
 
 /// `Range: bytes=a-b` (one range only, as registries serve).
 fn parse_range(v: &HeaderValue) -> Result<RangeSpec, Error> {
-    let bad = || Error::RangeNotSatisfiable(format!("unsupported Range header {v:?}: use bytes=START-END"));
+    let bad = || {
+        Error::RangeNotSatisfiable(format!(
+            "unsupported Range header {v:?}: use bytes=START-END"
+        ))
+    };
     let s = v.to_str().map_err(|_| bad())?.trim();
     let spec = s.strip_prefix("bytes=").ok_or_else(bad)?;
     if spec.contains(',') {
@@ -314,14 +405,20 @@ fn parse_range(v: &HeaderValue) -> Result<RangeSpec, Error> {
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The query without `ns` (which is ours, not the upstream's).
 fn strip_ns(query: &str) -> String {
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "ns").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "ns")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 #[cfg(test)]
@@ -331,10 +428,18 @@ mod tests {
     #[test]
     fn links_are_rewritten() {
         let cases = [
-            ("</v2/library/alpine/tags/list?last=b&n=2>; rel=\"next\"", "library/alpine", "dockerhub/alpine",
-             "</v2/dockerhub/alpine/tags/list?last=b&n=2>; rel=\"next\""),
-            ("<http://up:5000/v2/a/b/tags/list?n=1&last=x>; rel=\"next\"", "a/b", "local/a/b",
-             "</v2/local/a/b/tags/list?n=1&last=x>; rel=\"next\""),
+            (
+                "</v2/library/alpine/tags/list?last=b&n=2>; rel=\"next\"",
+                "library/alpine",
+                "dockerhub/alpine",
+                "</v2/dockerhub/alpine/tags/list?last=b&n=2>; rel=\"next\"",
+            ),
+            (
+                "<http://up:5000/v2/a/b/tags/list?n=1&last=x>; rel=\"next\"",
+                "a/b",
+                "local/a/b",
+                "</v2/local/a/b/tags/list?n=1&last=x>; rel=\"next\"",
+            ),
             ("<other>", "a", "b", "<other>"),
         ];
         for (link, repo, client, want) in cases {
@@ -345,18 +450,34 @@ mod tests {
     #[test]
     fn ranges() {
         use RangeSpec::*;
-        let ok = [("bytes=0-9", From(0, Some(9))), ("bytes=5-", From(5, None)), ("bytes=-3", Suffix(3))];
+        let ok = [
+            ("bytes=0-9", From(0, Some(9))),
+            ("bytes=5-", From(5, None)),
+            ("bytes=-3", Suffix(3)),
+        ];
         for (h, want) in ok {
             assert_eq!(parse_range(&HeaderValue::from_static(h)).unwrap(), want);
         }
-        for bad in ["bytes=9-1", "bytes=a-b", "items=0-1", "bytes=0-1,3-4", "bytes=-"] {
-            assert!(parse_range(&HeaderValue::from_static(bad)).is_err(), "{bad}");
+        for bad in [
+            "bytes=9-1",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-",
+        ] {
+            assert!(
+                parse_range(&HeaderValue::from_static(bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn ns_is_not_forwarded() {
         assert_eq!(strip_ns("n=10&ns=docker.io&last=a"), "n=10&last=a");
-        assert_eq!(query_param("ns=127.0.0.1%3A5101", "ns").as_deref(), Some("127.0.0.1:5101"));
+        assert_eq!(
+            query_param("ns=127.0.0.1%3A5101", "ns").as_deref(),
+            Some("127.0.0.1:5101")
+        );
     }
 }

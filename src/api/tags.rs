@@ -16,7 +16,12 @@ struct TagList {
 }
 
 /// The page to send: body, and the `last` value for a next-page link if more tags remain.
-pub fn page(body: &[u8], client_name: &str, n: Option<usize>, last: Option<&str>) -> Option<(Bytes, Option<String>)> {
+pub fn page(
+    body: &[u8],
+    client_name: &str,
+    n: Option<usize>,
+    last: Option<&str>,
+) -> Option<(Bytes, Option<String>)> {
     let mut list: TagList = serde_json::from_slice(body).ok()?;
     list.name = client_name.to_string();
     let mut tags = list.tags.take().unwrap_or_default();
@@ -58,7 +63,11 @@ mod tests {
         ];
         for (n, last, want, want_next) in cases {
             let (b, next) = page(body, "tok/team/multi", n, last).unwrap();
-            assert_eq!(tags(&b), ("tok/team/multi".to_string(), want), "{n:?} {last:?}");
+            assert_eq!(
+                tags(&b),
+                ("tok/team/multi".to_string(), want),
+                "{n:?} {last:?}"
+            );
             assert_eq!(next.as_deref(), want_next, "{n:?} {last:?}");
         }
         assert!(page(b"not json", "x", None, None).is_none());

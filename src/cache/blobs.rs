@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use http::Method;
 
-use super::fill::{fill_deadline, Fill, FillWriter, Joined};
+use super::fill::{Fill, FillWriter, Joined};
 use super::{keys, Cache, CacheStatus, Error, Result};
 use crate::oci::Digest;
 use crate::storage::{self, ByteStream};
@@ -24,7 +24,9 @@ impl RangeSpec {
     /// The half-open byte range within a blob of `size` bytes.
     pub fn resolve(self, size: u64) -> Result<std::ops::Range<u64>> {
         let r = match self {
-            RangeSpec::From(start, end) => start..end.map(|e| e.saturating_add(1)).unwrap_or(size).min(size),
+            RangeSpec::From(start, end) => {
+                start..end.map(|e| e.saturating_add(1)).unwrap_or(size).min(size)
+            }
             RangeSpec::Suffix(n) => size.saturating_sub(n)..size,
         };
         if r.start >= r.end {
@@ -63,13 +65,18 @@ impl Cache {
         }
         let up = self.upstream(upstream)?;
         if let Some(fill) = self.fills.get(digest) {
-            return self.serve_fill(&up, repo, fill, range, head, CacheStatus::Joined).await;
+            return self
+                .serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
+                .await;
         }
         if head {
             return self.head_upstream(&up, repo, digest).await;
         }
         match self.fills.join_or_start(digest) {
-            Joined::Existing(fill) => self.serve_fill(&up, repo, fill, range, head, CacheStatus::Joined).await,
+            Joined::Existing(fill) => {
+                self.serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
+                    .await
+            }
             Joined::New(fill, writer) => {
                 // A fill may have committed between our storage check and now.
                 if let Some(hit) = self.blob_from_storage(digest, range, head).await? {
@@ -77,16 +84,23 @@ impl Cache {
                     self.fills.remove(&fill);
                     return Ok(hit);
                 }
-                self.counters.blob_fills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let cache = self.clone();
                 let (task_fill, task_repo, task_up) = (fill.clone(), repo.to_string(), up.clone());
-                tokio::spawn(async move { cache.run_fill(task_up, task_repo, task_fill, writer).await });
-                self.serve_fill(&up, repo, fill, range, head, CacheStatus::Miss).await
+                tokio::spawn(
+                    async move { cache.run_fill(task_up, task_repo, task_fill, writer).await },
+                );
+                self.serve_fill(&up, repo, fill, range, head, CacheStatus::Miss)
+                    .await
             }
         }
     }
 
-    async fn blob_from_storage(&self, digest: &Digest, range: Option<RangeSpec>, head: bool) -> Result<Option<Blob>> {
+    async fn blob_from_storage(
+        &self,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<Option<Blob>> {
         let key = keys::blob(digest);
         let meta = match self.storage.head(&key).await {
             Ok(m) => m,
@@ -105,7 +119,13 @@ impl Cache {
                 Err(e) => return Err(e.into()),
             }
         };
-        Ok(Some(Blob { digest: digest.clone(), size: Some(meta.size), range: r.map(|r| (r.start, r.end)), body, status: CacheStatus::Hit }))
+        Ok(Some(Blob {
+            digest: digest.clone(),
+            size: Some(meta.size),
+            range: r.map(|r| (r.start, r.end)),
+            body,
+            status: CacheStatus::Hit,
+        }))
     }
 
     async fn serve_fill(
@@ -125,7 +145,10 @@ impl Cache {
             Some(Err(e)) => return Err(e.clone()),
             Some(Ok(())) if !state.started => {
                 // The fill found the blob already committed.
-                return self.blob_from_storage(&fill.digest, range, head).await?.ok_or(Error::BlobUnknown);
+                return self
+                    .blob_from_storage(&fill.digest, range, head)
+                    .await?
+                    .ok_or(Error::BlobUnknown);
             }
             _ => {}
         }
@@ -133,12 +156,24 @@ impl Cache {
         match (range, state.size) {
             (None, size) => {
                 let body = (!head).then(|| fill.reader(0, None));
-                Ok(Blob { digest, size, range: None, body, status })
+                Ok(Blob {
+                    digest,
+                    size,
+                    range: None,
+                    body,
+                    status,
+                })
             }
             (Some(r), Some(size)) => {
                 let r = r.resolve(size)?;
                 let body = (!head).then(|| fill.reader(r.start, Some(r.end)));
-                Ok(Blob { digest, size: Some(size), range: Some((r.start, r.end)), body, status })
+                Ok(Blob {
+                    digest,
+                    size: Some(size),
+                    range: Some((r.start, r.end)),
+                    body,
+                    status,
+                })
             }
             (Some(r), None) => self.range_from_upstream(up, repo, &digest, r, head).await,
         }
@@ -149,11 +184,24 @@ impl Cache {
         let req = Request::new(Method::HEAD, repo, format!("blobs/{digest}"));
         let resp = up.send(&req).await.map_err(blob_error)?;
         let size = content_length(resp.headers());
-        Ok(Blob { digest: digest.clone(), size, range: None, body: None, status: CacheStatus::Passthrough })
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+            range: None,
+            body: None,
+            status: CacheStatus::Passthrough,
+        })
     }
 
     /// A range of a blob whose size is not known yet: forward the range to the upstream.
-    async fn range_from_upstream(&self, up: &Upstream, repo: &str, digest: &Digest, r: RangeSpec, head: bool) -> Result<Blob> {
+    async fn range_from_upstream(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        digest: &Digest,
+        r: RangeSpec,
+        head: bool,
+    ) -> Result<Blob> {
         let method = if head { Method::HEAD } else { Method::GET };
         let mut req = Request::new(method, repo, format!("blobs/{digest}"));
         req.streaming = true;
@@ -162,7 +210,10 @@ impl Cache {
             RangeSpec::From(a, None) => format!("bytes={a}-"),
             RangeSpec::Suffix(n) => format!("bytes=-{n}"),
         };
-        req.headers.insert(http::header::RANGE, spec.parse().map_err(|_| Error::Invalid("range".into()))?);
+        req.headers.insert(
+            http::header::RANGE,
+            spec.parse().map_err(|_| Error::Invalid("range".into()))?,
+        );
         let resp = up.send(&req).await.map_err(blob_error)?;
         let parsed = resp
             .headers()
@@ -172,22 +223,44 @@ impl Cache {
             .filter(|_| resp.status() == http::StatusCode::PARTIAL_CONTENT)
             .ok_or_else(|| Error::Invalid("upstream ignored the range request".into()))?;
         let (start, end, size) = parsed;
-        let body = (!head).then(|| resp.bytes_stream().map_err(std::io::Error::other).boxed_stream());
-        Ok(Blob { digest: digest.clone(), size, range: Some((start, end)), body, status: CacheStatus::Passthrough })
+        let body = (!head).then(|| {
+            resp.bytes_stream()
+                .map_err(std::io::Error::other)
+                .boxed_stream()
+        });
+        Ok(Blob {
+            digest: digest.clone(),
+            size,
+            range: Some((start, end)),
+            body,
+            status: CacheStatus::Passthrough,
+        })
     }
 
     /// Download a blob into the spool and commit it; runs in its own task.
-    async fn run_fill(self: Arc<Self>, up: Arc<Upstream>, repo: String, fill: Arc<Fill>, mut writer: FillWriter) {
-        let deadline = fill_deadline(self.fill_timeout_secs);
+    async fn run_fill(
+        self: Arc<Self>,
+        up: Arc<Upstream>,
+        repo: String,
+        fill: Arc<Fill>,
+        mut writer: FillWriter,
+    ) {
+        let deadline = std::time::Duration::from_secs(self.fill_timeout_secs.max(1));
         let digest = fill.digest.clone();
         let work = async {
             // Wait for a download slot; the wait counts against the fill deadline.
-            let _slot = self.fill_slots.acquire().await.map_err(|_| Error::Storage("shutting down".into()))?;
+            let _slot = self
+                .fill_slots
+                .acquire()
+                .await
+                .map_err(|_| Error::Storage("shutting down".into()))?;
             let mut req = Request::new(Method::GET, &repo, format!("blobs/{digest}"));
             req.streaming = true;
             let resp = up.send(&req).await.map_err(blob_error)?;
             let size = content_length(resp.headers());
-            let file = writer.start(&self.spool_dir, size).map_err(|e| Error::Storage(format!("spool file: {e}")))?;
+            let file = writer
+                .start(&self.spool_dir, size)
+                .map_err(|e| Error::Storage(format!("spool file: {e}")))?;
             let body = resp.bytes_stream().map_err(|e| upstream::describe(&e));
             let path = writer.write_body(file, body, size).await?;
             if let Err(e) = self.storage.put_file(&keys::blob(&digest), &path).await {
@@ -199,7 +272,10 @@ impl Cache {
         metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
         let outcome = match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!("blob fill exceeded {}s", deadline.as_secs())))),
+            Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!(
+                "blob fill exceeded {}s",
+                deadline.as_secs()
+            )))),
         };
         if matches!(&outcome, Err(Error::Storage(m)) if m.contains("No space left")) {
             // Disk full: make room for this blob in the background so that the next try succeeds.
@@ -221,7 +297,9 @@ impl Cache {
         }
         match &outcome {
             Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
-            Err(e) => tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed"),
+            Err(e) => {
+                tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
+            }
         }
         metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
         let label = if outcome.is_ok() { "ok" } else { "failed" };
@@ -251,7 +329,11 @@ fn blob_error(e: upstream::Error) -> Error {
 }
 
 pub(super) fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// `bytes a-b/size` -> (a, b + 1, Some(size)); size may be `*`.
@@ -285,7 +367,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 10, Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 0-9/100"),
+            Some((0, 10, Some(100)))
+        );
         assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 6, None)));
         assert_eq!(parse_content_range("items 0-1/2"), None);
     }

@@ -38,13 +38,24 @@ pub struct InUse {
 
 impl InUse {
     pub fn contains(&self, key: &str) -> bool {
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(key)
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
     }
 
     /// Wrap a stream so that `key` counts as in use until the stream is dropped.
     pub fn guard(self: &Arc<Self>, key: String, stream: ByteStream) -> ByteStream {
-        *self.readers.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default() += 1;
-        let guard = ReaderGuard { in_use: self.clone(), key };
+        *self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        let guard = ReaderGuard {
+            in_use: self.clone(),
+            key,
+        };
         stream
             .map(move |item| {
                 let _keep = &guard;
@@ -61,7 +72,11 @@ struct ReaderGuard {
 
 impl Drop for ReaderGuard {
     fn drop(&mut self) {
-        let mut map = self.in_use.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .in_use
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = map.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -79,7 +94,11 @@ pub async fn objects(storage: &dyn Storage) -> Result<Vec<ObjectMeta>> {
 }
 
 /// Evict per `policy`, oldest access first, skipping keys for which `in_use` is true.
-pub async fn run(storage: &dyn Storage, policy: Policy, in_use: &(dyn Fn(&str) -> bool + Sync)) -> Result<Report> {
+pub async fn run(
+    storage: &dyn Storage,
+    policy: Policy,
+    in_use: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Report> {
     let mut all = objects(storage).await?;
     all.sort_by_key(|m| m.modified);
     let mut report = Report {
@@ -87,10 +106,15 @@ pub async fn run(storage: &dyn Storage, policy: Policy, in_use: &(dyn Fn(&str) -
         bytes: all.iter().map(|m| m.size).sum(),
         ..Default::default()
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut remaining = report.bytes;
     for m in &all {
-        let too_old = policy.max_age.is_some_and(|age| now.saturating_sub(m.modified) > age.as_secs());
+        let too_old = policy
+            .max_age
+            .is_some_and(|age| now.saturating_sub(m.modified) > age.as_secs());
         let too_big = policy.max_size.is_some_and(|max| remaining > max);
         if !(too_old || too_big) {
             if policy.max_age.is_none() {
@@ -121,14 +145,22 @@ impl Cache {
         metrics::counter!(crate::metrics::EVICTIONS).increment(report.evicted_objects);
         metrics::counter!(crate::metrics::EVICTED_BYTES).increment(report.evicted_bytes);
         if report.evicted_objects > 0 {
-            tracing::info!(evicted = report.evicted_objects, evicted_bytes = report.evicted_bytes, remaining_bytes = report.bytes, "eviction");
+            tracing::info!(
+                evicted = report.evicted_objects,
+                evicted_bytes = report.evicted_bytes,
+                remaining_bytes = report.bytes,
+                "eviction"
+            );
         }
         Ok(report)
     }
 
     /// The configured eviction policy.
     pub fn policy_from_config(config: &crate::config::Config) -> Policy {
-        Policy { max_size: config.max_size.map(|s| s.0), max_age: config.max_age_secs.map(Duration::from_secs) }
+        Policy {
+            max_size: config.max_size.map(|s| s.0),
+            max_age: config.max_age_secs.map(Duration::from_secs),
+        }
     }
 }
 
@@ -140,21 +172,72 @@ mod tests {
     #[tokio::test]
     async fn evicts_least_recently_used_until_under_size_and_skips_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::fs::FsStorage::open(dir.path()).await.unwrap();
-        for (i, key) in ["blobs/sha256/aa/a1", "blobs/sha256/bb/b2", "manifests/sha256/cc/c3", "blobs/sha256/dd/d4"].iter().enumerate() {
+        let s = crate::storage::fs::FsStorage::open(dir.path())
+            .await
+            .unwrap();
+        for (i, key) in [
+            "blobs/sha256/aa/a1",
+            "blobs/sha256/bb/b2",
+            "manifests/sha256/cc/c3",
+            "blobs/sha256/dd/d4",
+        ]
+        .iter()
+        .enumerate()
+        {
             s.put(key, Bytes::from(vec![0u8; 100])).await.unwrap();
             let t = SystemTime::now() - Duration::from_secs(1000 - i as u64 * 100);
-            std::fs::File::options().write(true).open(dir.path().join(key)).unwrap().set_modified(t).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(key))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
         }
-        s.put("tags/u/r/_tag/t", Bytes::from_static(b"{}")).await.unwrap();
+        s.put("tags/u/r/_tag/t", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         // Oldest is a1, but it is being read: b2 and c3 go instead.
-        let report = run(&s, Policy { max_size: Some(250), max_age: None }, &|k| k == "blobs/sha256/aa/a1").await.unwrap();
-        assert_eq!(report, Report { objects: 2, bytes: 200, evicted_objects: 2, evicted_bytes: 200 });
-        let left: Vec<String> = objects(&s).await.unwrap().into_iter().map(|m| m.key).collect();
+        let report = run(
+            &s,
+            Policy {
+                max_size: Some(250),
+                max_age: None,
+            },
+            &|k| k == "blobs/sha256/aa/a1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report,
+            Report {
+                objects: 2,
+                bytes: 200,
+                evicted_objects: 2,
+                evicted_bytes: 200
+            }
+        );
+        let left: Vec<String> = objects(&s)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(left, vec!["blobs/sha256/aa/a1", "blobs/sha256/dd/d4"]);
         // Age limit: everything older than 800 s goes (a1 at 1000 s, now not in use; d4 is 700 s old).
-        let report = run(&s, Policy { max_size: None, max_age: Some(Duration::from_secs(800)) }, &|_| false).await.unwrap();
+        let report = run(
+            &s,
+            Policy {
+                max_size: None,
+                max_age: Some(Duration::from_secs(800)),
+            },
+            &|_| false,
+        )
+        .await
+        .unwrap();
         assert_eq!((report.evicted_objects, report.objects), (1, 1));
-        assert!(s.head("tags/u/r/_tag/t").await.is_ok(), "tag records are not evicted");
+        assert!(
+            s.head("tags/u/r/_tag/t").await.is_ok(),
+            "tag records are not evicted"
+        );
     }
 }

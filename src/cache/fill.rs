@@ -18,12 +18,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
-use tokio::time::Duration;
 
 use super::Error;
 use crate::oci::{Digest, Hasher};
-use crate::upstream;
 use crate::storage::ByteStream;
+use crate::upstream;
 
 /// How a fill stands, as readers see it.
 #[derive(Debug, Clone, Default)]
@@ -96,7 +95,10 @@ impl Fill {
                     let len = (readable - pos).min(CHUNK as u64) as usize;
                     let read = crate::storage::fs::read_chunk(file.clone(), pos, len).await;
                     return match read {
-                        Ok(b) if b.is_empty() => Some((Err(std::io::Error::other("spool file shorter than announced")), (rx, None, pos))),
+                        Ok(b) if b.is_empty() => Some((
+                            Err(std::io::Error::other("spool file shorter than announced")),
+                            (rx, None, pos),
+                        )),
                         Ok(b) => {
                             let n = b.len() as u64;
                             Some((Ok(b), (rx, Some(file), pos + n)))
@@ -126,9 +128,19 @@ pub struct FillWriter {
 
 impl FillWriter {
     /// The upstream answered with this size: create the spool file and let readers in.
-    pub fn start(&mut self, spool_dir: &std::path::Path, size: Option<u64>) -> std::io::Result<Arc<File>> {
+    pub fn start(
+        &mut self,
+        spool_dir: &std::path::Path,
+        size: Option<u64>,
+    ) -> std::io::Result<Arc<File>> {
         let path = spool_dir.join(crate::storage::fs::temp_name("fill"));
-        let file = Arc::new(std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&path)?);
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)?,
+        );
         self.path = Some(path);
         *self.fill.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
         self.tx.send_modify(|s| {
@@ -143,7 +155,12 @@ impl FillWriter {
     /// Hashing and writing run in parallel: this task hashes each batch while a blocking thread
     /// writes the previous one and publishes progress to readers. Readers never wait for the
     /// hash, except for the blob's last byte.
-    pub async fn write_body<S>(&mut self, file: Arc<File>, body: S, size: Option<u64>) -> Result<PathBuf, Error>
+    pub async fn write_body<S>(
+        &mut self,
+        file: Arc<File>,
+        body: S,
+        size: Option<u64>,
+    ) -> Result<PathBuf, Error>
     where
         S: Stream<Item = Result<Bytes, String>> + Unpin,
     {
@@ -171,13 +188,17 @@ impl FillWriter {
                         chunks.push(chunk);
                     }
                     Err(e) => {
-                        failure = Some(Error::Upstream(upstream::Error::Unavailable(format!("reading blob: {e}"))));
+                        failure = Some(Error::Upstream(upstream::Error::Unavailable(format!(
+                            "reading blob: {e}"
+                        ))));
                         break;
                     }
                 }
             }
             if let Some(s) = size.filter(|s| received > *s) {
-                failure = Some(Error::Invalid(format!("upstream sent more than the announced {s} bytes")));
+                failure = Some(Error::Invalid(format!(
+                    "upstream sent more than the announced {s} bytes"
+                )));
             }
             if failure.is_some() {
                 break;
@@ -198,17 +219,24 @@ impl FillWriter {
         written.map_err(|e| Error::Storage(format!("writing spool file: {e}")))?;
         if let Some(s) = size {
             if received != s {
-                return Err(Error::Upstream(upstream::Error::Unavailable(format!("upstream closed after {received} of {s} bytes"))));
+                return Err(Error::Upstream(upstream::Error::Unavailable(format!(
+                    "upstream closed after {received} of {s} bytes"
+                ))));
             }
         }
         let actual = hasher.finish();
         if actual != self.fill.digest {
-            return Err(Error::DigestMismatch { expected: self.fill.digest.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                expected: self.fill.digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         if self.fill.state().size.is_none() {
             self.tx.send_modify(|s| s.size = Some(received));
         }
-        self.path.clone().ok_or_else(|| Error::Storage("spool file missing".into()))
+        self.path
+            .clone()
+            .ok_or_else(|| Error::Storage("spool file missing".into()))
     }
 
     /// End the fill. On failure the spool file is removed.
@@ -229,7 +257,9 @@ impl Drop for FillWriter {
             if let Some(p) = self.path.take() {
                 let _ = std::fs::remove_file(p);
             }
-            self.tx.send_modify(|s| s.outcome = Some(Err(Error::Invalid("blob fill abandoned".into()))));
+            self.tx.send_modify(|s| {
+                s.outcome = Some(Err(Error::Invalid("blob fill abandoned".into())))
+            });
         }
     }
 }
@@ -269,15 +299,28 @@ impl Fills {
             }
         }
         let (tx, rx) = watch::channel(FillState::default());
-        let fill = Arc::new(Fill { digest: digest.clone(), state: rx, spool: Mutex::new(None) });
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            state: rx,
+            spool: Mutex::new(None),
+        });
         map.insert(digest.clone(), fill.clone());
-        Joined::New(fill.clone(), FillWriter { tx: Arc::new(tx), fill, path: None })
+        Joined::New(
+            fill.clone(),
+            FillWriter {
+                tx: Arc::new(tx),
+                fill,
+                path: None,
+            },
+        )
     }
 
     /// The in-flight fill for `digest`, if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
         let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(digest).filter(|f| f.state().outcome.is_none()).cloned()
+        map.get(digest)
+            .filter(|f| f.state().outcome.is_none())
+            .cloned()
     }
 
     /// Forget `fill` once it has ended (only if it is still the registered one).
@@ -289,15 +332,13 @@ impl Fills {
     }
 
     pub fn len(&self) -> usize {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Deadline for a whole fill.
-pub fn fill_deadline(secs: u64) -> Duration {
-    Duration::from_secs(secs.max(1))
 }

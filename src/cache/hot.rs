@@ -23,7 +23,12 @@ struct Bounded<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Bounded<K, V> {
     fn new(max_weight: usize) -> Self {
-        Bounded { map: HashMap::new(), order: VecDeque::new(), weight: 0, max_weight }
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            weight: 0,
+            max_weight,
+        }
     }
 
     fn get(&self, k: &K) -> Option<V> {
@@ -41,7 +46,9 @@ impl<K: Eq + Hash + Clone, V: Clone> Bounded<K, V> {
         }
         self.weight += w;
         while self.weight > self.max_weight {
-            let Some(oldest) = self.order.pop_front() else { break };
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
             if let Some((_, ow)) = self.map.remove(&oldest) {
                 self.weight -= ow;
             }
@@ -58,26 +65,41 @@ pub struct Hot {
 impl Hot {
     /// `manifest_bytes` of manifests and `tag_entries` tag records at most.
     pub fn new(manifest_bytes: usize, tag_entries: usize) -> Hot {
-        Hot { manifests: Mutex::new(Bounded::new(manifest_bytes)), tags: Mutex::new(Bounded::new(tag_entries)) }
+        Hot {
+            manifests: Mutex::new(Bounded::new(manifest_bytes)),
+            tags: Mutex::new(Bounded::new(tag_entries)),
+        }
     }
 
     pub fn manifest(&self, d: &Digest) -> Option<(String, Bytes)> {
-        self.manifests.lock().unwrap_or_else(|p| p.into_inner()).get(d)
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(d)
     }
 
     pub fn put_manifest(&self, d: Digest, media_type: String, body: Bytes) {
         let w = body.len() + media_type.len();
-        self.manifests.lock().unwrap_or_else(|p| p.into_inner()).insert(d, (media_type, body), w);
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d, (media_type, body), w);
     }
 
     pub fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Option<TagRecord> {
         let key = (upstream.to_string(), repo.to_string(), tag.to_string());
-        self.tags.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        self.tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
     }
 
     pub fn put_tag(&self, upstream: &str, repo: &str, tag: &str, record: TagRecord) {
         let key = (upstream.to_string(), repo.to_string(), tag.to_string());
-        self.tags.lock().unwrap_or_else(|p| p.into_inner()).insert(key, record, 1);
+        self.tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, record, 1);
     }
 }
 

@@ -29,19 +29,39 @@ pub struct Image {
 pub async fn images(storage: &dyn Storage, filter: &str) -> Result<Vec<Image>> {
     let mut out = Vec::new();
     for meta in storage.list("tags/").await? {
-        let Some((upstream, repository, tag)) = parse_tag_key(&meta.key) else { continue };
+        let Some((upstream, repository, tag)) = parse_tag_key(&meta.key) else {
+            continue;
+        };
         if !format!("{upstream}/{repository}:{tag}").starts_with(filter) {
             continue;
         }
-        let Ok(raw) = storage.get(&meta.key).await else { continue };
-        let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else { continue };
-        let Ok(digest) = record.digest.parse::<Digest>() else { continue };
-        let last_access = storage.head(&keys::manifest(&digest)).await.map(|m| m.modified).unwrap_or(0);
+        let Ok(raw) = storage.get(&meta.key).await else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else {
+            continue;
+        };
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            continue;
+        };
+        let last_access = storage
+            .head(&keys::manifest(&digest))
+            .await
+            .map(|m| m.modified)
+            .unwrap_or(0);
         let mut cached_bytes = 0;
         for key in closure(storage, &digest).await? {
             cached_bytes += storage.head(&key).await.map(|m| m.size).unwrap_or(0);
         }
-        out.push(Image { upstream, repository, tag, digest: record.digest, media_type: record.media_type, cached_bytes, last_access });
+        out.push(Image {
+            upstream,
+            repository,
+            tag,
+            digest: record.digest,
+            media_type: record.media_type,
+            cached_bytes,
+            last_access,
+        });
     }
     Ok(out)
 }
@@ -68,14 +88,19 @@ pub async fn closure(storage: &dyn Storage, top: &Digest) -> Result<BTreeSet<Str
         match storage.get(&mkey).await {
             Ok(raw) => {
                 keys_found.insert(mkey);
-                let Some((_, body)) = decode_manifest(raw) else { continue };
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
+                let Some((_, body)) = decode_manifest(raw) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    continue;
+                };
                 for child in v["manifests"].as_array().into_iter().flatten() {
                     if let Some(cd) = child["digest"].as_str().and_then(|s| s.parse().ok()) {
                         pending.push(cd);
                     }
                 }
-                let blobs = std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten());
+                let blobs = std::iter::once(&v["config"])
+                    .chain(v["layers"].as_array().into_iter().flatten());
                 for b in blobs {
                     if let Some(bd) = b["digest"].as_str().and_then(|s| s.parse::<Digest>().ok()) {
                         let bkey = keys::blob(&bd);
@@ -106,7 +131,9 @@ pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
     let all = images(storage, "").await?;
     let matches = |i: &Image| {
         let full = format!("{}/{}:{}", i.upstream, i.repository, i.tag);
-        full == filter || full.starts_with(&format!("{filter}/")) || full.starts_with(&format!("{filter}:"))
+        full == filter
+            || full.starts_with(&format!("{filter}/"))
+            || full.starts_with(&format!("{filter}:"))
     };
     let (gone, kept): (Vec<&Image>, Vec<&Image>) = all.iter().partition(|i| matches(i));
     let mut needed = BTreeSet::new();
@@ -118,8 +145,12 @@ pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
     let mut report = Removed::default();
     let mut candidates = BTreeSet::new();
     for i in &gone {
-        storage.delete(&keys::tag(&i.upstream, &i.repository, &i.tag)).await?;
-        storage.delete(&keys::tags_list(&i.upstream, &i.repository)).await?;
+        storage
+            .delete(&keys::tag(&i.upstream, &i.repository, &i.tag))
+            .await?;
+        storage
+            .delete(&keys::tags_list(&i.upstream, &i.repository))
+            .await?;
         report.tags += 1;
         if let Ok(d) = i.digest.parse() {
             candidates.extend(closure(storage, &d).await?);
@@ -154,25 +185,50 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    async fn put_image(s: &dyn Storage, up: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> Digest {
+    async fn put_image(
+        s: &dyn Storage,
+        up: &str,
+        repo: &str,
+        tag: &str,
+        layers: &[&[u8]],
+    ) -> Digest {
         let mut descs = Vec::new();
         for l in layers {
             let d = Digest::sha256_of(l);
-            s.put(&keys::blob(&d), Bytes::copy_from_slice(l)).await.unwrap();
+            s.put(&keys::blob(&d), Bytes::copy_from_slice(l))
+                .await
+                .unwrap();
             descs.push(serde_json::json!({"digest": d.to_string(), "size": l.len()}));
         }
-        let body = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "layers": descs})).unwrap();
+        let body =
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "layers": descs})).unwrap();
         let d = Digest::sha256_of(&body);
-        s.put(&keys::manifest(&d), super::super::encode_manifest("x/y", &body)).await.unwrap();
-        let rec = TagRecord { digest: d.to_string(), media_type: "x/y".into(), size: body.len() as u64 };
-        s.put(&keys::tag(up, repo, tag), Bytes::from(serde_json::to_vec(&rec).unwrap())).await.unwrap();
+        s.put(
+            &keys::manifest(&d),
+            super::super::encode_manifest("x/y", &body),
+        )
+        .await
+        .unwrap();
+        let rec = TagRecord {
+            digest: d.to_string(),
+            media_type: "x/y".into(),
+            size: body.len() as u64,
+        };
+        s.put(
+            &keys::tag(up, repo, tag),
+            Bytes::from(serde_json::to_vec(&rec).unwrap()),
+        )
+        .await
+        .unwrap();
         d
     }
 
     #[tokio::test]
     async fn list_and_remove_keep_shared_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::fs::FsStorage::open(dir.path()).await.unwrap();
+        let s = crate::storage::fs::FsStorage::open(dir.path())
+            .await
+            .unwrap();
         put_image(&s, "docker.io", "library/a", "1", &[b"shared", b"only-a"]).await;
         put_image(&s, "docker.io", "library/b", "1", &[b"shared", b"only-b"]).await;
         put_image(&s, "ghcr.io", "o/c", "v2", &[b"only-c"]).await;
@@ -180,22 +236,46 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(images(&s, "docker.io/").await.unwrap().len(), 2);
         let a = &images(&s, "docker.io/library/a:1").await.unwrap()[0];
-        assert!(a.cached_bytes > 12, "manifest + two layers: {}", a.cached_bytes);
+        assert!(
+            a.cached_bytes > 12,
+            "manifest + two layers: {}",
+            a.cached_bytes
+        );
 
         let r = remove(&s, "docker.io/library/a").await.unwrap();
-        assert_eq!((r.tags, r.objects), (1, 2), "manifest and only-a go; shared stays");
-        assert!(s.head(&keys::blob(&Digest::sha256_of(b"shared"))).await.is_ok());
-        assert!(s.head(&keys::blob(&Digest::sha256_of(b"only-a"))).await.is_err());
+        assert_eq!(
+            (r.tags, r.objects),
+            (1, 2),
+            "manifest and only-a go; shared stays"
+        );
+        assert!(s
+            .head(&keys::blob(&Digest::sha256_of(b"shared")))
+            .await
+            .is_ok());
+        assert!(s
+            .head(&keys::blob(&Digest::sha256_of(b"only-a")))
+            .await
+            .is_err());
 
         let r = remove(&s, "ghcr.io").await.unwrap();
         assert_eq!((r.tags, r.objects), (1, 2));
         assert_eq!(images(&s, "").await.unwrap().len(), 1);
-        assert_eq!(remove(&s, "docker.io/library/b:2").await.unwrap(), Removed::default(), "no such tag");
+        assert_eq!(
+            remove(&s, "docker.io/library/b:2").await.unwrap(),
+            Removed::default(),
+            "no such tag"
+        );
     }
 
     #[test]
     fn human_sizes() {
-        for (n, want) in [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (3 << 20, "3.0 MiB"), (5 << 40, "5.0 TiB")] {
+        for (n, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1536, "1.5 KiB"),
+            (3 << 20, "3.0 MiB"),
+            (5 << 40, "5.0 TiB"),
+        ] {
             assert_eq!(human_size(n), want);
         }
     }

@@ -13,7 +13,9 @@ use http::{HeaderValue, Method};
 use tokio::sync::OnceCell;
 
 use super::tags::TagRecord;
-use super::{decode_manifest, encode_manifest, header_digest, keys, Cache, CacheStatus, Error, Result};
+use super::{
+    decode_manifest, encode_manifest, header_digest, keys, Cache, CacheStatus, Error, Result,
+};
 use crate::oci::{media, Digest, Reference};
 use crate::storage;
 use crate::upstream::{self, Request, Upstream};
@@ -65,11 +67,16 @@ impl Cache {
                     return Ok(manifest(d.clone(), media_type, body, CacheStatus::Hit));
                 }
                 if head {
-                    return self.head_manifest_upstream(&up, repo, reference, accept).await;
+                    return self
+                        .head_manifest_upstream(&up, repo, reference, accept)
+                        .await;
                 }
             }
             Reference::Tag(tag) => {
-                if self.tag_ttl.is_fresh(self.policy(upstream), upstream, repo, tag) {
+                if self
+                    .tag_ttl
+                    .is_fresh(self.policy(upstream), upstream, repo, tag)
+                {
                     if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
                         if media::client_accepts(accept, &m.media_type) {
                             return Ok(m);
@@ -79,12 +86,16 @@ impl Cache {
             }
         }
         let m = self.manifest_shared(&up, repo, reference, accept).await?;
-        if matches!(reference, Reference::Digest(_)) || media::client_accepts(accept, &m.media_type) {
+        if matches!(reference, Reference::Digest(_)) || media::client_accepts(accept, &m.media_type)
+        {
             return Ok(m);
         }
         // The cached (or shared) answer is a type this client did not ask for, e.g. an OCI index
         // for a client that only takes Docker schema2: ask the upstream with exactly its Accept.
-        match self.get_manifest_exact(&up, repo, reference, accept, head).await {
+        match self
+            .get_manifest_exact(&up, repo, reference, accept, head)
+            .await
+        {
             Ok(exact) => Ok(exact),
             Err(e) => {
                 tracing::debug!(upstream = %up.name(), %repo, %reference, error = %e, "no manifest of an accepted type; serving the cached one");
@@ -94,16 +105,37 @@ impl Cache {
     }
 
     /// The coalesced fetch: one upstream request per (upstream, repository, reference).
-    async fn manifest_shared(self: &Arc<Self>, up: &Arc<Upstream>, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
-        let key = (up.name().to_string(), repo.to_string(), reference.to_string());
+    async fn manifest_shared(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
+        let key = (
+            up.name().to_string(),
+            repo.to_string(),
+            reference.to_string(),
+        );
         let cell = {
-            let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .manifest_flights
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
         let leader = !cell.initialized();
-        let result = cell.get_or_init(|| self.fetch_manifest(up, repo, reference, accept)).await.clone();
+        let result = cell
+            .get_or_init(|| self.fetch_manifest(up, repo, reference, accept))
+            .await
+            .clone();
         {
-            let mut map = self.manifest_flights.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .manifest_flights
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                 map.remove(&key);
             }
@@ -118,22 +150,40 @@ impl Cache {
     }
 
     /// Fetch (or revalidate) from the upstream; the one call per flight.
-    async fn fetch_manifest(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
+    async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
         let Reference::Tag(tag) = reference else {
-            return self.get_manifest_upstream(up, repo, reference, accept).await;
+            return self
+                .get_manifest_upstream(up, repo, reference, accept)
+                .await;
         };
         let cached = self.cached_tag(up.name(), repo, tag).await?;
         let Some(cached) = cached else {
-            return self.get_manifest_upstream(up, repo, reference, accept).await;
+            return self
+                .get_manifest_upstream(up, repo, reference, accept)
+                .await;
         };
         // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull limit.
-        match self.head_manifest_upstream(up, repo, reference, accept).await {
+        match self
+            .head_manifest_upstream(up, repo, reference, accept)
+            .await
+        {
             Ok(h) if h.digest == cached.digest => {
                 self.tag_ttl.confirm(up.name(), repo, tag);
                 Ok(cached)
             }
-            Ok(_) => match self.get_manifest_upstream(up, repo, reference, accept).await {
-                Err(Error::Upstream(e)) if e.is_outage() => Ok(self.stale(up, repo, tag, cached, &e)),
+            Ok(_) => match self
+                .get_manifest_upstream(up, repo, reference, accept)
+                .await
+            {
+                Err(Error::Upstream(e)) if e.is_outage() => {
+                    Ok(self.stale(up, repo, tag, cached, &e))
+                }
                 other => other,
             },
             Err(Error::Upstream(e)) if e.is_outage() => Ok(self.stale(up, repo, tag, cached, &e)),
@@ -141,38 +191,47 @@ impl Cache {
         }
     }
 
-    fn stale(&self, up: &Upstream, repo: &str, tag: &str, mut cached: Manifest, e: &upstream::Error) -> Manifest {
+    fn stale(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        tag: &str,
+        mut cached: Manifest,
+        e: &upstream::Error,
+    ) -> Manifest {
         tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
         cached.status = CacheStatus::Stale;
-        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string()).increment(1);
+        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string())
+            .increment(1);
         cached
     }
 
     /// GET a manifest from the upstream, verify it and store it (and the tag record).
-    async fn get_manifest_upstream(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
-        self.counters.manifest_fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let req = manifest_request(Method::GET, repo, reference, accept)?;
+    async fn get_manifest_upstream(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
+        let req = manifest_request(
+            Method::GET,
+            repo,
+            reference,
+            &media::upstream_accept(accept),
+        )?;
         let resp = up.send(&req).await.map_err(manifest_error)?;
-        let declared_digest = header_digest(resp.headers());
-        let declared_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = read_limited(resp, self.max_manifest_bytes).await?;
-        let digest = match (reference, &declared_digest) {
-            (Reference::Digest(d), _) => d.clone(),
-            (Reference::Tag(_), Some(d)) => d.clone(),
-            (Reference::Tag(_), None) => Digest::sha256_of(&body),
-        };
-        if !digest.matches(&body) {
-            let actual = Digest::sha256_of(&body).to_string();
-            return Err(Error::DigestMismatch { expected: digest.to_string(), actual });
-        }
-        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
-            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
-        self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
-        self.hot.put_manifest(digest.clone(), media_type.clone(), body.clone());
+        let (digest, media_type, body) = self.receive_manifest(resp, reference).await?;
         if let Reference::Tag(tag) = reference {
-            let record = TagRecord { digest: digest.to_string(), media_type: media_type.clone(), size: body.len() as u64 };
+            let record = TagRecord {
+                digest: digest.to_string(),
+                media_type: media_type.clone(),
+                size: body.len() as u64,
+            };
             let json = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
-            self.storage.put(&keys::tag(up.name(), repo, tag), Bytes::from(json)).await?;
+            self.storage
+                .put(&keys::tag(up.name(), repo, tag), Bytes::from(json))
+                .await?;
             self.hot.put_tag(up.name(), repo, tag, record);
             self.tag_ttl.confirm(up.name(), repo, tag);
         }
@@ -182,50 +241,91 @@ impl Cache {
 
     /// GET (or HEAD) a manifest with exactly the client's Accept list, for a client that cannot take
     /// the type cached for this tag. Stored by digest (content-addressed), never as the tag's record.
-    async fn get_manifest_exact(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String], head: bool) -> Result<Manifest> {
-        let mut req = Request::new(if head { Method::HEAD } else { Method::GET }, repo, format!("manifests/{reference}"));
-        for t in accept {
-            let v = HeaderValue::from_str(t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
-            req.headers.append(http::header::ACCEPT, v);
-        }
+    async fn get_manifest_exact(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+        head: bool,
+    ) -> Result<Manifest> {
+        let method = if head { Method::HEAD } else { Method::GET };
+        let req = manifest_request(method, repo, reference, accept)?;
         let resp = up.send(&req).await.map_err(manifest_error)?;
-        let declared_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let declared_digest = header_digest(resp.headers());
         if head {
-            let digest = declared_digest.ok_or_else(|| Error::Invalid("upstream HEAD without Docker-Content-Digest".into()))?;
-            let size = super::blobs::content_length(resp.headers()).unwrap_or(0);
-            let media_type = declared_type.unwrap_or_default();
-            return Ok(Manifest { digest, media_type, size, body: Bytes::new(), status: CacheStatus::Passthrough });
+            return head_answer(resp.headers(), reference).ok_or_else(|| {
+                Error::Invalid("upstream HEAD without Docker-Content-Digest".into())
+            });
         }
-        let body = read_limited(resp, self.max_manifest_bytes).await?;
-        let digest = declared_digest.unwrap_or_else(|| Digest::sha256_of(&body));
-        if !digest.matches(&body) {
-            return Err(Error::DigestMismatch { expected: digest.to_string(), actual: Digest::sha256_of(&body).to_string() });
-        }
-        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
-            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
-        self.storage.put(&keys::manifest(&digest), encode_manifest(&media_type, &body)).await?;
+        let (digest, media_type, body) = self.receive_manifest(resp, reference).await?;
         Ok(manifest(digest, media_type, body, CacheStatus::Passthrough))
     }
 
-    /// HEAD a manifest at the upstream; answers what it says without caching.
-    async fn head_manifest_upstream(&self, up: &Upstream, repo: &str, reference: &Reference, accept: &[String]) -> Result<Manifest> {
-        let req = manifest_request(Method::HEAD, repo, reference, accept)?;
-        let resp = up.send(&req).await.map_err(manifest_error)?;
-        let h = resp.headers();
-        let digest = match (header_digest(h), reference) {
-            (Some(d), _) => d,
-            (None, Reference::Digest(d)) => d.clone(),
-            // No digest in the answer: fall back to GET, which computes it.
-            (None, Reference::Tag(_)) => return self.get_manifest_upstream(up, repo, reference, accept).await,
-        };
-        let media_type = h
+    /// Read a manifest answer, verify it against the requested digest (or the upstream's
+    /// `Docker-Content-Digest`, or its own sha256 when neither is given) and store it by digest.
+    async fn receive_manifest(
+        &self,
+        resp: reqwest::Response,
+        reference: &Reference,
+    ) -> Result<(Digest, String, Bytes)> {
+        let declared_digest = header_digest(resp.headers());
+        let declared_type = resp
+            .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-            .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
-        let size = super::blobs::content_length(h).unwrap_or(0);
-        Ok(Manifest { digest, media_type, size, body: Bytes::new(), status: CacheStatus::Passthrough })
+            .map(str::to_string);
+        let body = read_limited(resp, self.max_manifest_bytes).await?;
+        let claimed = match (reference, declared_digest) {
+            (Reference::Digest(d), _) => Some(d.clone()),
+            (Reference::Tag(_), d) => d,
+        };
+        let digest = match claimed {
+            Some(d) if d.matches(&body) => d,
+            Some(d) => {
+                return Err(Error::DigestMismatch {
+                    expected: d.to_string(),
+                    actual: Digest::sha256_of(&body).to_string(),
+                })
+            }
+            // Nothing to check against: the bytes name themselves.
+            None => Digest::sha256_of(&body),
+        };
+        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
+            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
+        self.storage
+            .put(
+                &keys::manifest(&digest),
+                encode_manifest(&media_type, &body),
+            )
+            .await?;
+        self.hot
+            .put_manifest(digest.clone(), media_type.clone(), body.clone());
+        Ok((digest, media_type, body))
+    }
+
+    /// HEAD a manifest at the upstream; answers what it says without caching.
+    async fn head_manifest_upstream(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<Manifest> {
+        let req = manifest_request(
+            Method::HEAD,
+            repo,
+            reference,
+            &media::upstream_accept(accept),
+        )?;
+        let resp = up.send(&req).await.map_err(manifest_error)?;
+        match head_answer(resp.headers(), reference) {
+            Some(m) => Ok(m),
+            // No digest in the answer: fall back to GET, which computes it.
+            None => {
+                self.get_manifest_upstream(up, repo, reference, accept)
+                    .await
+            }
+        }
     }
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
@@ -258,18 +358,30 @@ impl Cache {
                     Err(storage::Error::NotFound(_)) => return Ok(None),
                     Err(e) => return Err(e.into()),
                 };
-                let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else { return Ok(None) };
+                let Ok(record) = serde_json::from_slice::<TagRecord>(&raw) else {
+                    return Ok(None);
+                };
                 self.hot.put_tag(upstream, repo, tag, record.clone());
                 record
             }
         };
-        let Ok(digest) = record.digest.parse::<Digest>() else { return Ok(None) };
-        Ok(self.stored_manifest(&digest).await?.map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
+        let Ok(digest) = record.digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        Ok(self
+            .stored_manifest(&digest)
+            .await?
+            .map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
     }
 
     /// One page of an upstream's tags list. The unpaginated list is kept, and served (status
     /// `Stale`, paginated by the API) when the upstream is unreachable.
-    pub async fn tags_list(self: &Arc<Self>, upstream: &str, repo: &str, query: Option<String>) -> Result<TagsPage> {
+    pub async fn tags_list(
+        self: &Arc<Self>,
+        upstream: &str,
+        repo: &str,
+        query: Option<String>,
+    ) -> Result<TagsPage> {
         let up = self.upstream(upstream)?;
         let key = keys::tags_list(upstream, repo);
         let whole = query.as_deref().is_none_or(str::is_empty);
@@ -282,14 +394,24 @@ impl Cache {
                 return match self.storage.get(&key).await {
                     Ok(body) => {
                         tracing::warn!(%upstream, %repo, error = %e, "upstream unavailable; serving the cached tags list");
-                        Ok(TagsPage { body, content_type: Some("application/json".into()), link: None, status: CacheStatus::Stale })
+                        Ok(TagsPage {
+                            body,
+                            content_type: Some("application/json".into()),
+                            link: None,
+                            status: CacheStatus::Stale,
+                        })
                     }
                     Err(_) => Err(Error::Upstream(e)),
                 };
             }
             Err(e) => return Err(Error::Upstream(e)),
         };
-        let get = |n: http::HeaderName| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let get = |n: http::HeaderName| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let (content_type, link) = (get(http::header::CONTENT_TYPE), get(http::header::LINK));
         let body = read_limited(resp, self.max_manifest_bytes).await?;
         if whole && link.is_none() {
@@ -297,21 +419,61 @@ impl Cache {
                 tracing::debug!(%upstream, %repo, error = %e, "cannot keep the tags list");
             }
         }
-        Ok(TagsPage { body, content_type, link, status: CacheStatus::Passthrough })
+        Ok(TagsPage {
+            body,
+            content_type,
+            link,
+            status: CacheStatus::Passthrough,
+        })
     }
 }
 
 fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus) -> Manifest {
-    Manifest { digest, media_type, size: body.len() as u64, body, status }
+    Manifest {
+        digest,
+        media_type,
+        size: body.len() as u64,
+        body,
+        status,
+    }
 }
 
-fn manifest_request(method: Method, repo: &str, reference: &Reference, accept: &[String]) -> Result<Request> {
+/// A manifest request with exactly these `Accept` values.
+fn manifest_request(
+    method: Method,
+    repo: &str,
+    reference: &Reference,
+    accept: &[String],
+) -> Result<Request> {
     let mut req = Request::new(method, repo, format!("manifests/{reference}"));
-    for t in media::upstream_accept(accept) {
-        let v = HeaderValue::from_str(&t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
+    for t in accept {
+        let v =
+            HeaderValue::from_str(t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
         req.headers.append(http::header::ACCEPT, v);
     }
     Ok(req)
+}
+
+/// What an upstream's HEAD answer says about a manifest; None when it names no digest and the
+/// reference is a tag.
+fn head_answer(h: &http::HeaderMap, reference: &Reference) -> Option<Manifest> {
+    let digest = match (header_digest(h), reference) {
+        (Some(d), _) => d,
+        (None, Reference::Digest(d)) => d.clone(),
+        (None, Reference::Tag(_)) => return None,
+    };
+    let media_type = h
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+        .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+    Some(Manifest {
+        digest,
+        media_type,
+        size: super::blobs::content_length(h).unwrap_or(0),
+        body: Bytes::new(),
+        status: CacheStatus::Passthrough,
+    })
 }
 
 fn manifest_error(e: upstream::Error) -> Error {
@@ -329,7 +491,8 @@ async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::Upstream(upstream::Error::Unavailable(upstream::describe(&e))))?;
+        let chunk = chunk
+            .map_err(|e| Error::Upstream(upstream::Error::Unavailable(upstream::describe(&e))))?;
         if buf.len() as u64 + chunk.len() as u64 > limit {
             return Err(Error::ManifestTooLarge { limit });
         }

@@ -25,8 +25,8 @@ use crate::storage::{self, Storage};
 use crate::upstream::{self, Upstream};
 
 pub use blobs::{Blob, BlobBody, RangeSpec};
-pub use manifests::{Manifest, TagsPage};
 use fill::Fills;
+pub use manifests::{Manifest, TagsPage};
 use tags::{TagPolicy, TagTtl};
 
 /// A cache failure. `ManifestUnknown` / `BlobUnknown` are distinct so the API can answer 404.
@@ -107,15 +107,6 @@ pub struct Cache {
     evict_policy: evict::Policy,
     /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
     fill_slots: Arc<tokio::sync::Semaphore>,
-    /// Upstream fetches started, by kind, for tests and metrics.
-    pub counters: Counters,
-}
-
-/// Plain counters of upstream work, cheap to read in tests.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub blob_fills: std::sync::atomic::AtomicU64,
-    pub manifest_fetches: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -125,14 +116,23 @@ impl Cache {
         let mut policies = HashMap::new();
         for u in &config.upstreams {
             upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?));
-            policies.insert(u.name.clone(), TagPolicy { ttl: u.tag_ttl(), immutable: u.immutable_tags.clone() });
+            policies.insert(
+                u.name.clone(),
+                TagPolicy {
+                    ttl: u.tag_ttl(),
+                    immutable: u.immutable_tags.clone(),
+                },
+            );
         }
         Ok(Cache {
             storage,
             spool_dir,
             upstreams: RwLock::new(upstreams),
             policies,
-            default_policy: TagPolicy { ttl: crate::config::DEFAULT_TAG_TTL, immutable: Vec::new() },
+            default_policy: TagPolicy {
+                ttl: crate::config::DEFAULT_TAG_TTL,
+                immutable: Vec::new(),
+            },
             allow_any: config.allow_any_upstream,
             max_manifest_bytes: config.max_manifest_bytes,
             fill_timeout_secs: config.fill_timeout_secs,
@@ -144,7 +144,6 @@ impl Cache {
             touched: Default::default(),
             fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
             evict_policy: Cache::policy_from_config(config),
-            counters: Counters::default(),
         })
     }
 
@@ -154,13 +153,21 @@ impl Cache {
 
     /// The client for upstream `name`; with `allow_any_upstream`, one is made for any host.
     pub fn upstream(&self, name: &str) -> Result<Arc<Upstream>> {
-        if let Some(u) = self.upstreams.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(u) = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
             return Ok(u.clone());
         }
         if !self.allow_any {
             return Err(Error::UnknownUpstream(name.to_string()));
         }
-        let cfg = crate::config::UpstreamConfig { name: name.to_string(), ..Default::default() };
+        let cfg = crate::config::UpstreamConfig {
+            name: name.to_string(),
+            ..Default::default()
+        };
         let u = Arc::new(Upstream::new(&cfg)?);
         let mut map = self.upstreams.write().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(name.to_string()).or_insert(u).clone())
@@ -179,7 +186,10 @@ impl Cache {
     /// object. `modified` is the stored time when the caller already knows it.
     async fn note_access(&self, key: &str, modified: Option<u64>) {
         const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-        let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs()) {
             return;
         }
@@ -200,7 +210,9 @@ impl Cache {
 
     /// Ready to serve: storage accepts a write and a delete.
     pub async fn check_ready(&self) -> Result<()> {
-        self.storage.put("readyz-probe", Bytes::from_static(b"ok")).await?;
+        self.storage
+            .put("readyz-probe", Bytes::from_static(b"ok"))
+            .await?;
         self.storage.delete("readyz-probe").await?;
         Ok(())
     }
@@ -219,7 +231,12 @@ pub mod keys {
         format!("blobs/{}/{}/{}", d.algorithm_name(), &d.hex()[..2], d.hex())
     }
     pub fn manifest(d: &Digest) -> String {
-        format!("manifests/{}/{}/{}", d.algorithm_name(), &d.hex()[..2], d.hex())
+        format!(
+            "manifests/{}/{}/{}",
+            d.algorithm_name(),
+            &d.hex()[..2],
+            d.hex()
+        )
     }
     pub fn tag(upstream: &str, repo: &str, tag: &str) -> String {
         format!("tags/{upstream}/{repo}/_tag/{tag}")
@@ -247,7 +264,12 @@ fn decode_manifest(stored: Bytes) -> Option<(String, Bytes)> {
 
 /// Parse a digest the upstream sent in `Docker-Content-Digest`.
 fn header_digest(h: &http::HeaderMap) -> Option<Digest> {
-    h.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
+    h.get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

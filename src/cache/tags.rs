@@ -52,7 +52,10 @@ impl TagTtl {
     /// Record that the upstream just confirmed the tag.
     pub fn confirm(&self, upstream: &str, repo: &str, tag: &str) {
         let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert((upstream.to_string(), repo.to_string(), tag.to_string()), Instant::now());
+        map.insert(
+            (upstream.to_string(), repo.to_string(), tag.to_string()),
+            Instant::now(),
+        );
     }
 
     pub fn forget(&self, upstream: &str, repo: &str, tag: &str) {
@@ -106,7 +109,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ttl_expires_and_immutable_does_not() {
         let t = TagTtl::default();
-        let policy = TagPolicy { ttl: Duration::from_secs(300), immutable: vec!["v*".into()] };
+        let policy = TagPolicy {
+            ttl: Duration::from_secs(300),
+            immutable: vec!["v*".into()],
+        };
         assert!(!t.is_fresh(&policy, "u", "r", "latest"), "never confirmed");
         t.confirm("u", "r", "latest");
         t.confirm("u", "r", "v1");

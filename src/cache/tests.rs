@@ -59,16 +59,28 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
         }
         let tail = path.rsplit('/').next().unwrap_or("").to_string();
         if path.contains("/blobs/") {
-            let c = if head { &up.counts.blob_head } else { &up.counts.blob_get };
+            let c = if head {
+                &up.counts.blob_head
+            } else {
+                &up.counts.blob_get
+            };
             c.fetch_add(1, Ordering::SeqCst);
             match f.blobs.get(&tail) {
                 Some(b) => (200, b.clone(), f.chunk_delay_ms, f.corrupt, f.truncate),
                 None => (404, Bytes::new(), 0, false, false),
             }
         } else {
-            let c = if head { &up.counts.manifest_head } else { &up.counts.manifest_get };
+            let c = if head {
+                &up.counts.manifest_head
+            } else {
+                &up.counts.manifest_get
+            };
             c.fetch_add(1, Ordering::SeqCst);
-            let accepts_index = req.headers().get_all("accept").iter().any(|v| v.to_str().unwrap().contains("image.index"));
+            let accepts_index = req
+                .headers()
+                .get_all("accept")
+                .iter()
+                .any(|v| v.to_str().unwrap().contains("image.index"));
             if let (false, Some(alt)) = (accepts_index, &f.schema2_alternative) {
                 (200, alt.clone(), 0, false, false)
             } else {
@@ -88,20 +100,29 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
             data[len / 2] ^= 0xff;
         }
         let keep = if truncate { len / 2 } else { len };
-        let chunks: Vec<Bytes> = data[..keep].chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+        let chunks: Vec<Bytes> = data[..keep]
+            .chunks(64 * 1024)
+            .map(Bytes::copy_from_slice)
+            .collect();
         let stream = futures::stream::iter(chunks).then(move |c| async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             Ok::<_, std::io::Error>(c)
         });
-        let stream = stream.chain(futures::stream::iter(truncate.then(|| Err(std::io::Error::other("cut")))));
+        let stream = stream.chain(futures::stream::iter(
+            truncate.then(|| Err(std::io::Error::other("cut"))),
+        ));
         Response::new(Body::from_stream(stream))
     };
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
     let h = resp.headers_mut();
     h.insert("content-length", body.len().into());
     if path.contains("/manifests/") && status == 200 {
-        h.insert("docker-content-digest", Digest::sha256_of(&body).to_string().parse().unwrap());
-        let ct = if body.starts_with(b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker") {
+        h.insert(
+            "docker-content-digest",
+            Digest::sha256_of(&body).to_string().parse().unwrap(),
+        );
+        let ct = if body.starts_with(b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker")
+        {
             crate::oci::media::DOCKER_MANIFEST
         } else {
             crate::oci::media::OCI_MANIFEST
@@ -119,10 +140,15 @@ struct Harness {
 }
 
 async fn harness(tag_ttl_secs: u64) -> Harness {
-    let up = FakeUpstream { fake: Arc::default(), counts: Arc::default() };
+    let up = FakeUpstream {
+        fake: Arc::default(),
+        counts: Arc::default(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(fake_handler).with_state(up.clone());
+    let app = axum::Router::new()
+        .fallback(fake_handler)
+        .with_state(up.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -134,7 +160,12 @@ async fn harness(tag_ttl_secs: u64) -> Harness {
     let storage = FsStorage::open(dir.path()).await.unwrap();
     let spool = storage.tmp_dir();
     let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool).unwrap());
-    Harness { cache, fake: up.fake, counts: up.counts, dir }
+    Harness {
+        cache,
+        fake: up.fake,
+        counts: up.counts,
+        dir,
+    }
 }
 
 fn random_blob(len: usize) -> (Digest, Bytes) {
@@ -164,20 +195,36 @@ fn blob_files(dir: &std::path::Path) -> usize {
 }
 
 fn walk(p: &std::path::Path) -> usize {
-    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
-    rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_gets_make_one_upstream_fetch() {
     let h = harness(300).await;
     let (d, data) = random_blob(2 << 20);
-    h.fake.lock().unwrap().blobs.insert(d.to_string(), data.clone());
+    h.fake
+        .lock()
+        .unwrap()
+        .blobs
+        .insert(d.to_string(), data.clone());
     h.fake.lock().unwrap().chunk_delay_ms = 5;
-    let tasks: Vec<_> = (0..50).map(|_| {
-        let (c, d) = (h.cache.clone(), d.clone());
-        tokio::spawn(async move { read_all(&c, &d).await })
-    }).collect();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, d) = (h.cache.clone(), d.clone());
+            tokio::spawn(async move { read_all(&c, &d).await })
+        })
+        .collect();
     let mut statuses = HashMap::new();
     for t in tasks {
         let (status, body) = t.await.unwrap();
@@ -185,11 +232,18 @@ async fn fifty_concurrent_gets_make_one_upstream_fetch() {
         assert!(d.matches(&body), "bytes verify against the digest");
         *statuses.entry(status.as_str()).or_insert(0) += 1;
     }
-    assert_eq!(h.counts.blob_get.load(Ordering::SeqCst), 1, "exactly one upstream GET");
+    assert_eq!(
+        h.counts.blob_get.load(Ordering::SeqCst),
+        1,
+        "exactly one upstream GET"
+    );
     assert_eq!(statuses.get("miss"), Some(&1), "{statuses:?}");
     // Now cached: no further upstream traffic.
     let (status, body) = read_all(&h.cache, &d).await;
-    assert_eq!((status, body.unwrap().len()), (CacheStatus::Hit, data.len()));
+    assert_eq!(
+        (status, body.unwrap().len()),
+        (CacheStatus::Hit, data.len())
+    );
     assert_eq!(h.counts.blob_get.load(Ordering::SeqCst), 1);
 }
 
@@ -197,10 +251,18 @@ async fn fifty_concurrent_gets_make_one_upstream_fetch() {
 async fn clients_that_disconnect_do_not_disturb_the_rest() {
     let h = harness(300).await;
     let (d, data) = random_blob(1 << 20);
-    h.fake.lock().unwrap().blobs.insert(d.to_string(), data.clone());
+    h.fake
+        .lock()
+        .unwrap()
+        .blobs
+        .insert(d.to_string(), data.clone());
     h.fake.lock().unwrap().chunk_delay_ms = 10;
     // The first client starts the fill and leaves after one chunk.
-    let first = h.cache.blob("up", "test/img", &d, None, false).await.unwrap();
+    let first = h
+        .cache
+        .blob("up", "test/img", &d, None, false)
+        .await
+        .unwrap();
     let mut body = first.body.unwrap();
     body.next().await.unwrap().unwrap();
     drop(body);
@@ -226,7 +288,11 @@ async fn clients_that_disconnect_do_not_disturb_the_rest() {
         }
     }
     let (status, body) = read_all(&h.cache, &d).await;
-    assert_eq!(status, CacheStatus::Hit, "the fill finished although its first client left");
+    assert_eq!(
+        status,
+        CacheStatus::Hit,
+        "the fill finished although its first client left"
+    );
     assert!(d.matches(&body.unwrap()));
     assert_eq!(h.counts.blob_get.load(Ordering::SeqCst), 1);
 }
@@ -241,18 +307,27 @@ async fn corrupted_or_short_fill_fails_every_client_and_caches_nothing() {
             f.blobs.insert(d.to_string(), data.clone());
             (f.corrupt, f.truncate, f.chunk_delay_ms) = (corrupt, truncate, 2);
         }
-        let tasks: Vec<_> = (0..10).map(|_| {
-            let (c, d) = (h.cache.clone(), d.clone());
-            tokio::spawn(async move { read_all(&c, &d).await })
-        }).collect();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (c, d) = (h.cache.clone(), d.clone());
+                tokio::spawn(async move { read_all(&c, &d).await })
+            })
+            .collect();
         for t in tasks {
             let (_, body) = t.await.unwrap();
-            assert!(body.is_err(), "no client sees a clean end (corrupt={corrupt}, truncate={truncate})");
+            assert!(
+                body.is_err(),
+                "no client sees a clean end (corrupt={corrupt}, truncate={truncate})"
+            );
         }
         while h.cache.fills_in_flight() > 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(blob_files(h.dir.path()), 0, "nothing committed, no spool left");
+        assert_eq!(
+            blob_files(h.dir.path()),
+            0,
+            "nothing committed, no spool left"
+        );
         // The next request starts a fresh fill, which now succeeds.
         {
             let mut f = h.fake.lock().unwrap();
@@ -268,51 +343,105 @@ async fn corrupted_or_short_fill_fails_every_client_and_caches_nothing() {
 async fn ranges_on_miss_and_hit_and_head_without_fill() {
     let h = harness(300).await;
     let (d, data) = random_blob(300_000);
-    h.fake.lock().unwrap().blobs.insert(d.to_string(), data.clone());
+    h.fake
+        .lock()
+        .unwrap()
+        .blobs
+        .insert(d.to_string(), data.clone());
     let head = h.cache.blob("up", "r", &d, None, true).await.unwrap();
-    assert_eq!((head.size, head.status), (Some(data.len() as u64), CacheStatus::Passthrough));
-    assert_eq!(h.counts.blob_get.load(Ordering::SeqCst), 0, "HEAD of an uncached blob does not download it");
-    for (spec, want) in [(RangeSpec::From(1000, Some(1999)), 1000..2000), (RangeSpec::Suffix(10), 299_990..300_000)] {
-        let b = h.cache.blob("up", "r", &d, Some(spec), false).await.unwrap();
+    assert_eq!(
+        (head.size, head.status),
+        (Some(data.len() as u64), CacheStatus::Passthrough)
+    );
+    assert_eq!(
+        h.counts.blob_get.load(Ordering::SeqCst),
+        0,
+        "HEAD of an uncached blob does not download it"
+    );
+    for (spec, want) in [
+        (RangeSpec::From(1000, Some(1999)), 1000..2000),
+        (RangeSpec::Suffix(10), 299_990..300_000),
+    ] {
+        let b = h
+            .cache
+            .blob("up", "r", &d, Some(spec), false)
+            .await
+            .unwrap();
         assert_eq!(b.range, Some((want.start as u64, want.end as u64)));
         let got: Vec<Bytes> = b.body.unwrap().map(|c| c.unwrap()).collect().await;
         assert_eq!(got.concat(), &data[want.clone()]);
     }
-    assert!(matches!(h.cache.blob("up", "r", &d, Some(RangeSpec::From(300_000, None)), false).await, Err(Error::RangeNotSatisfiable { .. })));
+    assert!(matches!(
+        h.cache
+            .blob("up", "r", &d, Some(RangeSpec::From(300_000, None)), false)
+            .await,
+        Err(Error::RangeNotSatisfiable { .. })
+    ));
     let missing = Digest::sha256_of(b"nope");
-    assert!(matches!(h.cache.blob("up", "r", &missing, None, false).await, Err(Error::BlobUnknown)));
-    assert!(matches!(h.cache.blob("up", "r", &missing, None, true).await, Err(Error::BlobUnknown)));
+    assert!(matches!(
+        h.cache.blob("up", "r", &missing, None, false).await,
+        Err(Error::BlobUnknown)
+    ));
+    assert!(matches!(
+        h.cache.blob("up", "r", &missing, None, true).await,
+        Err(Error::BlobUnknown)
+    ));
 }
 
 fn manifest_body(n: u8) -> Bytes {
-    Bytes::from(format!(r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{}},"layers":[],"n":{n}}}"#))
+    Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{}},"layers":[],"n":{n}}}"#
+    ))
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn tag_ttl_revalidates_with_head_and_serves_stale_through_outages() {
     let h = harness(300).await;
     let tag = Reference::Tag("latest".into());
-    h.fake.lock().unwrap().manifests.insert("latest".into(), manifest_body(1));
+    h.fake
+        .lock()
+        .unwrap()
+        .manifests
+        .insert("latest".into(), manifest_body(1));
     let gets = || h.counts.manifest_get.load(Ordering::SeqCst);
     let heads = || h.counts.manifest_head.load(Ordering::SeqCst);
 
     let m = h.cache.manifest("up", "r", &tag, &[], false).await.unwrap();
-    assert_eq!((m.status, m.body.clone(), gets(), heads()), (CacheStatus::Miss, manifest_body(1), 1, 0));
+    assert_eq!(
+        (m.status, m.body.clone(), gets(), heads()),
+        (CacheStatus::Miss, manifest_body(1), 1, 0)
+    );
     let m = h.cache.manifest("up", "r", &tag, &[], false).await.unwrap();
-    assert_eq!((m.status, gets(), heads()), (CacheStatus::Hit, 1, 0), "fresh tag: no upstream request");
+    assert_eq!(
+        (m.status, gets(), heads()),
+        (CacheStatus::Hit, 1, 0),
+        "fresh tag: no upstream request"
+    );
 
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(301)).await;
     tokio::time::resume();
     let m = h.cache.manifest("up", "r", &tag, &[], false).await.unwrap();
-    assert_eq!((m.status, gets(), heads()), (CacheStatus::Hit, 1, 1), "expired: one HEAD, digest unchanged, no GET");
+    assert_eq!(
+        (m.status, gets(), heads()),
+        (CacheStatus::Hit, 1, 1),
+        "expired: one HEAD, digest unchanged, no GET"
+    );
 
-    h.fake.lock().unwrap().manifests.insert("latest".into(), manifest_body(2));
+    h.fake
+        .lock()
+        .unwrap()
+        .manifests
+        .insert("latest".into(), manifest_body(2));
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(301)).await;
     tokio::time::resume();
     let m = h.cache.manifest("up", "r", &tag, &[], false).await.unwrap();
-    assert_eq!((m.body.clone(), gets(), heads()), (manifest_body(2), 2, 2), "changed digest: HEAD then GET");
+    assert_eq!(
+        (m.body.clone(), gets(), heads()),
+        (manifest_body(2), 2, 2),
+        "changed digest: HEAD then GET"
+    );
 
     for status in [503, 429] {
         h.fake.lock().unwrap().fail_with = Some(status);
@@ -320,11 +449,25 @@ async fn tag_ttl_revalidates_with_head_and_serves_stale_through_outages() {
         tokio::time::advance(Duration::from_secs(301)).await;
         tokio::time::resume();
         let m = h.cache.manifest("up", "r", &tag, &[], false).await.unwrap();
-        assert_eq!((m.status, m.body.clone()), (CacheStatus::Stale, manifest_body(2)), "status {status}");
-        let uncached = h.cache.manifest("up", "r", &Reference::Tag("other".into()), &[], false).await.unwrap_err();
+        assert_eq!(
+            (m.status, m.body.clone()),
+            (CacheStatus::Stale, manifest_body(2)),
+            "status {status}"
+        );
+        let uncached = h
+            .cache
+            .manifest("up", "r", &Reference::Tag("other".into()), &[], false)
+            .await
+            .unwrap_err();
         match status {
-            429 => assert!(matches!(uncached, Error::Upstream(crate::upstream::Error::TooManyRequests { retry_after: Some(ref r) }) if r == "42"), "{uncached:?}"),
-            _ => assert!(matches!(uncached, Error::Upstream(ref e) if e.is_outage()), "{uncached:?}"),
+            429 => assert!(
+                matches!(uncached, Error::Upstream(crate::upstream::Error::TooManyRequests { retry_after: Some(ref r) }) if r == "42"),
+                "{uncached:?}"
+            ),
+            _ => assert!(
+                matches!(uncached, Error::Upstream(ref e) if e.is_outage()),
+                "{uncached:?}"
+            ),
         }
     }
 }
@@ -332,20 +475,41 @@ async fn tag_ttl_revalidates_with_head_and_serves_stale_through_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_manifest_requests_share_one_fetch() {
     let h = harness(300).await;
-    h.fake.lock().unwrap().manifests.insert("v1".into(), manifest_body(7));
-    let tasks: Vec<_> = (0..20).map(|_| {
-        let c = h.cache.clone();
-        tokio::spawn(async move { c.manifest("up", "r", &Reference::Tag("v1".into()), &[], false).await.unwrap() })
-    }).collect();
+    h.fake
+        .lock()
+        .unwrap()
+        .manifests
+        .insert("v1".into(), manifest_body(7));
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let c = h.cache.clone();
+            tokio::spawn(async move {
+                c.manifest("up", "r", &Reference::Tag("v1".into()), &[], false)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap().body, manifest_body(7));
     }
     assert_eq!(h.counts.manifest_get.load(Ordering::SeqCst), 1);
     // By digest: cached by the tag fetch, served without the upstream.
     let d = Digest::sha256_of(&manifest_body(7));
-    let m = h.cache.manifest("up", "r", &Reference::Digest(d), &[], true).await.unwrap();
-    assert_eq!((m.status, m.size), (CacheStatus::Hit, manifest_body(7).len() as u64));
-    assert_eq!(h.counts.manifest_get.load(Ordering::SeqCst) + h.counts.manifest_head.load(Ordering::SeqCst), 1);
+    let m = h
+        .cache
+        .manifest("up", "r", &Reference::Digest(d), &[], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.status, m.size),
+        (CacheStatus::Hit, manifest_body(7).len() as u64)
+    );
+    assert_eq!(
+        h.counts.manifest_get.load(Ordering::SeqCst)
+            + h.counts.manifest_head.load(Ordering::SeqCst),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,14 +524,35 @@ async fn a_client_that_cannot_take_the_cached_type_gets_what_it_accepts() {
         f.schema2_alternative = Some(schema2.clone());
     }
     let tag = Reference::Tag("multi".into());
-    let modern = vec![media::OCI_INDEX.to_string(), media::DOCKER_MANIFEST.to_string()];
-    let m = h.cache.manifest("up", "r", &tag, &modern, false).await.unwrap();
-    assert_eq!((m.body.clone(), m.media_type.as_str()), (index.clone(), media::OCI_INDEX));
+    let modern = vec![
+        media::OCI_INDEX.to_string(),
+        media::DOCKER_MANIFEST.to_string(),
+    ];
+    let m = h
+        .cache
+        .manifest("up", "r", &tag, &modern, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.body.clone(), m.media_type.as_str()),
+        (index.clone(), media::OCI_INDEX)
+    );
     let old = vec![media::DOCKER_MANIFEST.to_string()];
-    let m = h.cache.manifest("up", "r", &tag, &old, false).await.unwrap();
-    assert_eq!((m.body.clone(), m.media_type.as_str(), m.status), (schema2, media::DOCKER_MANIFEST, CacheStatus::Passthrough));
+    let m = h
+        .cache
+        .manifest("up", "r", &tag, &old, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.body.clone(), m.media_type.as_str(), m.status),
+        (schema2, media::DOCKER_MANIFEST, CacheStatus::Passthrough)
+    );
     // The tag's cached answer is still the index for everyone else.
-    let m = h.cache.manifest("up", "r", &tag, &modern, false).await.unwrap();
+    let m = h
+        .cache
+        .manifest("up", "r", &tag, &modern, false)
+        .await
+        .unwrap();
     assert_eq!((m.body, m.status), (index, CacheStatus::Hit));
 }
 
@@ -375,11 +560,25 @@ async fn a_client_that_cannot_take_the_cached_type_gets_what_it_accepts() {
 async fn tags_list_is_served_stale_during_an_outage() {
     let h = harness(300).await;
     let list = Bytes::from_static(br#"{"name":"r","tags":["a","b"]}"#);
-    h.fake.lock().unwrap().manifests.insert("list".into(), list.clone());
+    h.fake
+        .lock()
+        .unwrap()
+        .manifests
+        .insert("list".into(), list.clone());
     let page = h.cache.tags_list("up", "r", None).await.unwrap();
-    assert_eq!((page.body, page.status), (list.clone(), CacheStatus::Passthrough));
+    assert_eq!(
+        (page.body, page.status),
+        (list.clone(), CacheStatus::Passthrough)
+    );
     h.fake.lock().unwrap().fail_with = Some(503);
-    let page = h.cache.tags_list("up", "r", Some("n=1".into())).await.unwrap();
+    let page = h
+        .cache
+        .tags_list("up", "r", Some("n=1".into()))
+        .await
+        .unwrap();
     assert_eq!((page.body, page.status), (list, CacheStatus::Stale));
-    assert!(h.cache.tags_list("up", "other", None).await.is_err(), "never listed: the outage is an error");
+    assert!(
+        h.cache.tags_list("up", "other", None).await.is_err(),
+        "never listed: the outage is an error"
+    );
 }

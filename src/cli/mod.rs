@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "regmirror", version, about = "A pull-through cache for container registries")]
+#[command(
+    name = "regmirror",
+    version,
+    about = "A pull-through cache for container registries"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -57,7 +61,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Config { command: ConfigCommand::Check { config } } => match Config::load(config.as_deref()) {
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.to_toml_masked());
                 ExitCode::SUCCESS
@@ -65,7 +71,10 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Cache { location, command } => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => return fail(format!("cannot start the async runtime: {e}")),
             };
@@ -93,7 +102,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     init_tracing(&config.log_format);
     limit_malloc_arenas();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
@@ -121,7 +133,9 @@ fn limit_malloc_arenas() {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

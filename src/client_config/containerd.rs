@@ -17,7 +17,10 @@ pub fn generate(req: &Request) -> Result<Output, Error> {
     req.check_host_style(&registries)?;
     let files = registries
         .iter()
-        .map(|r| File { path: format!("{r}/hosts.toml").into(), contents: hosts_toml(req, style, r) })
+        .map(|r| File {
+            path: format!("{r}/hosts.toml").into(),
+            contents: hosts_toml(req, style, r),
+        })
         .collect();
     let notes = vec![format!(
         "containerd reads these files from the directory named by config_path in its CRI registry section \
@@ -68,7 +71,13 @@ mod tests {
                 &[],
                 None,
                 false,
-                &[("docker.io/hosts.toml", "https://registry-1.docker.io", "http://127.0.0.1:5000", false, false)],
+                &[(
+                    "docker.io/hosts.toml",
+                    "https://registry-1.docker.io",
+                    "http://127.0.0.1:5000",
+                    false,
+                    false,
+                )],
             ),
             (
                 "https://mirror.example.com",
@@ -76,9 +85,27 @@ mod tests {
                 Some(Style::Ns),
                 true,
                 &[
-                    ("docker.io/hosts.toml", "https://registry-1.docker.io", "https://mirror.example.com", false, true),
-                    ("ghcr.io/hosts.toml", "https://ghcr.io", "https://mirror.example.com", false, true),
-                    ("127.0.0.1:5101/hosts.toml", "https://127.0.0.1:5101", "https://mirror.example.com", false, true),
+                    (
+                        "docker.io/hosts.toml",
+                        "https://registry-1.docker.io",
+                        "https://mirror.example.com",
+                        false,
+                        true,
+                    ),
+                    (
+                        "ghcr.io/hosts.toml",
+                        "https://ghcr.io",
+                        "https://mirror.example.com",
+                        false,
+                        true,
+                    ),
+                    (
+                        "127.0.0.1:5101/hosts.toml",
+                        "https://127.0.0.1:5101",
+                        "https://mirror.example.com",
+                        false,
+                        true,
+                    ),
                 ],
             ),
             (
@@ -87,7 +114,13 @@ mod tests {
                 Some(Style::Prefix),
                 false,
                 &[
-                    ("docker.io/hosts.toml", "https://registry-1.docker.io", "http://127.0.0.1:5000/v2/docker.io", true, false),
+                    (
+                        "docker.io/hosts.toml",
+                        "https://registry-1.docker.io",
+                        "http://127.0.0.1:5000/v2/docker.io",
+                        true,
+                        false,
+                    ),
                     (
                         "registry.k8s.io/hosts.toml",
                         "https://registry.k8s.io",
@@ -102,31 +135,64 @@ mod tests {
                 &["ghcr.io"],
                 Some(Style::Host),
                 false,
-                &[("ghcr.io/hosts.toml", "https://ghcr.io", "https://ghcr.mirror.example.com", false, false)],
+                &[(
+                    "ghcr.io/hosts.toml",
+                    "https://ghcr.io",
+                    "https://ghcr.mirror.example.com",
+                    false,
+                    false,
+                )],
             ),
         ];
         for (mirror, registries, style, insecure, want) in cases {
             let req = request(Client::Containerd, mirror, registries, *style, *insecure);
             let out = generate(&req).unwrap();
             assert_eq!(out.files.len(), want.len());
-            for (file, (path, server, host, override_path, skip_verify)) in out.files.iter().zip(want.iter()) {
+            for (file, (path, server, host, override_path, skip_verify)) in
+                out.files.iter().zip(want.iter())
+            {
                 assert_eq!(file.path.to_str(), Some(*path));
                 let doc: toml::Table = toml::from_str(&file.contents).unwrap();
                 assert_eq!(doc["server"].as_str(), Some(*server), "{path}");
                 let hosts = doc["host"].as_table().unwrap();
                 assert_eq!(hosts.len(), 1, "{path}");
-                let h = hosts[*host].as_table().unwrap_or_else(|| panic!("{path}: no [host.{host:?}]"));
-                let caps: Vec<&str> = h["capabilities"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                let h = hosts[*host]
+                    .as_table()
+                    .unwrap_or_else(|| panic!("{path}: no [host.{host:?}]"));
+                let caps: Vec<&str> = h["capabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
                 assert_eq!(caps, ["pull", "resolve"]);
-                assert_eq!(h.get("override_path").and_then(|v| v.as_bool()).unwrap_or(false), *override_path, "{path}");
-                assert_eq!(h.get("skip_verify").and_then(|v| v.as_bool()).unwrap_or(false), *skip_verify, "{path}");
+                assert_eq!(
+                    h.get("override_path")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
+                    *override_path,
+                    "{path}"
+                );
+                assert_eq!(
+                    h.get("skip_verify")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
+                    *skip_verify,
+                    "{path}"
+                );
             }
         }
     }
 
     #[test]
     fn exact_text_of_the_ns_file() {
-        let req = request(Client::Containerd, "http://127.0.0.1:5000", &[], None, false);
+        let req = request(
+            Client::Containerd,
+            "http://127.0.0.1:5000",
+            &[],
+            None,
+            false,
+        );
         assert_eq!(
             generate(&req).unwrap().files[0].contents,
             "# Pull docker.io through regmirror (ns style); generated by `regmirror client-config containerd`.\n\
@@ -137,7 +203,13 @@ mod tests {
 
     #[test]
     fn host_style_names_one_registry() {
-        let req = request(Client::Containerd, "https://m.example", &["docker.io", "ghcr.io"], Some(Style::Host), false);
+        let req = request(
+            Client::Containerd,
+            "https://m.example",
+            &["docker.io", "ghcr.io"],
+            Some(Style::Host),
+            false,
+        );
         assert!(matches!(generate(&req), Err(Error::Style { .. })));
     }
 }

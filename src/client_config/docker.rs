@@ -28,12 +28,15 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
     };
     let mirror_url = req.mirror.url();
     // Ours first: dockerd tries mirrors in order.
-    prepend_unique(&mut root, "registry-mirrors", &mirror_url, |v| v.trim_end_matches('/') == mirror_url)?;
+    prepend_unique(&mut root, "registry-mirrors", &mirror_url, |v| {
+        v.trim_end_matches('/') == mirror_url
+    })?;
     if req.needs_insecure() {
         let host = req.mirror.host.clone();
         prepend_unique(&mut root, "insecure-registries", &host, |v| v == host)?;
     }
-    let mut contents = serde_json::to_string_pretty(&Value::Object(root)).map_err(|e| merge_err(&e.to_string()))?;
+    let mut contents = serde_json::to_string_pretty(&Value::Object(root))
+        .map_err(|e| merge_err(&e.to_string()))?;
     contents.push('\n');
 
     let mut notes = vec![format!(
@@ -47,11 +50,20 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
             req.mirror.prefixed(r)
         ));
     }
-    Ok(Output { files: vec![File { path: "daemon.json".into(), contents }], notes })
+    Ok(Output {
+        files: vec![File {
+            path: "daemon.json".into(),
+            contents,
+        }],
+        notes,
+    })
 }
 
 fn merge_err(message: &str) -> Error {
-    Error::Merge { path: "daemon.json".into(), message: message.to_string() }
+    Error::Merge {
+        path: "daemon.json".into(),
+        message: message.to_string(),
+    }
 }
 
 /// Put `value` first in the string array `key`, dropping entries `same` matches; other entries stay.
@@ -86,7 +98,12 @@ mod tests {
     fn daemon_json() {
         // (mirror, insecure, existing, expected daemon.json)
         let cases: &[(&str, bool, Option<&str>, &str)] = &[
-            ("https://mirror.example.com", false, None, r#"{"registry-mirrors": ["https://mirror.example.com"]}"#),
+            (
+                "https://mirror.example.com",
+                false,
+                None,
+                r#"{"registry-mirrors": ["https://mirror.example.com"]}"#,
+            ),
             (
                 "https://mirror.example.com:8443",
                 true,
@@ -103,8 +120,10 @@ mod tests {
             (
                 "https://mirror.example.com",
                 false,
-                Some(r#"{"log-level": "debug", "registry-mirrors": ["https://other.example", "https://mirror.example.com/"],
-                        "features": {"buildkit": true}}"#),
+                Some(
+                    r#"{"log-level": "debug", "registry-mirrors": ["https://other.example", "https://mirror.example.com/"],
+                        "features": {"buildkit": true}}"#,
+                ),
                 r#"{"log-level": "debug", "features": {"buildkit": true},
                     "registry-mirrors": ["https://mirror.example.com", "https://other.example"]}"#,
             ),
@@ -114,7 +133,12 @@ mod tests {
                 Some(r#"{"insecure-registries": ["10.0.0.1:5000", "127.0.0.1:5000"]}"#),
                 r#"{"registry-mirrors": ["http://127.0.0.1:5000"], "insecure-registries": ["127.0.0.1:5000", "10.0.0.1:5000"]}"#,
             ),
-            ("https://mirror.example.com", false, Some("  \n"), r#"{"registry-mirrors": ["https://mirror.example.com"]}"#),
+            (
+                "https://mirror.example.com",
+                false,
+                Some("  \n"),
+                r#"{"registry-mirrors": ["https://mirror.example.com"]}"#,
+            ),
         ];
         for (mirror, insecure, existing, want) in cases {
             let req = request(Client::Docker, mirror, &[], None, *insecure);
@@ -122,7 +146,11 @@ mod tests {
             assert_eq!(out.files.len(), 1);
             assert_eq!(out.files[0].path.to_str(), Some("daemon.json"));
             assert!(out.files[0].contents.ends_with("}\n"));
-            assert_eq!(json(&out.files[0].contents), json(want), "{mirror} {existing:?}");
+            assert_eq!(
+                json(&out.files[0].contents),
+                json(want),
+                "{mirror} {existing:?}"
+            );
             assert!(out.notes[0].contains("only docker.io"));
         }
     }
@@ -132,7 +160,10 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("[1]", "not a JSON object"),
             ("{", "not valid JSON"),
-            (r#"{"registry-mirrors": "https://x"}"#, "\"registry-mirrors\" is not an array"),
+            (
+                r#"{"registry-mirrors": "https://x"}"#,
+                "\"registry-mirrors\" is not an array",
+            ),
         ];
         for (existing, want) in cases {
             let req = request(Client::Docker, "https://m.example", &[], None, false);
@@ -143,11 +174,29 @@ mod tests {
 
     #[test]
     fn other_registries_get_a_prefix_note_and_styles_are_refused() {
-        let req = request(Client::Docker, "http://127.0.0.1:5000", &["docker.io", "ghcr.io"], None, false);
+        let req = request(
+            Client::Docker,
+            "http://127.0.0.1:5000",
+            &["docker.io", "ghcr.io"],
+            None,
+            false,
+        );
         let out = generate(&req, None).unwrap();
-        assert!(out.notes.iter().any(|n| n.contains("docker pull 127.0.0.1:5000/ghcr.io/<repository>")), "{:?}", out.notes);
+        assert!(
+            out.notes
+                .iter()
+                .any(|n| n.contains("docker pull 127.0.0.1:5000/ghcr.io/<repository>")),
+            "{:?}",
+            out.notes
+        );
         for style in [Style::Ns, Style::Prefix] {
-            let req = request(Client::Docker, "http://127.0.0.1:5000", &[], Some(style), false);
+            let req = request(
+                Client::Docker,
+                "http://127.0.0.1:5000",
+                &[],
+                Some(style),
+                false,
+            );
             assert!(matches!(generate(&req, None), Err(Error::Style { .. })));
         }
     }

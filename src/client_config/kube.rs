@@ -69,7 +69,13 @@ pub fn kubeadm(req: &Request) -> Result<Output, Error> {
             url = req.mirror.url(),
         ));
     }
-    Ok(Output { files: vec![File { path: "kubeadm-config.yaml".into(), contents }], notes })
+    Ok(Output {
+        files: vec![File {
+            path: "kubeadm-config.yaml".into(),
+            contents,
+        }],
+        notes,
+    })
 }
 
 pub fn kubespray(req: &Request) -> Result<Output, Error> {
@@ -83,7 +89,10 @@ pub fn kubespray(req: &Request) -> Result<Output, Error> {
             let known: Vec<&str> = KUBESPRAY_VARS.iter().map(|(_, reg)| *reg).collect();
             return Err(Error::Registry {
                 given: r.clone(),
-                message: format!("kubespray has no image repository variable for it; known: {}", known.join(", ")),
+                message: format!(
+                    "kubespray has no image repository variable for it; known: {}",
+                    known.join(", ")
+                ),
             });
         }
     }
@@ -93,7 +102,10 @@ pub fn kubespray(req: &Request) -> Result<Output, Error> {
     );
     for (var, registry) in KUBESPRAY_VARS {
         if req.registries.is_empty() || req.registries.iter().any(|r| r == registry) {
-            s.push_str(&format!("{var}: {}\n", yaml_string(&repo(req, Style::Prefix, registry))));
+            s.push_str(&format!(
+                "{var}: {}\n",
+                yaml_string(&repo(req, Style::Prefix, registry))
+            ));
         }
     }
     if req.needs_insecure() {
@@ -111,7 +123,13 @@ pub fn kubespray(req: &Request) -> Result<Output, Error> {
             yaml_string(&req.mirror.url()),
         ));
     }
-    Ok(Output { files: vec![File { path: "regmirror.yml".into(), contents: s }], notes: Vec::new() })
+    Ok(Output {
+        files: vec![File {
+            path: "regmirror.yml".into(),
+            contents: s,
+        }],
+        notes: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -134,17 +152,43 @@ mod tests {
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn kubeadm_sets_both_image_repositories() {
         // (mirror, registries, style, imageRepository, dns.imageRepository)
         let cases: &[(&str, &[&str], Option<Style>, &str, &str)] = &[
-            ("https://mirror.example.com", &[], None, "mirror.example.com/registry.k8s.io", "mirror.example.com/registry.k8s.io/coredns"),
-            ("http://127.0.0.1:5000", &[], Some(Style::Prefix), "127.0.0.1:5000/registry.k8s.io", "127.0.0.1:5000/registry.k8s.io/coredns"),
-            ("https://k8s.mirror.example.com", &[], Some(Style::Host), "k8s.mirror.example.com", "k8s.mirror.example.com/coredns"),
-            ("https://m.example", &["k8s.gcr.io"], None, "m.example/k8s.gcr.io", "m.example/k8s.gcr.io/coredns"),
+            (
+                "https://mirror.example.com",
+                &[],
+                None,
+                "mirror.example.com/registry.k8s.io",
+                "mirror.example.com/registry.k8s.io/coredns",
+            ),
+            (
+                "http://127.0.0.1:5000",
+                &[],
+                Some(Style::Prefix),
+                "127.0.0.1:5000/registry.k8s.io",
+                "127.0.0.1:5000/registry.k8s.io/coredns",
+            ),
+            (
+                "https://k8s.mirror.example.com",
+                &[],
+                Some(Style::Host),
+                "k8s.mirror.example.com",
+                "k8s.mirror.example.com/coredns",
+            ),
+            (
+                "https://m.example",
+                &["k8s.gcr.io"],
+                None,
+                "m.example/k8s.gcr.io",
+                "m.example/k8s.gcr.io/coredns",
+            ),
         ];
         for (mirror, registries, style, repo, dns_repo) in cases {
             let req = request(Client::Kubeadm, mirror, registries, *style, false);
@@ -161,15 +205,27 @@ mod tests {
                 "{text}"
             );
             assert!(text.contains("\ndns:\n  # "), "{text}");
-            assert!(text.contains(&format!("\n  imageRepository: \"{dns_repo}\"\n")), "{text}");
+            assert!(
+                text.contains(&format!("\n  imageRepository: \"{dns_repo}\"\n")),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn kubeadm_refusals() {
-        let cases: &[(&[&str], Option<Style>)] = &[(&["registry.k8s.io", "docker.io"], None), (&[], Some(Style::Ns))];
+        let cases: &[(&[&str], Option<Style>)] = &[
+            (&["registry.k8s.io", "docker.io"], None),
+            (&[], Some(Style::Ns)),
+        ];
         for (registries, style) in cases {
-            let req = request(Client::Kubeadm, "https://m.example", registries, *style, false);
+            let req = request(
+                Client::Kubeadm,
+                "https://m.example",
+                registries,
+                *style,
+                false,
+            );
             assert!(kubeadm(&req).is_err(), "{registries:?} {style:?}");
         }
     }
@@ -186,21 +242,47 @@ mod tests {
         // (registries, expected variables)
         let cases: Vec<(&[&str], Vec<(String, String)>)> = vec![
             (&[], all.clone()),
-            (&["ghcr.io", "registry.k8s.io"], vec![all[0].clone(), all[4].clone()]),
+            (
+                &["ghcr.io", "registry.k8s.io"],
+                vec![all[0].clone(), all[4].clone()],
+            ),
         ];
         for (registries, want) in cases {
-            let req = request(Client::Kubespray, "https://m.example:5000", registries, None, false);
+            let req = request(
+                Client::Kubespray,
+                "https://m.example:5000",
+                registries,
+                None,
+                false,
+            );
             let out = kubespray(&req).unwrap();
             assert_eq!(top_level(&out.files[0].contents), want, "{registries:?}");
-            assert!(!out.files[0].contents.contains("containerd_registries_mirrors"));
+            assert!(!out.files[0]
+                .contents
+                .contains("containerd_registries_mirrors"));
         }
-        let req = request(Client::Kubespray, "https://m.example", &["example.org"], None, false);
-        assert!(kubespray(&req).unwrap_err().to_string().contains("known: registry.k8s.io"));
+        let req = request(
+            Client::Kubespray,
+            "https://m.example",
+            &["example.org"],
+            None,
+            false,
+        );
+        assert!(kubespray(&req)
+            .unwrap_err()
+            .to_string()
+            .contains("known: registry.k8s.io"));
     }
 
     #[test]
     fn kubespray_insecure_mirror_is_allowed_in_containerd() {
-        let req = request(Client::Kubespray, "http://10.0.0.5:5000", &["docker.io"], None, false);
+        let req = request(
+            Client::Kubespray,
+            "http://10.0.0.5:5000",
+            &["docker.io"],
+            None,
+            false,
+        );
         let text = kubespray(&req).unwrap().files[0].contents.clone();
         assert!(
             text.ends_with(

@@ -89,15 +89,25 @@ pub enum Error {
     #[error("--registry {given:?}: {message}")]
     Registry { given: String, message: String },
     #[error("--style {style} does not work with {client}: {message}")]
-    Style { style: Style, client: &'static str, message: String },
+    Style {
+        style: Style,
+        client: &'static str,
+        message: String,
+    },
     #[error("--merge is not supported for {0}: it writes whole files of its own")]
     MergeUnsupported(&'static str),
     #[error("cannot merge into {path}: {message}")]
     Merge { path: String, message: String },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The mirror's base URL, checked and split.
@@ -112,23 +122,36 @@ pub struct Mirror {
 impl Mirror {
     /// Parse `--mirror`. Only a scheme, a host and a port are allowed: a registry lives at the root.
     pub fn parse(given: &str) -> Result<Mirror, Error> {
-        let err = |message: &str| Error::Mirror { given: given.to_string(), message: message.to_string() };
+        let err = |message: &str| Error::Mirror {
+            given: given.to_string(),
+            message: message.to_string(),
+        };
         if !given.starts_with("http://") && !given.starts_with("https://") {
             return Err(err("write the scheme: https://HOST[:PORT], or http://HOST[:PORT] for a plain-HTTP mirror"));
         }
         let url = url::Url::parse(given).map_err(|e| err(&format!("not a URL ({e})")))?;
-        let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| err("the URL has no host"))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| err("the URL has no host"))?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            return Err(err("leave out the path: clients add /v2/ themselves; give only https://HOST[:PORT]"));
+            return Err(err(
+                "leave out the path: clients add /v2/ themselves; give only https://HOST[:PORT]",
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(err("leave out the credentials: clients take them from their own credential stores"));
+            return Err(err(
+                "leave out the credentials: clients take them from their own credential stores",
+            ));
         }
         let host = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        Ok(Mirror { scheme: url.scheme().to_string(), host })
+        Ok(Mirror {
+            scheme: url.scheme().to_string(),
+            host,
+        })
     }
 
     /// `scheme://host[:port]`, no trailing slash.
@@ -192,11 +215,20 @@ impl Request {
     }
 
     /// The chosen style, checked against what this client supports (the first one is the default).
-    fn style_among(&self, client: &'static str, supported: &[Style], why: &str) -> Result<Style, Error> {
+    fn style_among(
+        &self,
+        client: &'static str,
+        supported: &[Style],
+        why: &str,
+    ) -> Result<Style, Error> {
         match self.style {
             None => Ok(supported[0]),
             Some(s) if supported.contains(&s) => Ok(s),
-            Some(s) => Err(Error::Style { style: s, client, message: why.to_string() }),
+            Some(s) => Err(Error::Style {
+                style: s,
+                client,
+                message: why.to_string(),
+            }),
         }
     }
 
@@ -218,20 +250,34 @@ impl Request {
 /// `docker.io`, `ghcr.io`, `127.0.0.1:5101`: a registry host, lower case. Docker Hub's other names
 /// become `docker.io`.
 fn normalise_registry(given: &str) -> Result<String, Error> {
-    let err = |message: &str| Error::Registry { given: given.to_string(), message: message.to_string() };
-    let r = given.trim().trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+    let err = |message: &str| Error::Registry {
+        given: given.to_string(),
+        message: message.to_string(),
+    };
+    let r = given
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
     let r = r.to_ascii_lowercase();
     if r.is_empty() {
         return Err(err("empty registry name"));
     }
     if r.contains('/') {
-        return Err(err("give only the registry host (e.g. ghcr.io or 127.0.0.1:5101), not a repository"));
+        return Err(err(
+            "give only the registry host (e.g. ghcr.io or 127.0.0.1:5101), not a repository",
+        ));
     }
-    if !r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')) {
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+    {
         return Err(err("not a registry host name"));
     }
     Ok(match r.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".to_string(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
         _ => r,
     })
 }
@@ -272,12 +318,20 @@ pub fn run(args: &Args) -> Result<(), Error> {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(Error::Read { path: path.clone(), source }),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.clone(),
+                    source,
+                })
+            }
         },
         None => None,
     };
     let out = generate(&req, existing.as_deref()).map_err(|e| match (e, &args.merge) {
-        (Error::Merge { message, .. }, Some(path)) => Error::Merge { path: path.display().to_string(), message },
+        (Error::Merge { message, .. }, Some(path)) => Error::Merge {
+            path: path.display().to_string(),
+            message,
+        },
         (e, _) => e,
     })?;
     for note in &out.notes {
@@ -312,9 +366,15 @@ fn write_files(dir: &Path, files: &[File]) -> Result<(), Error> {
     for f in files {
         let path = dir.join(&f.path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| Error::Write { path: parent.to_path_buf(), source })?;
+            std::fs::create_dir_all(parent).map_err(|source| Error::Write {
+                path: parent.to_path_buf(),
+                source,
+            })?;
         }
-        std::fs::write(&path, &f.contents).map_err(|source| Error::Write { path: path.clone(), source })?;
+        std::fs::write(&path, &f.contents).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -339,9 +399,18 @@ mod tests {
         let cases: &[(&str, Option<(&str, &str)>)] = &[
             ("http://127.0.0.1:5000", Some(("http", "127.0.0.1:5000"))),
             ("http://127.0.0.1:5000/", Some(("http", "127.0.0.1:5000"))),
-            ("https://mirror.example.com", Some(("https", "mirror.example.com"))),
-            ("https://mirror.example.com:443", Some(("https", "mirror.example.com"))),
-            ("https://Mirror.Example.com:8443", Some(("https", "mirror.example.com:8443"))),
+            (
+                "https://mirror.example.com",
+                Some(("https", "mirror.example.com")),
+            ),
+            (
+                "https://mirror.example.com:443",
+                Some(("https", "mirror.example.com")),
+            ),
+            (
+                "https://Mirror.Example.com:8443",
+                Some(("https", "mirror.example.com:8443")),
+            ),
             ("http://[::1]:5000", Some(("http", "[::1]:5000"))),
             ("mirror.example.com:5000", None),
             ("ftp://mirror.example.com", None),
@@ -375,7 +444,13 @@ mod tests {
         }
     }
 
-    pub(super) fn request(client: Client, mirror: &str, registries: &[&str], style: Option<Style>, insecure: bool) -> Request {
+    pub(super) fn request(
+        client: Client,
+        mirror: &str,
+        registries: &[&str],
+        style: Option<Style>,
+        insecure: bool,
+    ) -> Request {
         Request {
             client,
             mirror: Mirror::parse(mirror).unwrap(),
@@ -388,10 +463,19 @@ mod tests {
     #[test]
     fn several_files_are_labelled_on_stdout() {
         let files = vec![
-            File { path: "a/hosts.toml".into(), contents: "x = 1\n".into() },
-            File { path: "b/hosts.toml".into(), contents: "y = 2\n".into() },
+            File {
+                path: "a/hosts.toml".into(),
+                contents: "x = 1\n".into(),
+            },
+            File {
+                path: "b/hosts.toml".into(),
+                contents: "y = 2\n".into(),
+            },
         ];
-        assert_eq!(render_for_stdout(&files), "# a/hosts.toml\nx = 1\n\n# b/hosts.toml\ny = 2\n");
+        assert_eq!(
+            render_for_stdout(&files),
+            "# a/hosts.toml\nx = 1\n\n# b/hosts.toml\ny = 2\n"
+        );
         assert_eq!(render_for_stdout(&files[..1]), "x = 1\n");
     }
 
@@ -403,7 +487,9 @@ mod tests {
             args: Args,
         }
         let words = std::iter::once("client-config").chain(line.split_whitespace());
-        <Cli as clap::Parser>::try_parse_from(words).unwrap_or_else(|e| panic!("{line}: {e}")).args
+        <Cli as clap::Parser>::try_parse_from(words)
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+            .args
     }
 
     /// Every `$ regmirror client-config ...` example in README.md that prints (no --write)
@@ -416,7 +502,9 @@ mod tests {
             let block = block.split("```").next().unwrap_or_default();
             for example in block.split("$ ").skip(1) {
                 let (command, printed) = example.split_once('\n').unwrap_or((example, ""));
-                let Some(line) = command.strip_prefix("regmirror client-config ") else { continue };
+                let Some(line) = command.strip_prefix("regmirror client-config ") else {
+                    continue;
+                };
                 if line.contains("--write") || line.contains("--merge") {
                     continue;
                 }
@@ -439,19 +527,32 @@ mod tests {
             let text = std::fs::read_to_string(dir.path().join(r).join("hosts.toml")).unwrap();
             assert!(text.contains("[host.\"http://127.0.0.1:5000\"]"), "{text}");
         }
-        let line = format!("docker --mirror https://m.example --merge {d}/absent.json --write {d}/docker");
+        let line =
+            format!("docker --mirror https://m.example --merge {d}/absent.json --write {d}/docker");
         run(&parse(&line)).unwrap();
         let text = std::fs::read_to_string(dir.path().join("docker/daemon.json")).unwrap();
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), serde_json::json!({"registry-mirrors": ["https://m.example"]}));
-        let err = run(&parse(&format!("docker --mirror https://m.example --merge {d}"))).unwrap_err();
-        assert!(matches!(err, Error::Read { .. }), "a directory cannot be merged: {err}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            serde_json::json!({"registry-mirrors": ["https://m.example"]})
+        );
+        let err = run(&parse(&format!(
+            "docker --mirror https://m.example --merge {d}"
+        )))
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Read { .. }),
+            "a directory cannot be merged: {err}"
+        );
     }
 
     #[test]
     fn merge_is_refused_where_files_are_whole() {
         for client in [Client::Containerd, Client::Kubeadm, Client::Kubespray] {
             let req = request(client, "https://m.example", &[], None, false);
-            assert!(matches!(generate(&req, Some("")), Err(Error::MergeUnsupported(_))), "{client:?}");
+            assert!(
+                matches!(generate(&req, Some("")), Err(Error::MergeUnsupported(_))),
+                "{client:?}"
+            );
         }
     }
 }

@@ -19,7 +19,9 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
     let registries = req.registries_or(&["docker.io"]);
     req.check_host_style(&registries)?;
     let mut root: Table = match existing {
-        Some(text) => toml::from_str(text).map_err(|e| merge_err(&format!("not valid TOML: {e}")))?,
+        Some(text) => {
+            toml::from_str(text).map_err(|e| merge_err(&format!("not valid TOML: {e}")))?
+        }
         None => Table::new(),
     };
     if root.contains_key("registries") {
@@ -31,7 +33,11 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
     let mut entries = match root.remove("registry") {
         None => Vec::new(),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(merge_err("\"registry\" is not an array of tables ([[registry]])")),
+        Some(_) => {
+            return Err(merge_err(
+                "\"registry\" is not an array of tables ([[registry]])",
+            ))
+        }
     };
     for r in &registries {
         let location = match style {
@@ -43,26 +49,40 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
         if req.needs_insecure() {
             mirror.insert("insecure".into(), Value::Boolean(true));
         }
-        let index = entries.iter().position(|e| entry_prefix(e) == Some(r.as_str()));
+        let index = entries
+            .iter()
+            .position(|e| entry_prefix(e) == Some(r.as_str()));
         let entry = match index {
-            Some(i) => entries[i].as_table_mut().ok_or_else(|| merge_err("a [[registry]] entry is not a table"))?,
+            Some(i) => entries[i]
+                .as_table_mut()
+                .ok_or_else(|| merge_err("a [[registry]] entry is not a table"))?,
             None => {
                 let mut t = Table::new();
                 t.insert("prefix".into(), Value::String(r.clone()));
                 t.insert("location".into(), Value::String(r.clone()));
                 entries.push(Value::Table(t));
                 // Just pushed, so the last element exists and is a table.
-                entries.last_mut().and_then(Value::as_table_mut).expect("just pushed a table")
+                entries
+                    .last_mut()
+                    .and_then(Value::as_table_mut)
+                    .expect("just pushed a table")
             }
         };
         let old = match entry.remove("mirror") {
             None => Vec::new(),
             Some(Value::Array(items)) => items,
-            Some(_) => return Err(merge_err(&format!("the mirror of [[registry]] {r:?} is not an array of tables"))),
+            Some(_) => {
+                return Err(merge_err(&format!(
+                    "the mirror of [[registry]] {r:?} is not an array of tables"
+                )))
+            }
         };
         // Ours first: the mirrors are tried in order, then the registry's own location.
         let mut mirrors = vec![Value::Table(mirror)];
-        mirrors.extend(old.into_iter().filter(|m| m.get("location").and_then(Value::as_str) != Some(&location)));
+        mirrors.extend(
+            old.into_iter()
+                .filter(|m| m.get("location").and_then(Value::as_str) != Some(&location)),
+        );
         entry.insert("mirror".into(), Value::Array(mirrors));
     }
     root.insert("registry".into(), Value::Array(entries));
@@ -73,16 +93,28 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
          a mirror is tried before the registry's own location"
             .to_string(),
     ];
-    Ok(Output { files: vec![File { path: "registries.conf".into(), contents }], notes })
+    Ok(Output {
+        files: vec![File {
+            path: "registries.conf".into(),
+            contents,
+        }],
+        notes,
+    })
 }
 
 /// What a `[[registry]]` entry applies to: its `prefix`, or its `location` when it has none.
 fn entry_prefix(entry: &Value) -> Option<&str> {
-    entry.get("prefix").or_else(|| entry.get("location")).and_then(Value::as_str)
+    entry
+        .get("prefix")
+        .or_else(|| entry.get("location"))
+        .and_then(Value::as_str)
 }
 
 fn merge_err(message: &str) -> Error {
-    Error::Merge { path: "registries.conf".into(), message: message.to_string() }
+    Error::Merge {
+        path: "registries.conf".into(),
+        message: message.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -110,20 +142,29 @@ mod tests {
                             .unwrap()
                             .iter()
                             .map(|m| {
-                                let insecure = m.get("insecure").and_then(Value::as_bool).unwrap_or(false);
+                                let insecure =
+                                    m.get("insecure").and_then(Value::as_bool).unwrap_or(false);
                                 (m["location"].as_str().unwrap().to_string(), insecure)
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                (e["prefix"].as_str().unwrap().to_string(), e["location"].as_str().unwrap().to_string(), mirrors)
+                (
+                    e["prefix"].as_str().unwrap().to_string(),
+                    e["location"].as_str().unwrap().to_string(),
+                    mirrors,
+                )
             })
             .collect();
         (doc, list)
     }
 
     fn e(prefix: &str, location: &str, mirrors: &[(&str, bool)]) -> Entry {
-        (prefix.into(), location.into(), mirrors.iter().map(|(l, i)| (l.to_string(), *i)).collect())
+        (
+            prefix.into(),
+            location.into(),
+            mirrors.iter().map(|(l, i)| (l.to_string(), *i)).collect(),
+        )
     }
 
     #[test]
@@ -157,7 +198,11 @@ location = "private.example.com"
                 vec![],
                 None,
                 None,
-                vec![e("docker.io", "docker.io", &[("127.0.0.1:5000/docker.io", true)])],
+                vec![e(
+                    "docker.io",
+                    "docker.io",
+                    &[("127.0.0.1:5000/docker.io", true)],
+                )],
             ),
             (
                 "https://mirror.example.com",
@@ -165,8 +210,16 @@ location = "private.example.com"
                 Some(Style::Prefix),
                 None,
                 vec![
-                    e("docker.io", "docker.io", &[("mirror.example.com/docker.io", false)]),
-                    e("ghcr.io", "ghcr.io", &[("mirror.example.com/ghcr.io", false)]),
+                    e(
+                        "docker.io",
+                        "docker.io",
+                        &[("mirror.example.com/docker.io", false)],
+                    ),
+                    e(
+                        "ghcr.io",
+                        "ghcr.io",
+                        &[("mirror.example.com/ghcr.io", false)],
+                    ),
                 ],
             ),
             (
@@ -174,7 +227,11 @@ location = "private.example.com"
                 vec!["ghcr.io"],
                 Some(Style::Host),
                 None,
-                vec![e("ghcr.io", "ghcr.io", &[("ghcr-mirror.example.com", false)])],
+                vec![e(
+                    "ghcr.io",
+                    "ghcr.io",
+                    &[("ghcr-mirror.example.com", false)],
+                )],
             ),
             (
                 "http://127.0.0.1:5000",
@@ -182,7 +239,14 @@ location = "private.example.com"
                 None,
                 Some(existing),
                 vec![
-                    e("docker.io", "127.0.0.1:9", &[("127.0.0.1:5000/docker.io", true), ("old-mirror.example.com", false)]),
+                    e(
+                        "docker.io",
+                        "127.0.0.1:9",
+                        &[
+                            ("127.0.0.1:5000/docker.io", true),
+                            ("old-mirror.example.com", false),
+                        ],
+                    ),
                     e("example.com/private", "private.example.com", &[]),
                     e("quay.io", "quay.io", &[("127.0.0.1:5000/quay.io", true)]),
                 ],
@@ -193,12 +257,26 @@ location = "private.example.com"
             let out = generate(&req, existing).unwrap();
             assert_eq!(out.files[0].path.to_str(), Some("registries.conf"));
             let (rest, got) = entries(&out.files[0].contents);
-            assert_eq!(got, want, "{mirror} {registries:?}\n{}", out.files[0].contents);
+            assert_eq!(
+                got, want,
+                "{mirror} {registries:?}\n{}",
+                out.files[0].contents
+            );
             if existing.is_some() {
                 assert_eq!(rest["short-name-mode"].as_str(), Some("enforcing"));
-                assert_eq!(rest["unqualified-search-registries"].as_array().unwrap().len(), 2);
-                assert_eq!(rest["aliases"]["fedora"].as_str(), Some("registry.fedoraproject.org/fedora"));
-                let blocked = &toml::from_str::<Table>(&out.files[0].contents).unwrap()["registry"][0]["blocked"];
+                assert_eq!(
+                    rest["unqualified-search-registries"]
+                        .as_array()
+                        .unwrap()
+                        .len(),
+                    2
+                );
+                assert_eq!(
+                    rest["aliases"]["fedora"].as_str(),
+                    Some("registry.fedoraproject.org/fedora")
+                );
+                let blocked = &toml::from_str::<Table>(&out.files[0].contents).unwrap()["registry"]
+                    [0]["blocked"];
                 assert_eq!(blocked.as_bool(), Some(false));
             }
         }
@@ -216,7 +294,11 @@ location = "private.example.com"
     fn refusals_say_what_to_change() {
         let cases: &[(Option<Style>, Option<&str>, &str)] = &[
             (Some(Style::Ns), None, "use --style prefix"),
-            (None, Some("[registries.search]\nregistries = ['docker.io']\n"), "version 2 format"),
+            (
+                None,
+                Some("[registries.search]\nregistries = ['docker.io']\n"),
+                "version 2 format",
+            ),
             (None, Some("registry = 1\n"), "not an array of tables"),
             (None, Some("[[registry\n"), "not valid TOML"),
         ];

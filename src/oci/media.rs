@@ -5,7 +5,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_V1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const DOCKER_MANIFEST_V1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
 pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
 pub const ALL_MANIFESTS: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
@@ -16,7 +17,12 @@ pub fn accepted_types<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Str
     let mut out: Vec<String> = Vec::new();
     for header in headers {
         for part in header.split(',') {
-            let t = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let t = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if !t.is_empty() && !out.contains(&t) {
                 out.push(t);
             }
@@ -28,7 +34,11 @@ pub fn accepted_types<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Str
 /// The Accept list to send upstream: every type the client named, plus the four manifest types
 /// (so a cached manifest can serve later clients that accept a different set).
 pub fn upstream_accept(client: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = client.iter().filter(|t| t.as_str() != "*/*").cloned().collect();
+    let mut out: Vec<String> = client
+        .iter()
+        .filter(|t| t.as_str() != "*/*")
+        .cloned()
+        .collect();
     for t in ALL_MANIFESTS {
         if !out.iter().any(|c| c == t) {
             out.push(t.to_string());
@@ -49,7 +59,9 @@ pub fn manifest_media_type(body: &[u8], declared: Option<&str>) -> Option<String
         #[serde(rename = "schemaVersion")]
         schema_version: Option<u32>,
     }
-    let declared = declared.map(|d| d.split(';').next().unwrap_or(d).trim().to_string()).filter(|d| !d.is_empty());
+    let declared = declared
+        .map(|d| d.split(';').next().unwrap_or(d).trim().to_string())
+        .filter(|d| !d.is_empty());
     let peek: Peek = match serde_json::from_slice(body) {
         Ok(p) => p,
         Err(_) => return declared,
@@ -60,7 +72,11 @@ pub fn manifest_media_type(body: &[u8], declared: Option<&str>) -> Option<String
     if let Some(d) = declared.filter(|d| d != "application/octet-stream" && d != "text/plain") {
         return Some(d);
     }
-    match (peek.schema_version, peek.manifests.is_some(), peek.layers.is_some()) {
+    match (
+        peek.schema_version,
+        peek.manifests.is_some(),
+        peek.layers.is_some(),
+    ) {
         (Some(2), true, _) => Some(OCI_INDEX.to_string()),
         (Some(2), _, true) => Some(OCI_MANIFEST.to_string()),
         (Some(1), _, _) => Some(DOCKER_MANIFEST_V1_SIGNED.to_string()),
@@ -74,7 +90,9 @@ pub fn client_accepts(accepted: &[String], media_type: &str) -> bool {
     if accepted.is_empty() {
         return true;
     }
-    accepted.iter().any(|a| a == "*/*" || a == media_type || a == "application/json")
+    accepted
+        .iter()
+        .any(|a| a == "*/*" || a == media_type || a == "application/json")
 }
 
 #[cfg(test)]
@@ -83,10 +101,20 @@ mod tests {
 
     #[test]
     fn accept_headers_are_merged_not_lost() {
-        let six = [DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_V1_SIGNED, "application/json"];
+        let six = [
+            DOCKER_MANIFEST,
+            DOCKER_LIST,
+            OCI_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST_V1_SIGNED,
+            "application/json",
+        ];
         assert_eq!(accepted_types(six.iter().copied()).len(), 6);
         let folded = format!("{DOCKER_MANIFEST}, {OCI_INDEX};q=0.5");
-        assert_eq!(accepted_types([folded.as_str()]), vec![DOCKER_MANIFEST.to_string(), OCI_INDEX.to_string()]);
+        assert_eq!(
+            accepted_types([folded.as_str()]),
+            vec![DOCKER_MANIFEST.to_string(), OCI_INDEX.to_string()]
+        );
         assert!(accepted_types(Vec::<&str>::new()).is_empty());
     }
 
@@ -100,15 +128,35 @@ mod tests {
     #[test]
     fn media_type_detection() {
         let cases: &[(&str, Option<&str>, Option<&str>)] = &[
-            (r#"{"schemaVersion":2,"mediaType":"x/y"}"#, Some(OCI_MANIFEST), Some("x/y")),
-            (r#"{"schemaVersion":2,"layers":[]}"#, None, Some(OCI_MANIFEST)),
-            (r#"{"schemaVersion":2,"manifests":[]}"#, None, Some(OCI_INDEX)),
-            (r#"{"schemaVersion":2,"manifests":[]}"#, Some(DOCKER_LIST), Some(DOCKER_LIST)),
+            (
+                r#"{"schemaVersion":2,"mediaType":"x/y"}"#,
+                Some(OCI_MANIFEST),
+                Some("x/y"),
+            ),
+            (
+                r#"{"schemaVersion":2,"layers":[]}"#,
+                None,
+                Some(OCI_MANIFEST),
+            ),
+            (
+                r#"{"schemaVersion":2,"manifests":[]}"#,
+                None,
+                Some(OCI_INDEX),
+            ),
+            (
+                r#"{"schemaVersion":2,"manifests":[]}"#,
+                Some(DOCKER_LIST),
+                Some(DOCKER_LIST),
+            ),
             ("not json", Some("a/b; charset=x"), Some("a/b")),
             ("not json", None, None),
         ];
         for (body, declared, want) in cases {
-            assert_eq!(manifest_media_type(body.as_bytes(), *declared).as_deref(), *want, "{body}");
+            assert_eq!(
+                manifest_media_type(body.as_bytes(), *declared).as_deref(),
+                *want,
+                "{body}"
+            );
         }
     }
 

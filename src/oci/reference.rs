@@ -30,13 +30,17 @@ pub enum Reference {
 impl Reference {
     pub fn parse(s: &str) -> Result<Reference, NameError> {
         if s.contains(':') {
-            return s.parse::<Digest>().map(Reference::Digest).map_err(|_| NameError::Reference(clip(s)));
+            return s
+                .parse::<Digest>()
+                .map(Reference::Digest)
+                .map_err(|_| NameError::Reference(clip(s)));
         }
         let b = s.as_bytes();
         let ok = !b.is_empty()
             && b.len() <= 128
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if ok {
             Ok(Reference::Tag(s.to_string()))
         } else {
@@ -149,11 +153,29 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(Reference::parse("latest").unwrap(), Reference::Tag("latest".into()));
-        assert_eq!(Reference::parse("_v1.2-rc").unwrap(), Reference::Tag("_v1.2-rc".into()));
+        assert_eq!(
+            Reference::parse("latest").unwrap(),
+            Reference::Tag("latest".into())
+        );
+        assert_eq!(
+            Reference::parse("_v1.2-rc").unwrap(),
+            Reference::Tag("_v1.2-rc".into())
+        );
         let d = format!("sha256:{}", "b".repeat(64));
-        assert!(matches!(Reference::parse(&d).unwrap(), Reference::Digest(_)));
-        for bad in ["", "-x", ".x", "a/b", "sha256:zz", &"t".repeat(129), "..", "a%2e"] {
+        assert!(matches!(
+            Reference::parse(&d).unwrap(),
+            Reference::Digest(_)
+        ));
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a/b",
+            "sha256:zz",
+            &"t".repeat(129),
+            "..",
+            "a%2e",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }

@@ -22,17 +22,29 @@ pub async fn touch_updates_access_time(s: &dyn Storage) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     s.touch("c/t").await.unwrap();
     assert!(s.head("c/t").await.unwrap().modified > before);
-    assert_eq!(&s.get("c/t").await.unwrap()[..], b"t", "touch keeps the bytes");
+    assert_eq!(
+        &s.get("c/t").await.unwrap()[..],
+        b"t",
+        "touch keeps the bytes"
+    );
     s.touch("c/never-written").await.unwrap();
 }
 
 async fn collect(s: &dyn Storage, key: &str, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
-    let chunks: Vec<Bytes> = s.get_stream(key, range).await.unwrap().try_collect().await.unwrap();
+    let chunks: Vec<Bytes> = s
+        .get_stream(key, range)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     chunks.concat()
 }
 
 pub async fn put_get_head(s: &dyn Storage) {
-    s.put("c/a/one", Bytes::from_static(b"hello")).await.unwrap();
+    s.put("c/a/one", Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
     assert_eq!(&s.get("c/a/one").await.unwrap()[..], b"hello");
     assert_eq!(s.head("c/a/one").await.unwrap().size, 5);
     assert_eq!(collect(s, "c/a/one", None).await, b"hello");
@@ -41,7 +53,10 @@ pub async fn put_get_head(s: &dyn Storage) {
 pub async fn missing_is_not_found(s: &dyn Storage) {
     assert!(matches!(s.get("c/missing").await, Err(Error::NotFound(_))));
     assert!(matches!(s.head("c/missing").await, Err(Error::NotFound(_))));
-    assert!(matches!(s.get_stream("c/missing", None).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        s.get_stream("c/missing", None).await,
+        Err(Error::NotFound(_))
+    ));
     assert!(s.delete("c/missing").await.is_ok());
 }
 
@@ -49,7 +64,10 @@ pub async fn ranges(s: &dyn Storage) {
     let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     s.put("c/range", Bytes::from(data.clone())).await.unwrap();
     assert_eq!(collect(s, "c/range", Some(10..20)).await, &data[10..20]);
-    assert_eq!(collect(s, "c/range", Some(1000..(1 << 20))).await, &data[1000..]);
+    assert_eq!(
+        collect(s, "c/range", Some(1000..(1 << 20))).await,
+        &data[1000..]
+    );
     assert_eq!(collect(s, "c/range", None).await.len(), 1 << 20);
 }
 
@@ -73,8 +91,20 @@ pub async fn list_prefix(s: &dyn Storage) {
     for k in ["l/x/1", "l/x/2", "l/y/1", "lz"] {
         s.put(k, Bytes::from_static(b"1")).await.unwrap();
     }
-    let keys: Vec<String> = s.list("l/x/").await.unwrap().into_iter().map(|m| m.key).collect();
+    let keys: Vec<String> = s
+        .list("l/x/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert_eq!(keys, vec!["l/x/1", "l/x/2"]);
-    let keys: Vec<String> = s.list("l/").await.unwrap().into_iter().map(|m| m.key).collect();
+    let keys: Vec<String> = s
+        .list("l/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     assert_eq!(keys, vec!["l/x/1", "l/x/2", "l/y/1"]);
 }

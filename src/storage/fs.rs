@@ -3,10 +3,10 @@
 //! Small objects are written to `<root>/tmp/` and renamed into place, so a crash leaves at worst a
 //! stray temporary file (removed by [`FsStorage::clean_tmp`] at start-up), never a partial object.
 
-use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
@@ -31,7 +31,12 @@ impl FsStorage {
     pub async fn open(root: impl Into<PathBuf>) -> Result<FsStorage> {
         let root = root.into();
         let tmp = root.join("tmp");
-        tokio::fs::create_dir_all(&tmp).await.map_err(|source| Error::Io { key: tmp.display().to_string(), source })?;
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(|source| Error::Io {
+                key: tmp.display().to_string(),
+                source,
+            })?;
         Ok(FsStorage { root })
     }
 
@@ -65,27 +70,47 @@ impl FsStorage {
 
     async fn ensure_parent(&self, path: &Path, key: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|source| Error::Io { key: key.into(), source })?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| Error::Io {
+                    key: key.into(),
+                    source,
+                })?;
         }
         Ok(())
     }
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io { key: path.display().to_string(), source }
+    Error::Io {
+        key: path.display().to_string(),
+        source,
+    }
 }
 
 fn map_err(key: &str, source: std::io::Error) -> Error {
     if source.kind() == std::io::ErrorKind::NotFound {
         Error::NotFound(key.to_string())
     } else {
-        Error::Io { key: key.to_string(), source }
+        Error::Io {
+            key: key.to_string(),
+            source,
+        }
     }
 }
 
 fn meta(key: &str, m: &std::fs::Metadata) -> ObjectMeta {
-    let modified = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()).unwrap_or(0);
-    ObjectMeta { key: key.to_string(), size: m.len(), modified }
+    let modified = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    ObjectMeta {
+        key: key.to_string(),
+        size: m.len(),
+        modified,
+    }
 }
 
 /// Stream `start..end` of a file with positional reads: one copy from the page cache into a
@@ -100,7 +125,10 @@ pub fn positional_stream(file: Arc<std::fs::File>, start: u64, end: u64) -> Byte
             let len = (end - pos).min(READ_CHUNK as u64) as usize;
             let buf = read_chunk(file, pos, len).await?;
             if buf.is_empty() {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than expected"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shorter than expected",
+                ));
             }
             let next = pos + buf.len() as u64;
             Ok(Some((buf, next)))
@@ -131,11 +159,19 @@ pub async fn read_chunk(file: Arc<std::fs::File>, pos: u64, len: usize) -> std::
 /// least the first byte was in the page cache (a short read is fine: the caller asks again), None
 /// otherwise.
 #[cfg(target_os = "linux")]
-fn read_nowait(file: &std::fs::File, buf: &mut bytes::BytesMut, pos: u64, len: usize) -> Option<usize> {
+fn read_nowait(
+    file: &std::fs::File,
+    buf: &mut bytes::BytesMut,
+    pos: u64,
+    len: usize,
+) -> Option<usize> {
     use std::os::fd::AsRawFd;
     let spare = buf.spare_capacity_mut();
     let len = len.min(spare.len());
-    let iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: len };
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len,
+    };
     let offset = libc::off_t::try_from(pos).ok()?;
     // SAFETY: `iov` describes `len` bytes of `buf`'s spare capacity, writable for the whole call;
     // the kernel only writes into it. The fd stays open while `file` is borrowed.
@@ -150,20 +186,31 @@ fn read_nowait(file: &std::fs::File, buf: &mut bytes::BytesMut, pos: u64, len: u
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_nowait(_file: &std::fs::File, _buf: &mut bytes::BytesMut, _pos: u64, _len: usize) -> Option<usize> {
+fn read_nowait(
+    _file: &std::fs::File,
+    _buf: &mut bytes::BytesMut,
+    _pos: u64,
+    _len: usize,
+) -> Option<usize> {
     None
 }
 
 /// A unique temporary file name.
 pub fn temp_name(prefix: &str) -> String {
-    format!("{prefix}-{}-{:016x}", std::process::id(), rand::random::<u64>())
+    format!(
+        "{prefix}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
 }
 
 #[async_trait]
 impl Storage for FsStorage {
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         let path = self.path(key)?;
-        let m = tokio::fs::metadata(&path).await.map_err(|e| map_err(key, e))?;
+        let m = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| map_err(key, e))?;
         if !m.is_file() {
             return Err(Error::NotFound(key.to_string()));
         }
@@ -172,7 +219,10 @@ impl Storage for FsStorage {
 
     async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key)?;
-        tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| map_err(key, e))
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| map_err(key, e))
     }
 
     async fn get_stream(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
@@ -183,7 +233,10 @@ impl Storage for FsStorage {
             Ok::<_, std::io::Error>((f, len))
         })
         .await
-        .map_err(|e| Error::Io { key: key.to_string(), source: std::io::Error::other(e) })?;
+        .map_err(|e| Error::Io {
+            key: key.to_string(),
+            source: std::io::Error::other(e),
+        })?;
         let (file, len) = opened.map_err(|e| map_err(key, e))?;
         let r = range.unwrap_or(0..len);
         Ok(positional_stream(Arc::new(file), r.start, r.end.min(len)))
@@ -201,7 +254,10 @@ impl Storage for FsStorage {
         };
         if let Err(source) = write.await {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(Error::Io { key: key.to_string(), source });
+            return Err(Error::Io {
+                key: key.to_string(),
+                source,
+            });
         }
         Ok(())
     }
@@ -221,22 +277,40 @@ impl Storage for FsStorage {
                 };
                 copied.await.map_err(|source| {
                     let _ = std::fs::remove_file(&tmp);
-                    Error::Io { key: key.to_string(), source }
+                    Error::Io {
+                        key: key.to_string(),
+                        source,
+                    }
                 })
             }
-            Err(source) => Err(Error::Io { key: key.to_string(), source }),
+            Err(source) => Err(Error::Io {
+                key: key.to_string(),
+                source,
+            }),
         }
     }
 
     async fn touch(&self, key: &str) -> Result<()> {
         let path = self.path(key)?;
         let now = std::time::SystemTime::now();
-        let done = tokio::task::spawn_blocking(move || std::fs::File::options().write(true).open(&path)?.set_modified(now)).await;
+        let done = tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(now)
+        })
+        .await;
         match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Ok(Err(source)) => Err(Error::Io { key: key.to_string(), source }),
-            Err(e) => Err(Error::Io { key: key.to_string(), source: std::io::Error::other(e) }),
+            Ok(Err(source)) => Err(Error::Io {
+                key: key.to_string(),
+                source,
+            }),
+            Err(e) => Err(Error::Io {
+                key: key.to_string(),
+                source: std::io::Error::other(e),
+            }),
         }
     }
 
@@ -245,7 +319,10 @@ impl Storage for FsStorage {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Io { key: key.to_string(), source }),
+            Err(source) => Err(Error::Io {
+                key: key.to_string(),
+                source,
+            }),
         }
     }
 
@@ -254,7 +331,10 @@ impl Storage for FsStorage {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
             .await
-            .map_err(|e| Error::Io { key: "list".into(), source: std::io::Error::other(e) })?
+            .map_err(|e| Error::Io {
+                key: "list".into(),
+                source: std::io::Error::other(e),
+            })?
     }
 }
 
@@ -275,7 +355,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>> {
         for entry in entries {
             let entry = entry.map_err(|e| io(&dir, e))?;
             let path = entry.path();
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             let key = rel.to_string_lossy().to_string();
             if key == "tmp" {
                 continue;
@@ -310,7 +392,10 @@ mod tests {
     async fn keys_cannot_escape_root() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStorage::open(dir.path().join("store")).await.unwrap();
-        assert!(matches!(s.put("../escape", Bytes::from_static(b"x")).await, Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            s.put("../escape", Bytes::from_static(b"x")).await,
+            Err(Error::InvalidKey(_))
+        ));
         assert!(!dir.path().join("escape").exists());
     }
 

@@ -20,9 +20,9 @@
 //!
 //! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`fs`]).
 
-pub mod fs;
 #[cfg(test)]
 pub mod conformance;
+pub mod fs;
 
 use std::ops::Range;
 use std::path::Path;
@@ -81,8 +81,12 @@ pub trait Storage: Send + Sync + 'static {
 pub fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
-        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b':'));
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b':'));
     if ok {
         Ok(())
     } else {
@@ -97,7 +101,17 @@ mod tests {
         for good in ["blobs/sha256/ab/abc", "tags/127.0.0.1:5000/a/b/_tag/v1.0"] {
             assert!(super::check_key(good).is_ok(), "{good}");
         }
-        for bad in ["", "/etc/passwd", "a/../b", "a//b", "a/./b", "a b", "a\\b", "..", "a/%2e%2e"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "a b",
+            "a\\b",
+            "..",
+            "a/%2e%2e",
+        ] {
             assert!(super::check_key(bad).is_err(), "{bad}");
         }
     }

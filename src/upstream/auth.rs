@@ -11,7 +11,11 @@ use tokio::time::{Duration, Instant};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
 }
 
 /// Parse a `WWW-Authenticate` header value. Handles quoted values with commas inside
@@ -26,8 +30,17 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         "basic" => Some(Challenge::Basic),
         "bearer" => {
             let params = parse_params(rest);
-            let get = |k: &str| params.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.clone());
-            Some(Challenge::Bearer { realm: get("realm")?, service: get("service"), scope: get("scope") })
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.clone())
+            };
+            Some(Challenge::Bearer {
+                realm: get("realm")?,
+                service: get("service"),
+                scope: get("scope"),
+            })
         }
         _ => None,
     }
@@ -97,8 +110,15 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 impl TokenResponse {
     /// The token and its lifetime; `token` wins over `access_token`.
     pub fn into_token(self) -> Option<(String, Duration)> {
-        let value = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
-        let lifetime = self.expires_in.filter(|s| *s > 0).map(Duration::from_secs).unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        let value = self
+            .token
+            .filter(|t| !t.is_empty())
+            .or(self.access_token.filter(|t| !t.is_empty()))?;
+        let lifetime = self
+            .expires_in
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         Some((value, lifetime))
     }
 }
@@ -137,7 +157,9 @@ impl TokenCache {
     pub fn store(&self, scope: &str, token: String, lifetime: Duration) {
         let mut inner = self.lock();
         inner.tokens.retain(|_, (_, exp)| *exp > Instant::now());
-        inner.tokens.insert(scope.to_string(), (token, Instant::now() + lifetime));
+        inner
+            .tokens
+            .insert(scope.to_string(), (token, Instant::now() + lifetime));
     }
 
     pub fn forget(&self, scope: &str) {
@@ -176,11 +198,19 @@ mod tests {
             ),
             (
                 r#"Bearer realm=http://x/t,service=reg"#,
-                Some(Challenge::Bearer { realm: "http://x/t".into(), service: Some("reg".into()), scope: None }),
+                Some(Challenge::Bearer {
+                    realm: "http://x/t".into(),
+                    service: Some("reg".into()),
+                    scope: None,
+                }),
             ),
             (
                 r#"Bearer realm="a\"b""#,
-                Some(Challenge::Bearer { realm: "a\"b".into(), service: None, scope: None }),
+                Some(Challenge::Bearer {
+                    realm: "a\"b".into(),
+                    service: None,
+                    scope: None,
+                }),
             ),
             (r#"Basic realm="Registry Realm""#, Some(Challenge::Basic)),
             ("Bearer service=\"x\"", None),
@@ -198,7 +228,8 @@ mod tests {
         assert_eq!(t.into_token(), Some(("a".into(), Duration::from_secs(300))));
         let t: TokenResponse = serde_json::from_str(r#"{"access_token":"b"}"#).unwrap();
         assert_eq!(t.into_token(), Some(("b".into(), DEFAULT_TOKEN_LIFETIME)));
-        let t: TokenResponse = serde_json::from_str(r#"{"token":"","access_token":"c","expires_in":0}"#).unwrap();
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"token":"","access_token":"c","expires_in":0}"#).unwrap();
         assert_eq!(t.into_token(), Some(("c".into(), DEFAULT_TOKEN_LIFETIME)));
         let t: TokenResponse = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(t.into_token(), None);

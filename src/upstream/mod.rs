@@ -74,7 +74,10 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).field("base", &self.base).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -95,7 +98,14 @@ pub struct Request {
 
 impl Request {
     pub fn new(method: Method, repository: &str, path: String) -> Request {
-        Request { method, repository: repository.to_string(), path, query: None, headers: HeaderMap::new(), streaming: false }
+        Request {
+            method,
+            repository: repository.to_string(),
+            path,
+            query: None,
+            headers: HeaderMap::new(),
+            streaming: false,
+        }
     }
 }
 
@@ -109,15 +119,18 @@ impl Upstream {
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(10));
         if let Some(p) = &cfg.proxy {
-            let proxy = reqwest::Proxy::all(p).map_err(|e| Error::Config(format!("proxy {p}: {e}")))?;
+            let proxy =
+                reqwest::Proxy::all(p).map_err(|e| Error::Config(format!("proxy {p}: {e}")))?;
             builder = builder.proxy(proxy);
         } else {
             builder = builder.no_proxy();
         }
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::Config(format!("ca_file {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Config(format!("ca_file {}: {}", ca.display(), describe(&e))))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::Config(format!("ca_file {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!("ca_file {}: {}", ca.display(), describe(&e)))
+            })?;
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
@@ -125,8 +138,12 @@ impl Upstream {
         if cfg.insecure_skip_verify == Some(true) {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let client = builder.build().map_err(|e| Error::Config(format!("http client: {e}")))?;
-        let password = cfg.resolved_password().map_err(|e| Error::Config(e.to_string()))?;
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("http client: {e}")))?;
+        let password = cfg
+            .resolved_password()
+            .map_err(|e| Error::Config(e.to_string()))?;
         let basic = cfg.username.clone().zip(password);
         Ok(Upstream {
             name: cfg.name.clone(),
@@ -144,7 +161,10 @@ impl Upstream {
 
     /// The rate-limit headers last seen from this upstream.
     pub fn rate_limit(&self) -> RateLimit {
-        self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.rate_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Send `req` with authentication and retries. Success means a 2xx (or 206); every other
@@ -153,7 +173,7 @@ impl Upstream {
         let scope = format!("repository:{}:pull", req.repository);
         let mut refreshed = false;
         loop {
-            let auth = self.authorization(&scope, false).await?;
+            let auth = self.authorization(&scope).await?;
             let resp = self.send_with_retries(req, auth.as_ref()).await?;
             self.note_rate_limit(resp.headers());
             let status = resp.status();
@@ -162,10 +182,18 @@ impl Upstream {
             }
             if status == StatusCode::UNAUTHORIZED && !refreshed {
                 refreshed = true;
-                let header = resp.headers().get(http::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+                let header = resp
+                    .headers()
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok());
                 match header.and_then(parse_challenge) {
                     Some(c) => self.tokens.set_challenge(c),
-                    None => return Err(Error::Unauthorized(format!("{} answered 401 without a usable challenge", self.name))),
+                    None => {
+                        return Err(Error::Unauthorized(format!(
+                            "{} answered 401 without a usable challenge",
+                            self.name
+                        )))
+                    }
                 }
                 self.tokens.forget(&scope);
                 continue;
@@ -174,7 +202,11 @@ impl Upstream {
         }
     }
 
-    async fn send_with_retries(&self, req: &Request, auth: Option<&HeaderValue>) -> Result<reqwest::Response> {
+    async fn send_with_retries(
+        &self,
+        req: &Request,
+        auth: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response> {
         let mut url = format!("{}/v2/{}/{}", self.base, req.repository, req.path);
         if let Some(q) = &req.query {
             url.push('?');
@@ -182,7 +214,10 @@ impl Upstream {
         }
         let mut attempt = 0;
         loop {
-            let mut rb = self.client.request(req.method.clone(), &url).headers(req.headers.clone());
+            let mut rb = self
+                .client
+                .request(req.method.clone(), &url)
+                .headers(req.headers.clone());
             if let Some(a) = auth {
                 rb = rb.header(http::header::AUTHORIZATION, a.clone());
             }
@@ -197,7 +232,8 @@ impl Upstream {
                 Err(e) => e.is_connect() || e.is_timeout(),
             };
             if !retryable || attempt >= RETRY_BACKOFF.len() {
-                return outcome.map_err(|e| Error::Unavailable(format!("{}: {}", self.name, describe(&e))));
+                return outcome
+                    .map_err(|e| Error::Unavailable(format!("{}: {}", self.name, describe(&e))));
             }
             tracing::debug!(upstream = %self.name, attempt, "retrying upstream request");
             tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
@@ -206,7 +242,7 @@ impl Upstream {
     }
 
     /// The `Authorization` header for `scope`, fetching a token when the upstream wants Bearer.
-    async fn authorization(&self, scope: &str, _force: bool) -> Result<Option<HeaderValue>> {
+    async fn authorization(&self, scope: &str) -> Result<Option<HeaderValue>> {
         match self.tokens.challenge() {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.basic_header()),
@@ -228,8 +264,14 @@ impl Upstream {
         HeaderValue::from_str(&format!("Basic {encoded}")).ok()
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<(String, Duration)> {
-        let mut url = url::Url::parse(realm).map_err(|e| Error::Invalid(format!("token realm {realm:?}: {e}")))?;
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration)> {
+        let mut url = url::Url::parse(realm)
+            .map_err(|e| Error::Invalid(format!("token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -249,51 +291,97 @@ impl Upstream {
                     tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(Error::Unavailable(format!("token server {realm}: {}", describe(&e)))),
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "token server {realm}: {}",
+                        describe(&e)
+                    )))
+                }
             }
         };
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED => {
-                return Err(Error::Unauthorized(format!("token server {realm} refused the credentials for {}", self.name)))
+                return Err(Error::Unauthorized(format!(
+                    "token server {realm} refused the credentials for {}",
+                    self.name
+                )))
             }
-            StatusCode::FORBIDDEN => return Err(Error::Denied(format!("token server {realm} denied {scope}"))),
-            StatusCode::TOO_MANY_REQUESTS => return Err(Error::TooManyRequests { retry_after: retry_after(resp.headers()) }),
-            s => return Err(Error::Unavailable(format!("token server {realm} answered {s}"))),
+            StatusCode::FORBIDDEN => {
+                return Err(Error::Denied(format!(
+                    "token server {realm} denied {scope}"
+                )))
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                return Err(Error::TooManyRequests {
+                    retry_after: retry_after(resp.headers()),
+                })
+            }
+            s => {
+                return Err(Error::Unavailable(format!(
+                    "token server {realm} answered {s}"
+                )))
+            }
         }
-        let bytes = resp.bytes().await.map_err(|e| Error::Unavailable(format!("token server {realm}: {}", describe(&e))))?;
-        let body: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("token server {realm} sent invalid JSON: {e}")))?;
-        body.into_token().ok_or_else(|| Error::Invalid(format!("token server {realm} sent no token")))
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Unavailable(format!("token server {realm}: {}", describe(&e))))?;
+        let body: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Invalid(format!("token server {realm} sent invalid JSON: {e}")))?;
+        body.into_token()
+            .ok_or_else(|| Error::Invalid(format!("token server {realm} sent no token")))
     }
 
     fn record(&self, outcome: &reqwest::Result<reqwest::Response>, sent: std::time::Instant) {
         let name = self.name.clone();
-        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS, "upstream" => name.clone()).record(sent.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::UPSTREAM_SECONDS, "upstream" => name.clone())
+            .record(sent.elapsed().as_secs_f64());
         match outcome {
             Ok(r) => {
                 let status = r.status().as_u16().to_string();
                 metrics::counter!(crate::metrics::UPSTREAM_REQUESTS, "upstream" => name.clone(), "status" => status).increment(1);
                 if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS {
-                    let kind = if r.status() == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { "server_error" };
+                    let kind = if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                        "rate_limited"
+                    } else {
+                        "server_error"
+                    };
                     metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
                 }
             }
             Err(e) => {
-                let kind = if e.is_timeout() { "timeout" } else if e.is_connect() { "connect" } else { "other" };
+                let kind = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "other"
+                };
                 metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
             }
         }
     }
 
     fn note_rate_limit(&self, headers: &HeaderMap) {
-        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let (limit, remaining) = (get(RATELIMIT_LIMIT), get(RATELIMIT_REMAINING));
-        if let Some(n) = remaining.as_deref().and_then(|r| r.split(';').next()).and_then(|r| r.trim().parse::<f64>().ok()) {
-            metrics::gauge!(crate::metrics::RATELIMIT_REMAINING, "upstream" => self.name.clone()).set(n);
+        if let Some(n) = remaining
+            .as_deref()
+            .and_then(|r| r.split(';').next())
+            .and_then(|r| r.trim().parse::<f64>().ok())
+        {
+            metrics::gauge!(crate::metrics::RATELIMIT_REMAINING, "upstream" => self.name.clone())
+                .set(n);
         }
         if limit.is_some() || remaining.is_some() {
-            *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) = RateLimit { limit, remaining };
+            *self.rate_limit.lock().unwrap_or_else(|p| p.into_inner()) =
+                RateLimit { limit, remaining };
         }
     }
 
@@ -308,7 +396,10 @@ impl Upstream {
             StatusCode::FORBIDDEN => Error::Denied(format!("{}: {message}", self.name)),
             StatusCode::TOO_MANY_REQUESTS => Error::TooManyRequests { retry_after: retry },
             s if s.is_server_error() => Error::Unavailable(format!("{} answered {s}", self.name)),
-            s => Error::Status { status: s.as_u16(), message },
+            s => Error::Status {
+                status: s.as_u16(),
+                message,
+            },
         }
     }
 }
@@ -318,7 +409,9 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 }
 
 fn retry_after(h: &HeaderMap) -> Option<String> {
-    h.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string)
+    h.get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// A reqwest error with its causes, which carry the useful part ("connection refused").

@@ -46,7 +46,9 @@ fn status(code: u16, body: &str) -> Response {
 }
 
 fn auth_of(req: &Request) -> Option<String> {
-    req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string())
+    req.headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string())
 }
 
 /// A registry with bearer auth whose token endpoint is `/token` on the same server.
@@ -54,27 +56,45 @@ fn bearer_registry(seen: Arc<Seen>, base: String, req: Request) -> Response {
     let auth = auth_of(&req);
     if req.uri().path() == "/token" {
         seen.token_requests.fetch_add(1, Ordering::SeqCst);
-        assert_eq!(auth.as_deref(), Some("Basic dTpw"), "token request carries the configured credentials (u:p)");
+        assert_eq!(
+            auth.as_deref(),
+            Some("Basic dTpw"),
+            "token request carries the configured credentials (u:p)"
+        );
         let q = req.uri().query().unwrap_or("");
-        assert!(q.contains("scope=repository%3Aa%2Fb%3Apull") && q.contains("service=fake"), "{q}");
+        assert!(
+            q.contains("scope=repository%3Aa%2Fb%3Apull") && q.contains("service=fake"),
+            "{q}"
+        );
         let token = format!("t{}", seen.token_requests.load(Ordering::SeqCst));
         seen.valid_tokens.lock().unwrap().push(token.clone());
-        return status(200, &format!(r#"{{"access_token":"{token}","expires_in":300}}"#));
+        return status(
+            200,
+            &format!(r#"{{"access_token":"{token}","expires_in":300}}"#),
+        );
     }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     seen.auth_headers.lock().unwrap().push(auth.clone());
-    let ok = auth.and_then(|a| a.strip_prefix("Bearer ").map(str::to_string)).is_some_and(|t| seen.valid_tokens.lock().unwrap().contains(&t));
+    let ok = auth
+        .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+        .is_some_and(|t| seen.valid_tokens.lock().unwrap().contains(&t));
     if ok {
         return status(200, "manifest");
     }
     let mut r = status(401, "{}");
-    let challenge = format!(r#"Bearer realm="{base}/token",service="fake",scope="repository:a/b:pull""#);
-    r.headers_mut().insert("www-authenticate", challenge.parse().unwrap());
+    let challenge =
+        format!(r#"Bearer realm="{base}/token",service="fake",scope="repository:a/b:pull""#);
+    r.headers_mut()
+        .insert("www-authenticate", challenge.parse().unwrap());
     r
 }
 
 fn upstream(url: &str, creds: bool) -> Upstream {
-    let mut cfg = UpstreamConfig { name: "fake".into(), url: Some(url.into()), ..Default::default() };
+    let mut cfg = UpstreamConfig {
+        name: "fake".into(),
+        url: Some(url.into()),
+        ..Default::default()
+    };
     if creds {
         cfg.username = Some("u".into());
         cfg.password = Some("p".into());
@@ -95,8 +115,16 @@ async fn bearer_flow_caches_tokens_and_refreshes_on_401() {
         let r = up.send(&get("manifests/latest")).await.unwrap();
         assert_eq!(r.text().await.unwrap(), "manifest");
     }
-    assert_eq!(seen.token_requests.load(Ordering::SeqCst), 1, "one token for three requests");
-    assert_eq!(seen.requests.load(Ordering::SeqCst), 4, "one anonymous probe, then three with the token");
+    assert_eq!(
+        seen.token_requests.load(Ordering::SeqCst),
+        1,
+        "one token for three requests"
+    );
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        4,
+        "one anonymous probe, then three with the token"
+    );
     // The registry forgets its tokens (expiry): one 401, one new token, then success.
     seen.valid_tokens.lock().unwrap().clear();
     up.send(&get("manifests/latest")).await.unwrap();
@@ -109,7 +137,8 @@ fn basic_registry(seen: Arc<Seen>, _base: String, req: Request) -> Response {
         Some("Basic dTpw") => status(200, "ok"),
         _ => {
             let mut r = status(401, "{}");
-            r.headers_mut().insert("www-authenticate", r#"Basic realm="x""#.parse().unwrap());
+            r.headers_mut()
+                .insert("www-authenticate", r#"Basic realm="x""#.parse().unwrap());
             r
         }
     }
@@ -119,17 +148,34 @@ fn basic_registry(seen: Arc<Seen>, _base: String, req: Request) -> Response {
 async fn basic_auth_and_wrong_credentials() {
     let seen = Arc::new(Seen::default());
     let base = serve(seen.clone(), basic_registry).await;
-    assert_eq!(upstream(&base, true).send(&get("tags/list")).await.unwrap().text().await.unwrap(), "ok");
-    let err = upstream(&base, false).send(&get("tags/list")).await.unwrap_err();
+    assert_eq!(
+        upstream(&base, true)
+            .send(&get("tags/list"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    let err = upstream(&base, false)
+        .send(&get("tags/list"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
 }
 
 fn redirecting_registry(seen: Arc<Seen>, _base: String, req: Request) -> Response {
     seen.requests.fetch_add(1, Ordering::SeqCst);
-    assert_eq!(auth_of(&req).as_deref(), Some("Basic dTpw"), "the registry itself gets the credentials");
+    assert_eq!(
+        auth_of(&req).as_deref(),
+        Some("Basic dTpw"),
+        "the registry itself gets the credentials"
+    );
     let cdn = CDN.lock().unwrap().clone();
     let mut r = status(307, "");
-    r.headers_mut().insert("location", format!("{cdn}/blob-data").parse().unwrap());
+    r.headers_mut()
+        .insert("location", format!("{cdn}/blob-data").parse().unwrap());
     r
 }
 
@@ -143,7 +189,9 @@ fn cdn(seen: Arc<Seen>, _base: String, req: Request) -> Response {
 #[tokio::test]
 async fn redirects_to_another_host_drop_authorization() {
     let cdn_seen = Arc::new(Seen::default());
-    *CDN.lock().unwrap() = serve(cdn_seen.clone(), cdn).await.replace("127.0.0.1", "localhost");
+    *CDN.lock().unwrap() = serve(cdn_seen.clone(), cdn)
+        .await
+        .replace("127.0.0.1", "localhost");
     let seen = Arc::new(Seen::default());
     let base = serve(seen.clone(), redirecting_registry).await;
     // Basic challenge known up front, so the first request already carries credentials.
@@ -151,7 +199,11 @@ async fn redirects_to_another_host_drop_authorization() {
     up.tokens.set_challenge(super::auth::Challenge::Basic);
     let r = up.send(&get("blobs/sha256:x")).await.unwrap();
     assert_eq!(r.text().await.unwrap(), "blob bytes");
-    assert_eq!(*cdn_seen.auth_headers.lock().unwrap(), vec![None], "the CDN never sees the registry credentials");
+    assert_eq!(
+        *cdn_seen.auth_headers.lock().unwrap(),
+        vec![None],
+        "the CDN never sees the registry credentials"
+    );
 }
 
 fn flaky_registry(seen: Arc<Seen>, _base: String, _req: Request) -> Response {
@@ -169,15 +221,26 @@ async fn retries_are_bounded() {
     let base = serve(seen.clone(), flaky_registry).await;
     let up = upstream(&base, false);
     seen.fail_first.store(2, Ordering::SeqCst);
-    assert!(up.send(&get("manifests/x")).await.is_ok(), "two 503s then success");
+    assert!(
+        up.send(&get("manifests/x")).await.is_ok(),
+        "two 503s then success"
+    );
     assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
     seen.fail_first.store(10, Ordering::SeqCst);
     let err = up.send(&get("manifests/x")).await.unwrap_err();
     assert!(err.is_outage(), "{err:?}");
-    assert_eq!(seen.requests.load(Ordering::SeqCst), 6, "three attempts at most");
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        6,
+        "three attempts at most"
+    );
     // Nothing listening: a connection error, reported as an outage.
     let dead = upstream("http://127.0.0.1:9", false);
-    assert!(dead.send(&get("manifests/x")).await.unwrap_err().is_outage());
+    assert!(dead
+        .send(&get("manifests/x"))
+        .await
+        .unwrap_err()
+        .is_outage());
 }
 
 /// A forward proxy for plain HTTP: it receives absolute-form requests and relays them.
@@ -189,9 +252,19 @@ async fn serve_proxy(seen: Arc<Seen>) -> String {
         async move {
             seen.requests.fetch_add(1, Ordering::SeqCst);
             let target = req.uri().to_string();
-            assert!(target.starts_with("http://"), "absolute-form request line: {target}");
+            assert!(
+                target.starts_with("http://"),
+                "absolute-form request line: {target}"
+            );
             let client = reqwest::Client::builder().no_proxy().build().unwrap();
-            let body = client.get(&target).send().await.unwrap().text().await.unwrap();
+            let body = client
+                .get(&target)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             status(200, &body)
         }
     });
@@ -205,9 +278,22 @@ async fn outbound_proxy_is_used() {
     let base = serve(reg_seen.clone(), flaky_registry).await;
     let proxy_seen = Arc::new(Seen::default());
     let proxy_url = serve_proxy(proxy_seen.clone()).await;
-    let cfg = UpstreamConfig { name: "fake".into(), url: Some(base), proxy: Some(proxy_url), ..Default::default() };
+    let cfg = UpstreamConfig {
+        name: "fake".into(),
+        url: Some(base),
+        proxy: Some(proxy_url),
+        ..Default::default()
+    };
     let up = Upstream::new(&cfg).unwrap();
-    assert_eq!(up.send(&get("manifests/x")).await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(
+        up.send(&get("manifests/x"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
     assert_eq!(proxy_seen.requests.load(Ordering::SeqCst), 1);
     assert_eq!(reg_seen.requests.load(Ordering::SeqCst), 1);
 }

@@ -18,7 +18,10 @@ impl BackgroundServer {
         let addr = listener.local_addr().expect("local_addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                 let _ = axum::serve(listener, router)
@@ -28,7 +31,11 @@ impl BackgroundServer {
                     .await;
             });
         });
-        BackgroundServer { addr, stop: Some(stop), thread: Some(thread) }
+        BackgroundServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {

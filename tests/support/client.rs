@@ -35,8 +35,12 @@ impl Reply {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The first OCI error code of an error body.
@@ -62,7 +66,12 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client");
-        RegistryClient { base: base.trim_end_matches('/').to_string(), http, credentials, auth: Mutex::new(HashMap::new()) }
+        RegistryClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            credentials,
+            auth: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Send a request to `path` (starting with `/v2/`), answering one auth challenge for `scope`.
@@ -74,7 +83,11 @@ impl RegistryClient {
         body: Option<Vec<u8>>,
         scope: &str,
     ) -> Reply {
-        let url = if path.starts_with("http") { path.to_string() } else { format!("{}{path}", self.base) };
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
         let mut tried_auth = false;
         loop {
             let mut req = self.http.request(method.clone(), &url);
@@ -87,30 +100,51 @@ impl RegistryClient {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
             let status = resp.status();
             let resp_headers = resp.headers().clone();
-            let bytes = resp.bytes().await.unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
+            let bytes = resp
+                .bytes()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url}: reading body: {e}"));
             if status == StatusCode::UNAUTHORIZED && !tried_auth && self.credentials.is_some() {
                 tried_auth = true;
-                let challenge = resp_headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let challenge = resp_headers
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 let value = self.answer_challenge(challenge, scope).await;
-                self.auth.lock().expect("auth").insert(scope.to_string(), value);
+                self.auth
+                    .lock()
+                    .expect("auth")
+                    .insert(scope.to_string(), value);
                 continue;
             }
-            return Reply { status, headers: resp_headers, body: bytes.to_vec() };
+            return Reply {
+                status,
+                headers: resp_headers,
+                body: bytes.to_vec(),
+            };
         }
     }
 
     async fn answer_challenge(&self, challenge: &str, scope: &str) -> HeaderValue {
         use base64::Engine;
         let (user, pass) = self.credentials.clone().expect("credentials");
-        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")));
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
         if challenge.to_ascii_lowercase().starts_with("basic") {
             return HeaderValue::from_str(&basic).expect("header");
         }
         let params = parse_challenge(challenge);
-        let realm = params.get("realm").unwrap_or_else(|| panic!("no realm in challenge {challenge:?}"));
+        let realm = params
+            .get("realm")
+            .unwrap_or_else(|| panic!("no realm in challenge {challenge:?}"));
         let mut url = url::Url::parse(realm).expect("realm URL");
         {
             let mut q = url.query_pairs_mut();
@@ -119,10 +153,24 @@ impl RegistryClient {
             }
             q.append_pair("scope", scope);
         }
-        let resp = self.http.get(url).header(AUTHORIZATION, basic).send().await.expect("token request");
-        assert!(resp.status().is_success(), "token request failed: {}", resp.status());
-        let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.expect("token body")).expect("token JSON");
-        let token = body["token"].as_str().or(body["access_token"].as_str()).expect("token in response");
+        let resp = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, basic)
+            .send()
+            .await
+            .expect("token request");
+        assert!(
+            resp.status().is_success(),
+            "token request failed: {}",
+            resp.status()
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(&resp.bytes().await.expect("token body")).expect("token JSON");
+        let token = body["token"]
+            .as_str()
+            .or(body["access_token"].as_str())
+            .expect("token in response");
         HeaderValue::from_str(&format!("Bearer {token}")).expect("header")
     }
 
@@ -137,20 +185,61 @@ impl RegistryClient {
     /// Upload a blob (monolithic POST then PUT) unless the registry already has it.
     pub async fn push_blob(&self, repo: &str, blob: &Blob) {
         let scope = Self::push_scope(repo);
-        let head = self.send(Method::HEAD, &format!("/v2/{repo}/blobs/{}", blob.digest), &[], None, &scope).await;
+        let head = self
+            .send(
+                Method::HEAD,
+                &format!("/v2/{repo}/blobs/{}", blob.digest),
+                &[],
+                None,
+                &scope,
+            )
+            .await;
         if head.status == StatusCode::OK {
             return;
         }
-        let start = self.send(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), &[], None, &scope).await;
-        assert_eq!(start.status, StatusCode::ACCEPTED, "start upload to {repo}: {}", start.text());
-        let location = start.headers.get(LOCATION).and_then(|v| v.to_str().ok()).expect("upload Location");
-        let mut url = if location.starts_with("http") { location.to_string() } else { format!("{}{location}", self.base) };
+        let start = self
+            .send(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/"),
+                &[],
+                None,
+                &scope,
+            )
+            .await;
+        assert_eq!(
+            start.status,
+            StatusCode::ACCEPTED,
+            "start upload to {repo}: {}",
+            start.text()
+        );
+        let location = start
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .expect("upload Location");
+        let mut url = if location.starts_with("http") {
+            location.to_string()
+        } else {
+            format!("{}{location}", self.base)
+        };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={}", blob.digest));
         let put = self
-            .send(Method::PUT, &url, &[("content-type", "application/octet-stream")], Some(blob.bytes.clone()), &scope)
+            .send(
+                Method::PUT,
+                &url,
+                &[("content-type", "application/octet-stream")],
+                Some(blob.bytes.clone()),
+                &scope,
+            )
             .await;
-        assert_eq!(put.status, StatusCode::CREATED, "finish upload of {} to {repo}: {}", blob.digest, put.text());
+        assert_eq!(
+            put.status,
+            StatusCode::CREATED,
+            "finish upload of {} to {repo}: {}",
+            blob.digest,
+            put.text()
+        );
     }
 
     /// PUT manifest bytes exactly as given; asserts the registry computed the same digest.
@@ -165,8 +254,17 @@ impl RegistryClient {
                 &scope,
             )
             .await;
-        assert_eq!(put.status, StatusCode::CREATED, "push manifest {repo}:{reference}: {}", put.text());
-        assert_eq!(put.header("docker-content-digest"), Some(manifest.digest.as_str()), "registry digest of {repo}:{reference}");
+        assert_eq!(
+            put.status,
+            StatusCode::CREATED,
+            "push manifest {repo}:{reference}: {}",
+            put.text()
+        );
+        assert_eq!(
+            put.header("docker-content-digest"),
+            Some(manifest.digest.as_str()),
+            "registry digest of {repo}:{reference}"
+        );
     }
 
     /// GET (or HEAD) a manifest accepting every manifest type.
@@ -185,7 +283,14 @@ impl RegistryClient {
 
     /// GET a blob.
     pub async fn blob(&self, repo: &str, digest: &str) -> Reply {
-        self.send(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), &[], None, &Self::pull_scope(repo)).await
+        self.send(
+            Method::GET,
+            &format!("/v2/{repo}/blobs/{digest}"),
+            &[],
+            None,
+            &Self::pull_scope(repo),
+        )
+        .await
     }
 
     /// Plain GET of any path (no auth scope).
@@ -200,8 +305,14 @@ pub fn parse_challenge(challenge: &str) -> HashMap<String, String> {
     let rest = challenge.split_once(' ').map(|(_, r)| r).unwrap_or("");
     let mut s = rest;
     while !s.is_empty() {
-        let Some((key, after)) = s.split_once('=') else { break };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let Some((key, after)) = s.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, next) = if let Some(q) = after.strip_prefix('"') {
             let end = q.find('"').unwrap_or(q.len());
             (&q[..end], q.get(end + 1..).unwrap_or(""))
@@ -225,12 +336,19 @@ pub struct RawReply {
 
 impl RawReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn error_code(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("errors")?.get(0)?.get("code")?.as_str().map(str::to_string)
+        v.get("errors")?
+            .get(0)?
+            .get("code")?
+            .as_str()
+            .map(str::to_string)
     }
 
     pub fn text(&self) -> String {
@@ -241,9 +359,17 @@ impl RawReply {
 /// Send `METHOD TARGET HTTP/1.1` exactly as written (no normalisation of the target), with
 /// `Connection: close`, and read the whole response. Blocking; run it from `spawn_blocking` or
 /// accept a short block in a test.
-pub fn raw_request(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> RawReply {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+pub fn raw_request(
+    addr: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawReply {
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -256,7 +382,12 @@ pub fn raw_request(addr: &str, method: &str, target: &str, headers: &[(&str, &st
     s.write_all(body).expect("write body");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
-    parse_raw_response(&raw).unwrap_or_else(|| panic!("unparseable response to {method} {target}: {:?}", String::from_utf8_lossy(&raw)))
+    parse_raw_response(&raw).unwrap_or_else(|| {
+        panic!(
+            "unparseable response to {method} {target}: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
 }
 
 fn parse_raw_response(raw: &[u8]) -> Option<RawReply> {
@@ -265,21 +396,33 @@ fn parse_raw_response(raw: &[u8]) -> Option<RawReply> {
     let mut lines = head.split("\r\n");
     let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
         .collect();
     let rest = &raw[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
-    Some(RawReply { status, headers, body })
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Some(RawReply {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = std::str::from_utf8(&data[..eol]).unwrap_or("0");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         if size == 0 || data.len() < eol + 2 + size {
             break;
         }

@@ -12,7 +12,15 @@ use std::time::{Duration, Instant};
 use super::env::{free_port, ChildGuard};
 
 /// Tools the client tests need besides the core harness tools.
-pub const DOCKER_TOOLS: &[&str] = &["dockerd", "docker", "containerd", "runc", "socat", "nsenter", "ip"];
+pub const DOCKER_TOOLS: &[&str] = &[
+    "dockerd",
+    "docker",
+    "containerd",
+    "runc",
+    "socat",
+    "nsenter",
+    "ip",
+];
 pub const CONTAINERD_TOOLS: &[&str] = &["containerd", "ctr"];
 pub const PODMAN_TOOLS: &[&str] = &["podman", "runc"];
 
@@ -26,7 +34,10 @@ pub fn client_config_write(args: &[&str], dir: &Path) -> String {
         .output()
         .expect("run regmirror client-config");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "client-config {args:?} failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "client-config {args:?} failed: {stderr}"
+    );
     stderr
 }
 
@@ -37,24 +48,37 @@ pub fn client_config_print(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run regmirror client-config");
-    assert!(out.status.success(), "client-config {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "client-config {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Run a command to completion with a time limit; the child is killed (by PID) when it overruns.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let what = format!("{cmd:?}");
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
     let child = child.unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if rx.recv_timeout(limit).is_err() {
             // Timed out (or the sender vanished): stop this one process.
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
         }
     });
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("wait {what}: {e}"));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait {what}: {e}"));
     let _ = tx.send(());
     out
 }
@@ -77,7 +101,10 @@ fn terminate(guard: &mut ChildGuard, grace: Duration) {
     if guard.exited().is_some() {
         return;
     }
-    let _ = Command::new("kill").arg("-TERM").arg(guard.pid().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(guard.pid().to_string())
+        .status();
     let deadline = Instant::now() + grace;
     while guard.exited().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -85,17 +112,30 @@ fn terminate(guard: &mut ChildGuard, grace: Duration) {
 }
 
 /// Poll `ready` every 50 ms until it holds, `guard`'s process exits, or `limit` passes.
-fn wait_until(guard: &mut ChildGuard, limit: Duration, log: &Path, mut ready: impl FnMut() -> bool) {
+fn wait_until(
+    guard: &mut ChildGuard,
+    limit: Duration,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + limit;
     loop {
         if ready() {
             return;
         }
         if let Some(status) = guard.exited() {
-            panic!("{} exited with {status}:\n{}", guard.what, std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "{} exited with {status}:\n{}",
+                guard.what,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         if Instant::now() > deadline {
-            panic!("{} not ready after {limit:?}:\n{}", guard.what, std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "{} not ready after {limit:?}:\n{}",
+                guard.what,
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -154,13 +194,23 @@ impl Containerd {
                     .map(|s| s.success())
                     .unwrap_or(false)
         });
-        Containerd { guard, dir, socket, log: err_log }
+        Containerd {
+            guard,
+            dir,
+            socket,
+            log: err_log,
+        }
     }
 
     /// `ctr --address SOCK -n NAMESPACE ARGS...`
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> Output {
         run_with_timeout(
-            Command::new("ctr").arg("--address").arg(&self.socket).arg("-n").arg(namespace).args(args),
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .arg("-n")
+                .arg(namespace)
+                .args(args),
             Duration::from_secs(120),
         )
     }
@@ -168,7 +218,19 @@ impl Containerd {
     /// `ctr image pull --plain-http --hosts-dir DIR --snapshotter native NAME` (amd64 only, ctr's default).
     pub fn pull(&self, namespace: &str, hosts_dir: &Path, name: &str) -> Output {
         let hosts = hosts_dir.to_str().expect("utf-8 path");
-        self.ctr(namespace, &["image", "pull", "--plain-http", "--hosts-dir", hosts, "--snapshotter", "native", name])
+        self.ctr(
+            namespace,
+            &[
+                "image",
+                "pull",
+                "--plain-http",
+                "--hosts-dir",
+                hosts,
+                "--snapshotter",
+                "native",
+                name,
+            ],
+        )
     }
 
     /// The digest `name` points at in `namespace` (from `ctr image ls`).
@@ -179,13 +241,21 @@ impl Containerd {
             .skip(1)
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|cols| cols.first() == Some(&name))
-            .and_then(|cols| cols.iter().find(|c| c.starts_with("sha256:")).map(|c| c.to_string()))
+            .and_then(|cols| {
+                cols.iter()
+                    .find(|c| c.starts_with("sha256:"))
+                    .map(|c| c.to_string())
+            })
     }
 
     /// Every content digest containerd holds in `namespace`.
     pub fn content_digests(&self, namespace: &str) -> Vec<String> {
         let out = self.ctr(namespace, &["content", "ls", "-q"]);
-        expect_success(&out, "ctr content ls").lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
+        expect_success(&out, "ctr content ls")
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 }
 
@@ -229,7 +299,12 @@ impl Podman {
             ),
         )
         .expect("write containers.conf");
-        Podman { dir, registries_conf, storage_conf, containers_conf }
+        Podman {
+            dir,
+            registries_conf,
+            storage_conf,
+            containers_conf,
+        }
     }
 
     /// `podman ARGS...` with this instance's configuration (and its own XDG dirs).
@@ -258,11 +333,20 @@ struct NetNs {
 impl NetNs {
     fn create() -> NetNs {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!("regmirror-e2e-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("run ip netns add");
+        let name = format!(
+            "regmirror-e2e-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
         expect_success(&out, "ip netns add");
         let ns = NetNs { name };
-        let out = Command::new("ip").args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"]).output();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])
+            .output();
         expect_success(&out.expect("run ip netns exec"), "ip link set lo up");
         ns
     }
@@ -274,7 +358,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -311,13 +397,20 @@ impl Dockerd {
             .expect("spawn socat");
         let mut outer = ChildGuard::new(outer, "socat (host side)");
         let u = unix.clone();
-        wait_until(&mut outer, Duration::from_secs(10), &dir.path().join("socat-outer.log"), || u.exists());
+        wait_until(
+            &mut outer,
+            Duration::from_secs(10),
+            &dir.path().join("socat-outer.log"),
+            || u.exists(),
+        );
         // The namespace has its own ports: any number works; a free host port is as good as any.
         let inner_port = free_port();
         let inner = Command::new("nsenter")
             .arg(format!("--net={}", netns.path()))
             .arg("socat")
-            .arg(format!("TCP-LISTEN:{inner_port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!(
+                "TCP-LISTEN:{inner_port},bind=127.0.0.1,fork,reuseaddr"
+            ))
             .arg(format!("UNIX-CONNECT:{}", unix.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -326,7 +419,13 @@ impl Dockerd {
             .expect("spawn nsenter socat");
         let inner = ChildGuard::new(inner, "socat (namespace side)");
         std::fs::create_dir_all(dir.path().join("etc")).expect("mkdir");
-        DockerBridge { dir, netns, outer, inner, inner_port }
+        DockerBridge {
+            dir,
+            netns,
+            outer,
+            inner,
+            inner_port,
+        }
     }
 
     /// `docker -H unix://SOCK ARGS...`
@@ -359,7 +458,13 @@ impl DockerBridge {
 
     /// Start dockerd with `<config_dir>/daemon.json`, wait for its API.
     pub fn start(self) -> Dockerd {
-        let DockerBridge { dir, netns, outer, mut inner, inner_port } = self;
+        let DockerBridge {
+            dir,
+            netns,
+            outer,
+            mut inner,
+            inner_port,
+        } = self;
         let d = dir.path();
         // The namespace-side socat must be listening before dockerd needs it.
         let inner_log = d.join("socat-inner.log");
@@ -382,7 +487,12 @@ impl DockerBridge {
             .arg("dockerd")
             .arg("--config-file")
             .arg(d.join("etc/daemon.json"))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ])
             .arg("--data-root")
             .arg(d.join("data"))
             .arg("--exec-root")
@@ -412,7 +522,16 @@ impl DockerBridge {
                     .map(|s| s.success())
                     .unwrap_or(false)
         });
-        Dockerd { dockerd, inner_socat: inner, outer_socat: outer, netns, dir, socket, log, inner_port }
+        Dockerd {
+            dockerd,
+            inner_socat: inner,
+            outer_socat: outer,
+            netns,
+            dir,
+            socket,
+            log,
+            inner_port,
+        }
     }
 }
 
@@ -433,25 +552,42 @@ pub fn skopeo_copy(registries_conf: &Path, reference: &str, dest: &Path, all: bo
     cmd.env("REGISTRY_AUTH_FILE", dest.with_extension("auth.json"))
         .arg("--registries-conf")
         .arg(registries_conf)
-        .args(["--insecure-policy", "copy", "--retry-times=0", "--src-no-creds"]);
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--retry-times=0",
+            "--src-no-creds",
+        ]);
     if all {
         cmd.arg("--all");
     }
-    cmd.arg(format!("docker://{reference}")).arg(format!("dir:{}", dest.display()));
+    cmd.arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display()));
     run_with_timeout(&mut cmd, Duration::from_secs(120))
 }
 
 /// The files of a `dir:` layout, for [`super::skopeo::DirImage`]'s checks.
 pub fn read_dir_layout(dest: &Path) -> super::skopeo::DirImage {
     let mut files = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(dest).unwrap_or_else(|e| panic!("read {}: {e}", dest.display())).flatten() {
-        files.insert(e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("read layout file"));
+    for e in std::fs::read_dir(dest)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dest.display()))
+        .flatten()
+    {
+        files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).expect("read layout file"),
+        );
     }
-    super::skopeo::DirImage { path: dest.to_path_buf(), files }
+    super::skopeo::DirImage {
+        path: dest.to_path_buf(),
+        files,
+    }
 }
 
 /// The value of `key: "value"` in a YAML file written by client-config (`indent` spaces before it).
 pub fn yaml_value(text: &str, indent: usize, key: &str) -> Option<String> {
     let prefix = format!("{}{key}: ", " ".repeat(indent));
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().trim_matches('"').to_string())
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().trim_matches('"').to_string())
 }

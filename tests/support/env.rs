@@ -12,7 +12,10 @@ pub const CORE_TOOLS: &[&str] = &["docker-registry", "skopeo", "htpasswd", "open
 
 /// True when the end-to-end tests must run (set by scripts/test.sh).
 pub fn e2e_required() -> bool {
-    matches!(std::env::var("REGMIRROR_E2E").as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+    matches!(
+        std::env::var("REGMIRROR_E2E").as_deref(),
+        Ok("1") | Ok("true") | Ok("yes")
+    )
 }
 
 /// Whether `tool` is an executable on PATH.
@@ -23,7 +26,9 @@ pub fn have_tool(tool: &str) -> bool {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Returns false (after printing why) when a tool is missing and the e2e run is optional;
@@ -73,7 +78,10 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(child: Child, what: impl Into<String>) -> ChildGuard {
-        ChildGuard { child, what: what.into() }
+        ChildGuard {
+            child,
+            what: what.into(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -119,7 +127,10 @@ pub async fn wait_http_ready(
             Err(e) => last = e.to_string(),
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("{} not ready at {url} after {timeout:?}: {last}", guard.what));
+            return Err(format!(
+                "{} not ready at {url} after {timeout:?}: {last}",
+                guard.what
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
@@ -127,9 +138,19 @@ pub async fn wait_http_ready(
 
 /// Every relative path under `root` except those starting with one of `skip` (for "nothing was
 /// written outside the data dir" checks).
-pub fn snapshot_tree(root: &Path, skip: &[&Path]) -> std::collections::BTreeSet<std::path::PathBuf> {
-    fn walk(dir: &Path, root: &Path, skip: &[&Path], out: &mut std::collections::BTreeSet<std::path::PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+pub fn snapshot_tree(
+    root: &Path,
+    skip: &[&Path],
+) -> std::collections::BTreeSet<std::path::PathBuf> {
+    fn walk(
+        dir: &Path,
+        root: &Path,
+        skip: &[&Path],
+        out: &mut std::collections::BTreeSet<std::path::PathBuf>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if skip.iter().any(|s| p.starts_with(s)) {
@@ -151,7 +172,9 @@ pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(e.path()),

@@ -20,9 +20,11 @@ impl FakeUpstream {
     /// default upstream.
     pub async fn mirror_in_front(&self) -> super::mirror::Regmirror {
         let name = self.server.addr.to_string();
-        let mut config = super::mirror::MirrorConfig::new(vec![
-            super::mirror::UpstreamEntry::new(&name, &self.server.url()).alias("evil-up"),
-        ]);
+        let mut config = super::mirror::MirrorConfig::new(vec![super::mirror::UpstreamEntry::new(
+            &name,
+            &self.server.url(),
+        )
+        .alias("evil-up")]);
         config.no_builtin_upstreams = true;
         config.default_upstream = name;
         super::mirror::Regmirror::start(config).await
@@ -30,30 +32,46 @@ impl FakeUpstream {
 }
 
 pub fn fake_upstream() -> FakeUpstream {
+    use super::image::{Blob, OCI_CONFIG, OCI_LAYER_GZIP};
     use axum::body::Body;
     use axum::http::{Request, Response, StatusCode};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use super::image::{Blob, OCI_CONFIG, OCI_LAYER_GZIP};
 
     // 512 KiB so the mirror streams in many chunks; the bad copy differs in its last byte only.
-    let good: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let good: Vec<u8> = (0..512 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 0xff;
     let layer = Blob::new(OCI_LAYER_GZIP, good.clone());
-    let config = Blob::new(OCI_CONFIG, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec());
+    let config = Blob::new(
+        OCI_CONFIG,
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec(),
+    );
     let manifest = serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config.descriptor(), "layers": [layer.descriptor()],
     });
     let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
     let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let (h, m, c, l, b) = (hits.clone(), manifest.clone(), config.clone(), layer.digest.clone(), bad.clone());
+    let (h, m, c, l, b) = (
+        hits.clone(),
+        manifest.clone(),
+        config.clone(),
+        layer.digest.clone(),
+        bad.clone(),
+    );
     let router = axum::Router::new().fallback(move |req: Request<Body>| {
         let (h, m, c, l, b) = (h.clone(), m.clone(), c.clone(), l.clone(), b.clone());
         async move {
             let path = req.uri().path().to_string();
             let reply = |status: StatusCode, ct: &str, digest: &str, body: Vec<u8>| {
                 let len = body.len();
-                let body = if req.method() == axum::http::Method::HEAD { Vec::new() } else { body };
+                let body = if req.method() == axum::http::Method::HEAD {
+                    Vec::new()
+                } else {
+                    body
+                };
                 Response::builder()
                     .status(status)
                     .header("content-type", ct)
@@ -66,11 +84,18 @@ pub fn fake_upstream() -> FakeUpstream {
             if path == "/v2/" {
                 return reply(StatusCode::OK, "application/json", "", b"{}".to_vec());
             }
-            if path == "/v2/evil/app/manifests/v1" || path == format!("/v2/evil/app/manifests/{}", m.digest) {
+            if path == "/v2/evil/app/manifests/v1"
+                || path == format!("/v2/evil/app/manifests/{}", m.digest)
+            {
                 return reply(StatusCode::OK, OCI_MANIFEST, &m.digest, m.bytes.clone());
             }
             if path == format!("/v2/evil/app/blobs/{}", c.digest) {
-                return reply(StatusCode::OK, "application/octet-stream", &c.digest, c.bytes.clone());
+                return reply(
+                    StatusCode::OK,
+                    "application/octet-stream",
+                    &c.digest,
+                    c.bytes.clone(),
+                );
             }
             if path == "/v2/evil/app/tags/list" {
                 return paginated_tags(req.uri().query().unwrap_or(""));
@@ -86,20 +111,38 @@ pub fn fake_upstream() -> FakeUpstream {
             reply(StatusCode::NOT_FOUND, "application/json", "", err)
         }
     });
-    FakeUpstream { server: super::background::BackgroundServer::start(router), hits, good, bad, layer_digest: layer.digest, manifest }
+    FakeUpstream {
+        server: super::background::BackgroundServer::start(router),
+        hits,
+        good,
+        bad,
+        layer_digest: layer.digest,
+        manifest,
+    }
 }
 
 /// Tags a..e of `evil/app`, paginated by `n` and `last` with a `Link` header like Docker Hub's.
 pub fn paginated_tags(query: &str) -> axum::http::Response<axum::body::Body> {
-    let params: std::collections::HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let params: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
     let all = ["a", "b", "c", "d", "e"];
-    let n: usize = params.get("n").and_then(|n| n.parse().ok()).unwrap_or(all.len());
+    let n: usize = params
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(all.len());
     let last = params.get("last").cloned().unwrap_or_default();
     let rest: Vec<&str> = all.iter().copied().filter(|t| *t > last.as_str()).collect();
     let page: Vec<&str> = rest.iter().copied().take(n).collect();
-    let mut resp = axum::http::Response::builder().status(200).header("content-type", "application/json");
+    let mut resp = axum::http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json");
     if rest.len() > page.len() {
-        let link = format!("</v2/evil/app/tags/list?last={}&n={n}>; rel=\"next\"", page.last().unwrap());
+        let link = format!(
+            "</v2/evil/app/tags/list?last={}&n={n}>; rel=\"next\"",
+            page.last().unwrap()
+        );
         resp = resp.header("link", link);
     }
     let body = serde_json::json!({"name": "evil/app", "tags": page});
@@ -124,7 +167,10 @@ impl Transfer {
 }
 
 pub async fn get_blob(url: &str) -> Transfer {
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
     get_blob_with(&client, url).await
 }
 
@@ -142,4 +188,3 @@ pub async fn get_blob_with(client: &reqwest::Client, url: &str) -> Transfer {
         Err(e) => Transfer::Aborted(format!("{e:?}")),
     }
 }
-

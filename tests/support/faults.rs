@@ -18,7 +18,9 @@ use axum::http::{Method, Request, Response, StatusCode};
 
 use super::background::BackgroundServer;
 use super::env::{sha256_digest, wait_http_ready, ChildGuard};
-use super::image::{layer, Blob, Entry, Format, Image, Platform, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST};
+use super::image::{
+    layer, Blob, Entry, Format, Image, Platform, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
+};
 use super::mirror::{parse_listening, parse_request_record, MirrorConfig, RequestRecord};
 
 // ---------------------------------------------------------------------------------------------
@@ -41,9 +43,18 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 /// A single-platform OCI image with one real tar.gz layer holding `size` random bytes (gzip does
 /// not shrink them, so the layer is about `size` bytes: useful to fill a disk on purpose).
 pub fn sized_image(label: &str, size: usize) -> Image {
-    let seed = label.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let seed = label
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     let data = random_bytes(size, seed);
-    let l = layer(&[Entry::Dir("data"), Entry::File { path: "data/payload", mode: 0o644, data: &data }]);
+    let l = layer(&[
+        Entry::Dir("data"),
+        Entry::File {
+            path: "data/payload",
+            mode: 0o644,
+            data: &data,
+        },
+    ]);
     let layer_blob = Blob::new(OCI_LAYER_GZIP, l.gz);
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
@@ -56,7 +67,13 @@ pub fn sized_image(label: &str, size: usize) -> Image {
         "config": config.descriptor(), "layers": [layer_blob.descriptor()],
     });
     let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest).expect("json"));
-    Image { format: Format::Oci, platform: Platform::amd64(), manifest, config, layers: vec![layer_blob] }
+    Image {
+        format: Format::Oci,
+        platform: Platform::amd64(),
+        manifest,
+        config,
+        layers: vec![layer_blob],
+    }
 }
 
 /// Path of a committed blob in regmirror's data directory.
@@ -110,34 +127,72 @@ pub struct FaultyUpstream {
 
 impl FaultyUpstream {
     pub fn start(repo: &str) -> FaultyUpstream {
-        let served = Arc::new(Mutex::new(Served { manifests: HashMap::new(), blobs: HashMap::new() }));
+        let served = Arc::new(Mutex::new(Served {
+            manifests: HashMap::new(),
+            blobs: HashMap::new(),
+        }));
         let counts = Arc::new(Mutex::new(HashMap::new()));
         let held = Arc::new(AtomicBool::new(true));
         let stalled = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let (s, c, h, st, d, r) = (served.clone(), counts.clone(), held.clone(), stalled.clone(), down.clone(), repo.to_string());
+        let (s, c, h, st, d, r) = (
+            served.clone(),
+            counts.clone(),
+            held.clone(),
+            stalled.clone(),
+            down.clone(),
+            repo.to_string(),
+        );
         let router = axum::Router::new().fallback(move |req: Request<Body>| {
-            let (s, c, h, st, d, r) = (s.clone(), c.clone(), h.clone(), st.clone(), d.clone(), r.clone());
+            let (s, c, h, st, d, r) = (
+                s.clone(),
+                c.clone(),
+                h.clone(),
+                st.clone(),
+                d.clone(),
+                r.clone(),
+            );
             async move { answer(req, &s, &c, h, st, &d, &r) }
         });
-        FaultyUpstream { server: BackgroundServer::start(router), repo: repo.into(), served, counts, held, stalled, down }
+        FaultyUpstream {
+            server: BackgroundServer::start(router),
+            repo: repo.into(),
+            served,
+            counts,
+            held,
+            stalled,
+            down,
+        }
     }
 
     /// Serve `img` under `tag` (and by digest) with `behaviour` for its largest layer.
     pub fn add_image(&self, tag: &str, img: &Image, behaviour: Behaviour) {
         let mut s = self.served.lock().expect("served");
         s.manifests.insert(tag.into(), img.manifest.clone());
-        s.manifests.insert(img.manifest.digest.clone(), img.manifest.clone());
-        let biggest = img.layers.iter().max_by_key(|l| l.size()).map(|l| l.digest.clone());
+        s.manifests
+            .insert(img.manifest.digest.clone(), img.manifest.clone());
+        let biggest = img
+            .layers
+            .iter()
+            .max_by_key(|l| l.size())
+            .map(|l| l.digest.clone());
         for b in img.blobs() {
-            let beh = if Some(&b.digest) == biggest.as_ref() { behaviour } else { Behaviour::Normal };
+            let beh = if Some(&b.digest) == biggest.as_ref() {
+                behaviour
+            } else {
+                Behaviour::Normal
+            };
             s.blobs.insert(b.digest.clone(), (b.clone(), beh));
         }
     }
 
     /// Serve raw manifest bytes under `tag` (e.g. an oversized one).
     pub fn add_manifest(&self, tag: &str, manifest: &Blob) {
-        self.served.lock().expect("served").manifests.insert(tag.into(), manifest.clone());
+        self.served
+            .lock()
+            .expect("served")
+            .manifests
+            .insert(tag.into(), manifest.clone());
     }
 
     /// Change the behaviour of one blob from now on.
@@ -159,7 +214,12 @@ impl FaultyUpstream {
 
     /// How many `method` requests for `path` arrived.
     pub fn count(&self, method: &str, path: &str) -> usize {
-        self.counts.lock().expect("counts").get(&format!("{method} {path}")).copied().unwrap_or(0)
+        self.counts
+            .lock()
+            .expect("counts")
+            .get(&format!("{method} {path}"))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many blob GETs of `digest` arrived.
@@ -188,7 +248,11 @@ fn answer(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let head = req.method() == Method::HEAD;
-    *counts.lock().expect("counts").entry(format!("{} {path}", req.method())).or_default() += 1;
+    *counts
+        .lock()
+        .expect("counts")
+        .entry(format!("{} {path}", req.method()))
+        .or_default() += 1;
     let base = |status: StatusCode| {
         Response::builder()
             .status(status)
@@ -198,27 +262,45 @@ fn answer(
     };
     let error = |status: StatusCode, code: &str| {
         let body = format!(r#"{{"errors":[{{"code":"{code}","message":"fake upstream"}}]}}"#);
-        base(status).header("content-type", "application/json").body(Body::from(body)).expect("response")
+        base(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("response")
     };
     if down.load(Ordering::SeqCst) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE");
     }
     if path == "/v2/" {
-        return base(StatusCode::OK).header("content-type", "application/json").body(Body::from("{}")).expect("response");
+        return base(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .expect("response");
     }
     let prefix = format!("/v2/{repo}/");
-    let Some(rest) = path.strip_prefix(&prefix) else { return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN") };
+    let Some(rest) = path.strip_prefix(&prefix) else {
+        return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
+    };
     let s = served.lock().expect("served");
     if let Some(reference) = rest.strip_prefix("manifests/") {
-        let Some(m) = s.manifests.get(reference) else { return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN") };
+        let Some(m) = s.manifests.get(reference) else {
+            return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+        };
         let r = base(StatusCode::OK)
             .header("content-type", m.media_type.as_str())
             .header("docker-content-digest", m.digest.as_str())
             .header("content-length", m.size());
-        return r.body(if head { Body::empty() } else { Body::from(m.bytes.clone()) }).expect("response");
+        return r
+            .body(if head {
+                Body::empty()
+            } else {
+                Body::from(m.bytes.clone())
+            })
+            .expect("response");
     }
     if let Some(digest) = rest.strip_prefix("blobs/") {
-        let Some((b, behaviour)) = s.blobs.get(digest).cloned() else { return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN") };
+        let Some((b, behaviour)) = s.blobs.get(digest).cloned() else {
+            return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+        };
         let r = base(StatusCode::OK)
             .header("content-type", "application/octet-stream")
             .header("docker-content-digest", b.digest.as_str())
@@ -226,13 +308,20 @@ fn answer(
         if head {
             return r.body(Body::empty()).expect("response");
         }
-        return r.body(blob_body(b.bytes, behaviour, held, stalled)).expect("response");
+        return r
+            .body(blob_body(b.bytes, behaviour, held, stalled))
+            .expect("response");
     }
     error(StatusCode::NOT_FOUND, "NOT_FOUND")
 }
 
 /// The body of one blob GET, in 16 KiB chunks, misbehaving as asked.
-fn blob_body(bytes: Vec<u8>, behaviour: Behaviour, held: Arc<AtomicBool>, stalled: Arc<AtomicUsize>) -> Body {
+fn blob_body(
+    bytes: Vec<u8>,
+    behaviour: Behaviour,
+    held: Arc<AtomicBool>,
+    stalled: Arc<AtomicUsize>,
+) -> Body {
     let mut bytes = bytes;
     if behaviour == Behaviour::WrongBytes {
         if let Some(last) = bytes.last_mut() {
@@ -240,34 +329,41 @@ fn blob_body(bytes: Vec<u8>, behaviour: Behaviour, held: Arc<AtomicBool>, stalle
         }
     }
     let half = bytes.len() / 2;
-    let chunks: Vec<(usize, bytes::Bytes)> = bytes.chunks(16 * 1024).scan(0usize, |pos, c| {
-        let start = *pos;
-        *pos += c.len();
-        Some((start, bytes::Bytes::copy_from_slice(c)))
-    }).collect();
-    let stream = futures::stream::unfold((chunks.into_iter(), false), move |(mut it, mut waited)| {
-        let (held, stalled) = (held.clone(), stalled.clone());
-        async move {
-            let (start, chunk) = it.next()?;
-            if start >= half && !waited {
-                match behaviour {
-                    Behaviour::CloseHalfway => {
-                        return Some((Err(std::io::Error::other("fake upstream hangs up halfway")), (it, true)));
-                    }
-                    Behaviour::StallAtHalf => {
-                        waited = true;
-                        stalled.fetch_add(1, Ordering::SeqCst);
-                        while held.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+    let chunks: Vec<(usize, bytes::Bytes)> = bytes
+        .chunks(16 * 1024)
+        .scan(0usize, |pos, c| {
+            let start = *pos;
+            *pos += c.len();
+            Some((start, bytes::Bytes::copy_from_slice(c)))
+        })
+        .collect();
+    let stream =
+        futures::stream::unfold((chunks.into_iter(), false), move |(mut it, mut waited)| {
+            let (held, stalled) = (held.clone(), stalled.clone());
+            async move {
+                let (start, chunk) = it.next()?;
+                if start >= half && !waited {
+                    match behaviour {
+                        Behaviour::CloseHalfway => {
+                            return Some((
+                                Err(std::io::Error::other("fake upstream hangs up halfway")),
+                                (it, true),
+                            ));
                         }
-                        stalled.fetch_sub(1, Ordering::SeqCst);
+                        Behaviour::StallAtHalf => {
+                            waited = true;
+                            stalled.fetch_add(1, Ordering::SeqCst);
+                            while held.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                            stalled.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
+                Some((Ok::<_, std::io::Error>(chunk), (it, waited)))
             }
-            Some((Ok::<_, std::io::Error>(chunk), (it, waited)))
-        }
-    });
+        });
     // After an error the stream must end: stop once the error was sent.
     let mut failed = false;
     let stream = futures::StreamExt::take_while(stream, move |item| {
@@ -315,7 +411,12 @@ pub struct Mirror {
 
 impl Mirror {
     /// Write the config into `root` (data in `data_dir`, which may be a mount point) and start.
-    pub async fn start(root: &Path, data_dir: &Path, mut config: MirrorConfig, extra: &Extra) -> Mirror {
+    pub async fn start(
+        root: &Path,
+        data_dir: &Path,
+        mut config: MirrorConfig,
+        extra: &Extra,
+    ) -> Mirror {
         config.data_dir = data_dir.to_path_buf();
         let mut value = toml::Value::try_from(&config).expect("config to toml");
         let table = value.as_table_mut().expect("table");
@@ -347,7 +448,11 @@ impl Mirror {
     /// Start the process (again) with the same config and data directory; its log is appended.
     pub async fn spawn(&mut self) {
         assert!(self.guard.is_none(), "regmirror is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
             .arg("serve")
             .arg("--config")
@@ -366,23 +471,41 @@ impl Mirror {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = loop {
             if let Some(status) = guard.exited() {
-                panic!("regmirror exited with {status}\n--- config ---\n{}\n--- log ---\n{}", self.config_text, self.log());
+                panic!(
+                    "regmirror exited with {status}\n--- config ---\n{}\n--- log ---\n{}",
+                    self.config_text,
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "regmirror printed no listener line in 20 s\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "regmirror printed no listener line in 20 s\n{}",
+                self.log()
+            );
             if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
                 if let Some((url, None)) = parse_listening(&line) {
                     break url;
                 }
             }
         };
-        if let Err(e) = wait_http_ready(&format!("{url}/v2/"), &[200], &mut guard, Duration::from_secs(20)).await {
+        if let Err(e) = wait_http_ready(
+            &format!("{url}/v2/"),
+            &[200],
+            &mut guard,
+            Duration::from_secs(20),
+        )
+        .await
+        {
             panic!("regmirror not ready: {e}\n{}", self.log());
         }
         self.url = url;
@@ -410,7 +533,10 @@ impl Mirror {
     }
 
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.log().lines().filter_map(parse_request_record).collect()
+        self.log()
+            .lines()
+            .filter_map(parse_request_record)
+            .collect()
     }
 
     /// Run `regmirror cache ARGS... --config <this config>`; returns (success, stdout, stderr).
@@ -424,14 +550,22 @@ impl Mirror {
             .env_remove("REGMIRROR_DATA_DIR")
             .output()
             .expect("run regmirror cache");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
 impl Drop for Mirror {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- regmirror log (last 40 lines of {}) ---\n{}", self.log_path.display(), tail(&self.log(), 40));
+            eprintln!(
+                "--- regmirror log (last 40 lines of {}) ---\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 40)
+            );
         }
     }
 }
@@ -442,7 +576,10 @@ impl Drop for Mirror {
 /// Whether this process runs as root (mounting a tmpfs needs it). Without root the calling test
 /// is skipped, or fails under `REGMIRROR_E2E=1`.
 pub fn root_available() -> bool {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.as_deref().ok() == Some("0") {
         return true;
     }
@@ -463,24 +600,49 @@ impl Tmpfs {
     pub fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).expect("mount point");
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(path)
             .output()
             .expect("run mount");
-        assert!(out.status.success(), "mount tmpfs on {}: {} (the test must run as root)", path.display(), String::from_utf8_lossy(&out.stderr));
-        Tmpfs { path: path.to_path_buf() }
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {}: {} (the test must run as root)",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
     }
 
     /// Bytes free on the mount.
     pub fn free_bytes(&self) -> u64 {
-        let out = Command::new("df").args(["-B1", "--output=avail"]).arg(&self.path).output().expect("df");
-        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.path).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
@@ -503,8 +665,10 @@ pub enum RawOutcome {
 
 /// Send `head` (request line and headers, ending in CRLF CRLF) and read the status line.
 pub fn raw_exchange(addr: &str, head: &[u8]) -> RawOutcome {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     if let Err(e) = s.write_all(head) {
         return RawOutcome::Failed(format!("write: {e}"));
     }
@@ -541,7 +705,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if n != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+        {
             *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
         }
     }
@@ -550,15 +717,22 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 /// Open file descriptors of process `pid`.
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// TCP sockets of process `pid` connected to `peer` (`127.0.0.1:PORT`), from `ss -tanp`.
 pub fn sockets_to(pid: u32, peer: &str) -> usize {
-    let out = Command::new("ss").args(["-tanp"]).output().expect("run ss (iproute2)");
+    let out = Command::new("ss")
+        .args(["-tanp"])
+        .output()
+        .expect("run ss (iproute2)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let owner = format!("pid={pid},");
-    text.lines().filter(|l| l.contains(&owner) && l.split_whitespace().nth(4) == Some(peer)).count()
+    text.lines()
+        .filter(|l| l.contains(&owner) && l.split_whitespace().nth(4) == Some(peer))
+        .count()
 }
 
 /// Resident memory of process `pid` in KiB.
@@ -579,7 +753,10 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

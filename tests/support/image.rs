@@ -32,7 +32,11 @@ pub struct Blob {
 
 impl Blob {
     pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
-        Blob { digest: sha256_digest(&bytes), media_type: media_type.into(), bytes }
+        Blob {
+            digest: sha256_digest(&bytes),
+            media_type: media_type.into(),
+            bytes,
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -62,8 +66,15 @@ pub enum Format {
 /// A file to put into a layer.
 pub enum Entry<'a> {
     Dir(&'a str),
-    File { path: &'a str, mode: u32, data: &'a [u8] },
-    Symlink { path: &'a str, target: &'a str },
+    File {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+    },
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
 }
 
 /// Build a deterministic tar.gz layer.
@@ -79,7 +90,8 @@ pub fn layer(entries: &[Entry<'_>]) -> Layer {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
-                tar.append_data(&mut h, path, std::io::empty()).expect("tar dir");
+                tar.append_data(&mut h, path, std::io::empty())
+                    .expect("tar dir");
             }
             Entry::File { path, mode, data } => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -99,21 +111,41 @@ pub fn layer(entries: &[Entry<'_>]) -> Layer {
     // GzBuilder writes mtime 0 and no file name: same input, same bytes.
     let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
     gz.write_all(&raw).expect("gzip");
-    Layer { gz: gz.finish().expect("gzip finish"), diff_id: sha256_digest(&raw) }
+    Layer {
+        gz: gz.finish().expect("gzip finish"),
+        diff_id: sha256_digest(&raw),
+    }
 }
 
 /// The shared base layer: `bin/busybox` plus `bin/sh` and a few applet links (built once).
 pub fn busybox_layer() -> &'static Layer {
     static L: OnceLock<Layer> = OnceLock::new();
     L.get_or_init(|| {
-        let busybox = std::fs::read(BUSYBOX).unwrap_or_else(|e| panic!("read {BUSYBOX} (busybox-static): {e}"));
+        let busybox = std::fs::read(BUSYBOX)
+            .unwrap_or_else(|e| panic!("read {BUSYBOX} (busybox-static): {e}"));
         layer(&[
             Entry::Dir("bin"),
-            Entry::File { path: "bin/busybox", mode: 0o755, data: &busybox },
-            Entry::Symlink { path: "bin/sh", target: "busybox" },
-            Entry::Symlink { path: "bin/cat", target: "busybox" },
-            Entry::Symlink { path: "bin/echo", target: "busybox" },
-            Entry::Symlink { path: "bin/ls", target: "busybox" },
+            Entry::File {
+                path: "bin/busybox",
+                mode: 0o755,
+                data: &busybox,
+            },
+            Entry::Symlink {
+                path: "bin/sh",
+                target: "busybox",
+            },
+            Entry::Symlink {
+                path: "bin/cat",
+                target: "busybox",
+            },
+            Entry::Symlink {
+                path: "bin/echo",
+                target: "busybox",
+            },
+            Entry::Symlink {
+                path: "bin/ls",
+                target: "busybox",
+            },
             Entry::Dir("etc"),
             Entry::Dir("tmp"),
         ])
@@ -129,7 +161,10 @@ pub struct Platform {
 
 impl Platform {
     pub fn new(architecture: &str, variant: Option<&str>) -> Platform {
-        Platform { architecture: architecture.into(), variant: variant.map(str::to_string) }
+        Platform {
+            architecture: architecture.into(),
+            variant: variant.map(str::to_string),
+        }
     }
 
     pub fn amd64() -> Platform {
@@ -162,12 +197,16 @@ pub struct Image {
 impl Image {
     /// Config and layers: what must be pushed before the manifest.
     pub fn blobs(&self) -> Vec<&Blob> {
-        std::iter::once(&self.config).chain(self.layers.iter()).collect()
+        std::iter::once(&self.config)
+            .chain(self.layers.iter())
+            .collect()
     }
 
     /// Every digest the image consists of (manifest, config, layers).
     pub fn digests(&self) -> Vec<String> {
-        std::iter::once(self.manifest.digest.clone()).chain(self.blobs().iter().map(|b| b.digest.clone())).collect()
+        std::iter::once(self.manifest.digest.clone())
+            .chain(self.blobs().iter().map(|b| b.digest.clone()))
+            .collect()
     }
 
     /// A descriptor with platform, for an index or manifest list.
@@ -184,7 +223,11 @@ pub fn image(format: Format, platform: Platform, label: &str) -> Image {
     let text = format!("{label}\narch={}\n", platform.architecture);
     let top = layer(&[
         Entry::Dir("etc"),
-        Entry::File { path: "etc/regmirror-test", mode: 0o644, data: text.as_bytes() },
+        Entry::File {
+            path: "etc/regmirror-test",
+            mode: 0o644,
+            data: text.as_bytes(),
+        },
     ]);
     let base = busybox_layer();
     let (layer_type, config_type, manifest_type) = match format {
@@ -198,21 +241,34 @@ pub fn image(format: Format, platform: Platform, label: &str) -> Image {
         "Cmd": ["/bin/cat", "/etc/regmirror-test"],
         "Labels": {"org.regmirror.test": label},
     });
-    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": [base.diff_id, top.diff_id]});
+    config["rootfs"] =
+        serde_json::json!({"type": "layers", "diff_ids": [base.diff_id, top.diff_id]});
     config["history"] = serde_json::json!([
         {"created": "2024-01-01T00:00:00Z", "created_by": "regmirror test harness: busybox"},
         {"created": "2024-01-01T00:00:00Z", "created_by": format!("regmirror test harness: {label}")},
     ]);
     let config = Blob::new(config_type, serde_json::to_vec(&config).expect("json"));
-    let layers = vec![Blob::new(layer_type, base.gz.clone()), Blob::new(layer_type, top.gz)];
+    let layers = vec![
+        Blob::new(layer_type, base.gz.clone()),
+        Blob::new(layer_type, top.gz),
+    ];
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": manifest_type,
         "config": config.descriptor(),
         "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
     });
-    let manifest = Blob::new(manifest_type, serde_json::to_vec_pretty(&manifest).expect("json"));
-    Image { format, platform, manifest, config, layers }
+    let manifest = Blob::new(
+        manifest_type,
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    );
+    Image {
+        format,
+        platform,
+        manifest,
+        config,
+        layers,
+    }
 }
 
 /// A multi-platform image: an OCI index or a Docker manifest list and its children.
@@ -245,8 +301,16 @@ impl MultiImage {
 /// An OCI index of OCI manifests for amd64 and arm64 (each with its own label text).
 pub fn oci_index(label: &str) -> MultiImage {
     let children = vec![
-        image(Format::Oci, Platform::amd64(), &format!("{label} oci amd64")),
-        image(Format::Oci, Platform::arm64(), &format!("{label} oci arm64 (a different file)")),
+        image(
+            Format::Oci,
+            Platform::amd64(),
+            &format!("{label} oci amd64"),
+        ),
+        image(
+            Format::Oci,
+            Platform::arm64(),
+            &format!("{label} oci arm64 (a different file)"),
+        ),
     ];
     let index = serde_json::json!({
         "schemaVersion": 2,
@@ -254,15 +318,26 @@ pub fn oci_index(label: &str) -> MultiImage {
         "manifests": children.iter().map(Image::platform_descriptor).collect::<Vec<_>>(),
         "annotations": {"org.regmirror.test": label},
     });
-    MultiImage { manifest: Blob::new(OCI_INDEX, serde_json::to_vec(&index).expect("json")), children }
+    MultiImage {
+        manifest: Blob::new(OCI_INDEX, serde_json::to_vec(&index).expect("json")),
+        children,
+    }
 }
 
 /// A Docker manifest list of schema2 manifests for amd64 and arm64, serialised with an unusual
 /// three-space indentation and a trailing newline: a mirror that re-encodes it changes its digest.
 pub fn docker_manifest_list(label: &str) -> MultiImage {
     let children = vec![
-        image(Format::Docker, Platform::amd64(), &format!("{label} docker amd64")),
-        image(Format::Docker, Platform::arm64(), &format!("{label} docker arm64 (a different file)")),
+        image(
+            Format::Docker,
+            Platform::amd64(),
+            &format!("{label} docker amd64"),
+        ),
+        image(
+            Format::Docker,
+            Platform::arm64(),
+            &format!("{label} docker arm64 (a different file)"),
+        ),
     ];
     let list = serde_json::json!({
         "schemaVersion": 2,
@@ -274,5 +349,8 @@ pub fn docker_manifest_list(label: &str) -> MultiImage {
     let mut ser = serde_json::Serializer::with_formatter(&mut bytes, fmt);
     serde::Serialize::serialize(&list, &mut ser).expect("json");
     bytes.push(b'\n');
-    MultiImage { manifest: Blob::new(DOCKER_LIST, bytes), children }
+    MultiImage {
+        manifest: Blob::new(DOCKER_LIST, bytes),
+        children,
+    }
 }

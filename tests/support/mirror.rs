@@ -41,7 +41,11 @@ pub struct UpstreamEntry {
 impl UpstreamEntry {
     /// An upstream named `name` fetched from `url`.
     pub fn new(name: &str, url: &str) -> UpstreamEntry {
-        UpstreamEntry { name: name.into(), url: Some(url.into()), ..Default::default() }
+        UpstreamEntry {
+            name: name.into(),
+            url: Some(url.into()),
+            ..Default::default()
+        }
     }
 
     pub fn credentials(mut self, creds: Option<(String, String)>) -> Self {
@@ -134,7 +138,11 @@ impl Regmirror {
         let root = tempfile::tempdir().expect("tempdir");
         let data_dir = root.path().join("data");
         config.data_dir = data_dir.clone();
-        let expected = 1 + config.upstreams.iter().filter(|u| u.listen.is_some()).count();
+        let expected = 1 + config
+            .upstreams
+            .iter()
+            .filter(|u| u.listen.is_some())
+            .count();
         let mut text = toml::to_string(&config).expect("serialise config");
         text.push_str(&config.extra_toml);
         let config_path = root.path().join("regmirror.toml");
@@ -157,7 +165,10 @@ impl Regmirror {
         let stdout_copy = root.path().join("stdout.log");
         std::thread::spawn(move || {
             let mut copy = std::fs::File::create(stdout_copy).ok();
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(f) = copy.as_mut() {
                     use std::io::Write;
                     let _ = writeln!(f, "{line}");
@@ -179,7 +190,11 @@ impl Regmirror {
                 fail(format!("exited with {status}"), &log_path, &text);
             }
             if std::time::Instant::now() > deadline {
-                fail(format!("no listener lines after 20 s (wanted {expected})"), &log_path, &text);
+                fail(
+                    format!("no listener lines after 20 s (wanted {expected})"),
+                    &log_path,
+                    &text,
+                );
             }
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => match parse_listening(&line) {
@@ -198,11 +213,26 @@ impl Regmirror {
         }
         let url = url.expect("shared listener");
         for u in std::iter::once(&url).chain(dedicated.values()) {
-            if let Err(e) = wait_http_ready(&format!("{u}/v2/"), &[200], &mut guard, Duration::from_secs(20)).await {
+            if let Err(e) = wait_http_ready(
+                &format!("{u}/v2/"),
+                &[200],
+                &mut guard,
+                Duration::from_secs(20),
+            )
+            .await
+            {
                 fail(e, &log_path, &text);
             }
         }
-        Regmirror { guard, root, data_dir, config_path, log_path, url, dedicated }
+        Regmirror {
+            guard,
+            root,
+            data_dir,
+            config_path,
+            log_path,
+            url,
+            dedicated,
+        }
     }
 
     /// `127.0.0.1:PORT` of the shared listener (for skopeo references and raw requests).
@@ -216,7 +246,12 @@ impl Regmirror {
             .iter()
             .find(|(label, _)| label.as_str() == upstream || label.contains(upstream))
             .map(|(_, u)| u.as_str())
-            .unwrap_or_else(|| panic!("no dedicated listener for {upstream}; have {:?}", self.dedicated))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no dedicated listener for {upstream}; have {:?}",
+                    self.dedicated
+                )
+            })
     }
 
     pub fn pid(&self) -> u32 {
@@ -248,7 +283,10 @@ impl Regmirror {
 
     /// Every request record logged so far (JSON lines with `fields.message == "request"`).
     pub fn requests(&self) -> Vec<RequestRecord> {
-        self.log().lines().filter_map(parse_request_record).collect()
+        self.log()
+            .lines()
+            .filter_map(parse_request_record)
+            .collect()
     }
 }
 
@@ -256,7 +294,11 @@ impl Drop for Regmirror {
     /// On a failing test, show the end of regmirror's log (the test harness prints it with the failure).
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- regmirror log (last 40 lines of {}) ---\n{}", self.log_path.display(), tail(&self.log(), 40));
+            eprintln!(
+                "--- regmirror log (last 40 lines of {}) ---\n{}",
+                self.log_path.display(),
+                tail(&self.log(), 40)
+            );
         }
     }
 }
@@ -273,7 +315,9 @@ pub fn parse_listening(line: &str) -> Option<(String, Option<String>)> {
     let rest = line.trim().strip_prefix("regmirror: listening on ")?;
     let (url, label) = rest.split_once(' ').unwrap_or((rest, ""));
     let label = label.trim().trim_start_matches('(').trim_end_matches(')');
-    let upstream = label.strip_prefix("upstream ").map(|u| u.trim().to_string());
+    let upstream = label
+        .strip_prefix("upstream ")
+        .map(|u| u.trim().to_string());
     Some((url.to_string(), upstream))
 }
 

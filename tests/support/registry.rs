@@ -15,9 +15,15 @@ use super::token::TokenServer;
 pub enum RegistryAuth {
     None,
     /// htpasswd Basic auth (bcrypt) with one user.
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// Token auth backed by an in-process [`TokenServer`] accepting one user.
-    Token { user: String, password: String },
+    Token {
+        user: String,
+        password: String,
+    },
 }
 
 /// A running registry; killed on drop.
@@ -37,11 +43,19 @@ impl Registry {
     }
 
     pub async fn basic(user: &str, password: &str) -> Registry {
-        Registry::start(RegistryAuth::Basic { user: user.into(), password: password.into() }).await
+        Registry::start(RegistryAuth::Basic {
+            user: user.into(),
+            password: password.into(),
+        })
+        .await
     }
 
     pub async fn token(user: &str, password: &str) -> Registry {
-        Registry::start(RegistryAuth::Token { user: user.into(), password: password.into() }).await
+        Registry::start(RegistryAuth::Token {
+            user: user.into(),
+            password: password.into(),
+        })
+        .await
     }
 
     /// Start with a free port (retrying with another port if the one picked was taken meanwhile).
@@ -57,8 +71,15 @@ impl Registry {
                     .args([user, password])
                     .output()
                     .expect("run htpasswd");
-                assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
-                let yaml = format!("auth:\n  htpasswd:\n    realm: regmirror-test\n    path: {}\n", file.display());
+                assert!(
+                    out.status.success(),
+                    "htpasswd failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let yaml = format!(
+                    "auth:\n  htpasswd:\n    realm: regmirror-test\n    path: {}\n",
+                    file.display()
+                );
                 (yaml, None, Some((user.clone(), password.clone())))
             }
             RegistryAuth::Token { user, password } => {
@@ -99,10 +120,21 @@ impl Registry {
             let url = format!("http://127.0.0.1:{port}/v2/");
             match wait_http_ready(&url, &[200, 401], &mut guard, Duration::from_secs(20)).await {
                 Ok(()) => {
-                    return Registry { guard, port, dir, access_log, app_log, token_server, credentials };
+                    return Registry {
+                        guard,
+                        port,
+                        dir,
+                        access_log,
+                        app_log,
+                        token_server,
+                        credentials,
+                    };
                 }
                 Err(e) => {
-                    last_err = format!("{e}\n{}", std::fs::read_to_string(&app_log).unwrap_or_default());
+                    last_err = format!(
+                        "{e}\n{}",
+                        std::fs::read_to_string(&app_log).unwrap_or_default()
+                    );
                 }
             }
         }
@@ -115,8 +147,15 @@ impl Registry {
         let _ = self.guard.child.kill();
         let _ = self.guard.child.wait();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-            assert!(std::time::Instant::now() < deadline, "registry port {} still open after kill", self.port);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_ok()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry port {} still open after kill",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -136,14 +175,21 @@ impl Registry {
 
     /// The access log lines so far.
     pub fn access_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log).unwrap_or_default().lines().map(str::to_string).collect()
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// How many `METHOD PATH` requests the registry has logged (any status; query strings must be
     /// part of `path` to match, e.g. count `GET /v2/team/app/blobs/sha256:...`).
     pub fn count_requests(&self, method: &str, path: &str) -> usize {
         let needle = format!("\"{method} {path} HTTP/");
-        self.access_lines().iter().filter(|l| l.contains(&needle)).count()
+        self.access_lines()
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     /// How many blob GETs of `digest` in `repo` reached the registry.
@@ -154,13 +200,19 @@ impl Registry {
     /// How many blob GETs of `digest` reached the registry, in any repository.
     pub fn count_blob_gets_any(&self, digest: &str) -> usize {
         let needle = format!("/blobs/{digest} HTTP/");
-        self.access_lines().iter().filter(|l| l.contains("\"GET /v2/") && l.contains(&needle)).count()
+        self.access_lines()
+            .iter()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(&needle))
+            .count()
     }
 
     /// Requests (any method) whose path starts with `prefix`, e.g. "/v2/team/multi/manifests/".
     pub fn count_prefix(&self, method: &str, prefix: &str) -> usize {
         let needle = format!("\"{method} {prefix}");
-        self.access_lines().iter().filter(|l| l.contains(&needle)).count()
+        self.access_lines()
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 }
 

@@ -28,7 +28,11 @@ pub struct Seeded {
 impl Seeded {
     /// Every tag of `multi_repo`, sorted as distribution lists them.
     pub fn multi_tags(&self) -> Vec<String> {
-        let mut t: Vec<String> = INDEX_TAGS.iter().chain([LIST_TAG].iter()).map(|s| s.to_string()).collect();
+        let mut t: Vec<String> = INDEX_TAGS
+            .iter()
+            .chain([LIST_TAG].iter())
+            .map(|s| s.to_string())
+            .collect();
         t.sort();
         t
     }
@@ -59,14 +63,34 @@ pub async fn seed(registry: &Registry, multi_repo: &str, single_repo: &str, labe
 }
 
 /// Push the standard set through `client`.
-pub async fn seed_with(client: &RegistryClient, multi_repo: &str, single_repo: &str, label: &str) -> Seeded {
+pub async fn seed_with(
+    client: &RegistryClient,
+    multi_repo: &str,
+    single_repo: &str,
+    label: &str,
+) -> Seeded {
     let index = oci_index(label);
     let list = docker_manifest_list(label);
-    let oci = image(Format::Oci, Platform::amd64(), &format!("{label} single oci"));
-    let docker = image(Format::Docker, Platform::amd64(), &format!("{label} single docker"));
+    let oci = image(
+        Format::Oci,
+        Platform::amd64(),
+        &format!("{label} single oci"),
+    );
+    let docker = image(
+        Format::Docker,
+        Platform::amd64(),
+        &format!("{label} single docker"),
+    );
     push_multi(client, multi_repo, &index, INDEX_TAGS).await;
     push_multi(client, multi_repo, &list, &[LIST_TAG]).await;
     push_image(client, single_repo, &oci, "oci").await;
     push_image(client, single_repo, &docker, "docker").await;
-    Seeded { multi_repo: multi_repo.into(), single_repo: single_repo.into(), index, list, oci, docker }
+    Seeded {
+        multi_repo: multi_repo.into(),
+        single_repo: single_repo.into(),
+        index,
+        list,
+        oci,
+        docker,
+    }
 }

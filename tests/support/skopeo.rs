@@ -31,7 +31,10 @@ pub struct DirImage {
 impl DirImage {
     /// Bytes of the top-level manifest.
     pub fn manifest(&self) -> &[u8] {
-        self.files.get("manifest.json").map(Vec::as_slice).expect("manifest.json in dir: layout")
+        self.files
+            .get("manifest.json")
+            .map(Vec::as_slice)
+            .expect("manifest.json in dir: layout")
     }
 
     pub fn manifest_digest(&self) -> String {
@@ -47,7 +50,11 @@ impl DirImage {
             .filter_map(|(name, bytes)| {
                 let hex = name.strip_suffix(".manifest.json")?;
                 let d = format!("sha256:{hex}");
-                assert_eq!(sha256_digest(bytes), d, "{name} holds bytes of another digest");
+                assert_eq!(
+                    sha256_digest(bytes),
+                    d,
+                    "{name} holds bytes of another digest"
+                );
                 Some(d)
             })
             .collect();
@@ -63,7 +70,11 @@ impl DirImage {
             .filter(|(name, _)| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(|(name, bytes)| {
                 let d = format!("sha256:{name}");
-                assert_eq!(sha256_digest(bytes), d, "blob file {name} holds bytes of another digest");
+                assert_eq!(
+                    sha256_digest(bytes),
+                    d,
+                    "blob file {name} holds bytes of another digest"
+                );
                 d
             })
             .collect();
@@ -95,7 +106,8 @@ pub async fn copy(reference: &str, work: &Path, opts: &CopyOptions) -> Result<Di
         Some((u, p)) => cmd.arg(format!("--src-creds={u}:{p}")),
         None => cmd.arg("--src-no-creds"),
     };
-    cmd.arg(format!("docker://{reference}")).arg(format!("dir:{}", dest.display()));
+    cmd.arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display()));
     cmd.kill_on_drop(true);
     let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
         .await

@@ -29,10 +29,30 @@ pub fn signing_key() -> &'static SigningKey {
         let cert = dir.path().join("cert.pem");
         let spki = dir.path().join("pub.der");
         run_openssl(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=regmirror-test-token",
-            "-keyout", path_str(&key), "-out", path_str(&cert),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=regmirror-test-token",
+            "-keyout",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
         ]);
-        run_openssl(&["pkey", "-in", path_str(&key), "-pubout", "-outform", "DER", "-out", path_str(&spki)]);
+        run_openssl(&[
+            "pkey",
+            "-in",
+            path_str(&key),
+            "-pubout",
+            "-outform",
+            "DER",
+            "-out",
+            path_str(&spki),
+        ]);
         let spki_der = std::fs::read(&spki).expect("read SPKI");
         SigningKey {
             key_pem: std::fs::read(&key).expect("read key"),
@@ -47,8 +67,15 @@ fn path_str(p: &Path) -> &str {
 }
 
 fn run_openssl(args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// libtrust key id: base32 of the first 30 bytes of sha256(SPKI DER), in groups of 4 joined by ':'.
@@ -56,7 +83,11 @@ pub fn libtrust_key_id(spki_der: &[u8]) -> String {
     use sha2::Digest;
     let sum = sha2::Sha256::digest(spki_der);
     let b32 = data_encoding::BASE32_NOPAD.encode(&sum[..30]);
-    b32.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).expect("base32 is ascii")).collect::<Vec<_>>().join(":")
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).expect("base32 is ascii"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// One token request the server answered.
@@ -104,7 +135,12 @@ impl TokenServer {
             }),
         );
         let server = BackgroundServer::start(router);
-        TokenServer { service: state.service.clone(), issuer: state.issuer.clone(), server, state }
+        TokenServer {
+            service: state.service.clone(),
+            issuer: state.issuer.clone(),
+            server,
+            state,
+        }
     }
 
     pub fn realm(&self) -> String {
@@ -129,17 +165,32 @@ async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
     let mut params: Vec<(String, String)> = req
         .uri()
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
-    let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(parse_basic);
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_basic);
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
     params.extend(url::form_urlencoded::parse(&body).into_owned());
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
 
     let (user, password) = if method == "POST" {
         match get("grant_type").as_deref() {
             Some("password") => (get("username"), get("password")),
-            other => return error(StatusCode::BAD_REQUEST, &format!("unsupported grant_type {other:?}")),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unsupported grant_type {other:?}"),
+                )
+            }
         }
     } else {
         match basic {
@@ -151,9 +202,15 @@ async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
     let scopes: Vec<String> = params
         .iter()
         .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| v.split(' ').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect();
-    let granted = user.as_deref() == Some(state.user.as_str()) && password.as_deref() == Some(state.password.as_str());
+    let granted = user.as_deref() == Some(state.user.as_str())
+        && password.as_deref() == Some(state.password.as_str());
     state.log.lock().expect("token log").push(TokenRequest {
         method: method.clone(),
         user: user.clone(),
@@ -165,7 +222,10 @@ async fn handle(state: &State, req: Request<Body>) -> Response<Body> {
     }
     if let Some(service) = get("service") {
         if service != state.service {
-            return error(StatusCode::BAD_REQUEST, &format!("unknown service {service:?}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("unknown service {service:?}"),
+            );
         }
     }
     let token = sign(state, user.as_deref().unwrap_or(""), &scopes);
@@ -193,8 +253,12 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 
 fn parse_basic(v: &str) -> Option<(String, String)> {
     use base64::Engine;
-    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
@@ -210,7 +274,10 @@ fn access_entry(scope: &str) -> Option<serde_json::Value> {
 
 fn sign(state: &State, user: &str, scopes: &[String]) -> String {
     let key = signing_key();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     let claims = serde_json::json!({
         "iss": state.issuer,
         "sub": user,

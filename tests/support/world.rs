@@ -35,7 +35,10 @@ impl World {
 
     /// Start, letting the caller adjust the mirror config before regmirror starts.
     pub async fn start_with(adjust: impl FnOnce(&mut MirrorConfig)) -> World {
-        let (hub, tok) = tokio::join!(Registry::basic(HUB_USER.0, HUB_USER.1), Registry::token(TOK_USER.0, TOK_USER.1));
+        let (hub, tok) = tokio::join!(
+            Registry::basic(HUB_USER.0, HUB_USER.1),
+            Registry::token(TOK_USER.0, TOK_USER.1)
+        );
         let (hub_seed, tok_seed) = tokio::join!(
             seed(&hub, "library/busybox", "library/hello", "hub-upstream"),
             seed(&tok, "team/multi", "team/single", "tok-upstream"),
@@ -50,7 +53,14 @@ impl World {
         ]);
         adjust(&mut config);
         let mirror = Regmirror::start(config).await;
-        World { hub, hub_seed, tok, tok_seed, mirror, work: tempfile::tempdir().expect("tempdir") }
+        World {
+            hub,
+            hub_seed,
+            tok,
+            tok_seed,
+            mirror,
+            work: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// The token upstream's name in regmirror (`127.0.0.1:PORT`).
@@ -93,7 +103,10 @@ impl Forwarder {
                     break;
                 }
                 if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                    return Forwarder { _guard: guard, addr };
+                    return Forwarder {
+                        _guard: guard,
+                        addr,
+                    };
                 }
                 if std::time::Instant::now() > deadline {
                     last = format!("socat not accepting on {addr}");
