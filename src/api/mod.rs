@@ -7,6 +7,7 @@
 pub mod endpoint;
 pub mod error;
 mod tags;
+pub mod zero_copy;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::cache::{Cache, CacheStatus, RangeSpec};
+use crate::cache::{BlobBody, Cache, CacheStatus, RangeSpec};
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
 pub use endpoint::Endpoint;
@@ -280,8 +281,15 @@ fn blob_response(b: crate::cache::Blob) -> Response {
     } else {
         "upstream"
     };
+    let mut send_file = None;
     let body = match b.body {
-        Some(stream) => {
+        Some(BlobBody::File(region)) => {
+            let sf = zero_copy::SendFile::new(region, source);
+            let body = sf.body();
+            send_file = Some(sf);
+            body
+        }
+        Some(BlobBody::Stream(stream)) => {
             let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
             Body::from_stream(futures::StreamExt::inspect(stream, move |chunk| {
                 if let Ok(c) = chunk {
@@ -292,6 +300,9 @@ fn blob_response(b: crate::cache::Blob) -> Response {
         None => Body::empty(),
     };
     let mut resp = Response::new(body);
+    if let Some(sf) = send_file {
+        resp.extensions_mut().insert(sf);
+    }
     let h = resp.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     match (b.range, b.size) {

@@ -6,6 +6,7 @@ use futures::TryStreamExt;
 use http::Method;
 
 use super::fill::{Fill, FillWriter, Joined};
+use super::region::FileRegion;
 use super::{keys, Cache, CacheStatus, Error, Result};
 use crate::oci::Digest;
 use crate::storage::{self, ByteStream};
@@ -36,8 +37,23 @@ impl RangeSpec {
     }
 }
 
-/// The body of a blob answer; None for HEAD.
-pub type BlobBody = Option<ByteStream>;
+/// The body of a blob answer.
+pub enum BlobBody {
+    /// Bytes as a stream of buffers (ranges fetched from the upstream, fills of unknown size).
+    Stream(ByteStream),
+    /// A range of a local file (a cached blob or the spool of a fill), which the HTTP/1.1 front
+    /// sends with `sendfile(2)`.
+    File(FileRegion),
+}
+
+impl BlobBody {
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            BlobBody::Stream(s) => s,
+            BlobBody::File(r) => r.into_stream(),
+        }
+    }
+}
 
 /// What the API needs to answer a blob request.
 pub struct Blob {
@@ -46,7 +62,8 @@ pub struct Blob {
     pub size: Option<u64>,
     /// The part served, when a range was asked for: (start, end exclusive).
     pub range: Option<(u64, u64)>,
-    pub body: BlobBody,
+    /// None for HEAD.
+    pub body: Option<BlobBody>,
     pub status: CacheStatus,
 }
 
@@ -112,8 +129,22 @@ impl Cache {
         let body = if head {
             None
         } else {
-            match self.storage.get_stream(&key, r.clone()).await {
-                Ok(s) => Some(self.in_use.guard(key.clone(), s)),
+            let reading = self.in_use.hold(key.clone());
+            match self.storage.open_file(&key).await {
+                Ok(Some((file, len))) => {
+                    let r = r.clone().unwrap_or(0..len);
+                    let r = r.start.min(len)..r.end.min(len);
+                    Some(BlobBody::File(FileRegion::committed(
+                        Arc::new(file),
+                        r,
+                        reading,
+                    )))
+                }
+                Ok(None) => match self.storage.get_stream(&key, r.clone()).await {
+                    Ok(s) => Some(BlobBody::Stream(self.in_use.guard(key.clone(), s))),
+                    Err(storage::Error::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                },
                 // Removed (evicted) between head and open: treat as a miss.
                 Err(storage::Error::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -155,7 +186,7 @@ impl Cache {
         let digest = fill.digest.clone();
         match (range, state.size) {
             (None, size) => {
-                let body = (!head).then(|| fill.reader(0, None));
+                let body = (!head).then(|| fill_body(&fill, 0, size));
                 Ok(Blob {
                     digest,
                     size,
@@ -166,7 +197,7 @@ impl Cache {
             }
             (Some(r), Some(size)) => {
                 let r = r.resolve(size)?;
-                let body = (!head).then(|| fill.reader(r.start, Some(r.end)));
+                let body = (!head).then(|| fill_body(&fill, r.start, Some(r.end)));
                 Ok(Blob {
                     digest,
                     size: Some(size),
@@ -224,9 +255,11 @@ impl Cache {
             .ok_or_else(|| Error::Invalid("upstream ignored the range request".into()))?;
         let (start, end, size) = parsed;
         let body = (!head).then(|| {
-            resp.bytes_stream()
-                .map_err(std::io::Error::other)
-                .boxed_stream()
+            BlobBody::Stream(
+                resp.bytes_stream()
+                    .map_err(std::io::Error::other)
+                    .boxed_stream(),
+            )
         });
         Ok(Blob {
             digest: digest.clone(),
@@ -318,6 +351,17 @@ where
 {
     fn boxed_stream(self) -> ByteStream {
         Box::pin(self)
+    }
+}
+
+/// A reader of a fill from `start` to `end` (the blob's size when known): a file region when
+/// both the spool and the end are known, a stream otherwise.
+fn fill_body(fill: &Arc<Fill>, start: u64, end: Option<u64>) -> BlobBody {
+    match (fill.spool(), end) {
+        (Some(file), Some(end)) => {
+            BlobBody::File(FileRegion::filling(fill.clone(), file, start..end))
+        }
+        _ => BlobBody::Stream(fill.reader(start, end)),
     }
 }
 

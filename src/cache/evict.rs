@@ -44,18 +44,23 @@ impl InUse {
             .contains_key(key)
     }
 
-    /// Wrap a stream so that `key` counts as in use until the stream is dropped.
-    pub fn guard(self: &Arc<Self>, key: String, stream: ByteStream) -> ByteStream {
+    /// Count `key` as in use until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>, key: String) -> ReaderGuard {
         *self
             .readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key.clone())
             .or_default() += 1;
-        let guard = ReaderGuard {
+        ReaderGuard {
             in_use: self.clone(),
             key,
-        };
+        }
+    }
+
+    /// Wrap a stream so that `key` counts as in use until the stream is dropped.
+    pub fn guard(self: &Arc<Self>, key: String, stream: ByteStream) -> ByteStream {
+        let guard = self.hold(key);
         stream
             .map(move |item| {
                 let _keep = &guard;
@@ -65,7 +70,8 @@ impl InUse {
     }
 }
 
-struct ReaderGuard {
+/// Marks one key as being read; see [`InUse::hold`].
+pub struct ReaderGuard {
     in_use: Arc<InUse>,
     key: String,
 }

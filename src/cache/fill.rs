@@ -63,53 +63,79 @@ impl Fill {
         }
     }
 
+    /// The spool file, once the upstream has answered.
+    pub fn spool(&self) -> Option<Arc<File>> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A receiver of this fill's progress, for [`Fill::wait_readable`].
+    pub fn progress(&self) -> watch::Receiver<FillState> {
+        self.state.clone()
+    }
+
+    /// Wait until bytes after `pos` (up to `end`, None: the end of the blob) may be sent, and
+    /// return the offset they may be sent up to (exclusive), or None when the read is complete.
+    ///
+    /// This is the one place that decides what a reader of an unfinished fill may see: the blob's
+    /// last byte only after the digest is verified, and an error (never a clean end) when the fill
+    /// fails.
+    pub async fn wait_readable(
+        rx: &mut watch::Receiver<FillState>,
+        pos: u64,
+        end: Option<u64>,
+    ) -> std::io::Result<Option<u64>> {
+        loop {
+            let s = rx.borrow_and_update().clone();
+            let verified = matches!(s.outcome, Some(Ok(())));
+            if let Some(Err(e)) = &s.outcome {
+                return Err(std::io::Error::other(format!("blob fill failed: {e}")));
+            }
+            let total = s.size.unwrap_or(u64::MAX);
+            let stop = end.unwrap_or(total).min(total);
+            // Whether this read includes the blob's last byte: then it must not end before
+            // the digest is verified.
+            let includes_last = stop >= total || (end.is_none() && s.size.is_none());
+            if verified && pos >= s.written.min(stop) {
+                return Ok(None);
+            }
+            if pos >= stop && !includes_last {
+                return Ok(None);
+            }
+            let mut readable = s.written.min(stop);
+            if !verified && includes_last && readable >= total {
+                readable = total.saturating_sub(1);
+            }
+            if readable > pos {
+                return Ok(Some(readable));
+            }
+            if rx.changed().await.is_err() {
+                return Err(std::io::Error::other("fill ended without an outcome"));
+            }
+        }
+    }
+
     /// Stream bytes `start..end` (end = None: to the end of the blob) as they arrive.
     pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
-        let file = self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let file = self.spool();
         let rx = self.state.clone();
         futures::stream::unfold((rx, file, start), move |(mut rx, file, pos)| async move {
             let file = file?;
-            loop {
-                let s = rx.borrow_and_update().clone();
-                let verified = matches!(s.outcome, Some(Ok(())));
-                if let Some(Err(e)) = &s.outcome {
-                    let err = std::io::Error::other(format!("blob fill failed: {e}"));
-                    return Some((Err(err), (rx, None, pos)));
+            let readable = match Fill::wait_readable(&mut rx, pos, end).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(e), (rx, None, pos))),
+            };
+            let len = (readable - pos).min(CHUNK as u64) as usize;
+            match crate::storage::fs::read_chunk(file.clone(), pos, len).await {
+                Ok(b) if b.is_empty() => Some((
+                    Err(std::io::Error::other("spool file shorter than announced")),
+                    (rx, None, pos),
+                )),
+                Ok(b) => {
+                    let n = b.len() as u64;
+                    Some((Ok(b), (rx, Some(file), pos + n)))
                 }
-                let total = s.size.unwrap_or(u64::MAX);
-                let stop = end.unwrap_or(total).min(total);
-                // Whether this read includes the blob's last byte: then it must not end before
-                // the digest is verified.
-                let includes_last = stop >= total || (end.is_none() && s.size.is_none());
-                if verified && pos >= s.written.min(stop) {
-                    return None;
-                }
-                if pos >= stop && !includes_last {
-                    return None;
-                }
-                let mut readable = s.written.min(stop);
-                if !verified && includes_last && readable >= total {
-                    readable = total.saturating_sub(1);
-                }
-                if readable > pos {
-                    let len = (readable - pos).min(CHUNK as u64) as usize;
-                    let read = crate::storage::fs::read_chunk(file.clone(), pos, len).await;
-                    return match read {
-                        Ok(b) if b.is_empty() => Some((
-                            Err(std::io::Error::other("spool file shorter than announced")),
-                            (rx, None, pos),
-                        )),
-                        Ok(b) => {
-                            let n = b.len() as u64;
-                            Some((Ok(b), (rx, Some(file), pos + n)))
-                        }
-                        Err(e) => Some((Err(e), (rx, None, pos))),
-                    };
-                }
-                if rx.changed().await.is_err() {
-                    let err = std::io::Error::other("fill ended without an outcome");
-                    return Some((Err(err), (rx, None, pos)));
-                }
+                Err(e) => Some((Err(e), (rx, None, pos))),
             }
         })
         .boxed()

@@ -11,6 +11,7 @@ pub mod fill;
 mod hot;
 pub mod inventory;
 mod manifests;
+mod region;
 pub mod tags;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::upstream::{self, Upstream};
 pub use blobs::{Blob, BlobBody, RangeSpec};
 use fill::Fills;
 pub use manifests::{Manifest, TagsPage};
+pub use region::FileRegion;
 use tags::{TagPolicy, TagTtl};
 
 /// A cache failure. `ManifestUnknown` / `BlobUnknown` are distinct so the API can answer 404.

@@ -180,7 +180,7 @@ async fn read_all(cache: &Arc<Cache>, d: &Digest) -> (CacheStatus, Result<Vec<u8
         Err(e) => return (CacheStatus::Miss, Err(e.to_string())),
     };
     let mut out = Vec::new();
-    let mut body = b.body.unwrap();
+    let mut body = b.body.unwrap().into_stream();
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(c) => out.extend_from_slice(&c),
@@ -263,7 +263,7 @@ async fn clients_that_disconnect_do_not_disturb_the_rest() {
         .blob("up", "test/img", &d, None, false)
         .await
         .unwrap();
-    let mut body = first.body.unwrap();
+    let mut body = first.body.unwrap().into_stream();
     body.next().await.unwrap().unwrap();
     drop(body);
     let mut tasks = Vec::new();
@@ -271,7 +271,7 @@ async fn clients_that_disconnect_do_not_disturb_the_rest() {
         let (c, d) = (h.cache.clone(), d.clone());
         tasks.push(tokio::spawn(async move {
             let b = c.blob("up", "test/img", &d, None, false).await.unwrap();
-            let mut s = b.body.unwrap();
+            let mut s = b.body.unwrap().into_stream();
             let mut n = 0;
             while let Some(chunk) = s.next().await {
                 n += chunk.unwrap().len();
@@ -368,7 +368,13 @@ async fn ranges_on_miss_and_hit_and_head_without_fill() {
             .await
             .unwrap();
         assert_eq!(b.range, Some((want.start as u64, want.end as u64)));
-        let got: Vec<Bytes> = b.body.unwrap().map(|c| c.unwrap()).collect().await;
+        let got: Vec<Bytes> = b
+            .body
+            .unwrap()
+            .into_stream()
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
         assert_eq!(got.concat(), &data[want.clone()]);
     }
     assert!(matches!(

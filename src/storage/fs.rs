@@ -63,6 +63,22 @@ impl FsStorage {
         Ok(n)
     }
 
+    /// Open an object for reading, with its length.
+    async fn open_object(&self, key: &str) -> Result<(std::fs::File, u64)> {
+        let path = self.path(key)?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)?;
+            let len = f.metadata()?.len();
+            Ok::<_, std::io::Error>((f, len))
+        })
+        .await
+        .map_err(|e| Error::Io {
+            key: key.to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        opened.map_err(|e| map_err(key, e))
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf> {
         check_key(key)?;
         Ok(self.root.join(key))
@@ -226,20 +242,13 @@ impl Storage for FsStorage {
     }
 
     async fn get_stream(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream> {
-        let path = self.path(key)?;
-        let opened = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&path)?;
-            let len = f.metadata()?.len();
-            Ok::<_, std::io::Error>((f, len))
-        })
-        .await
-        .map_err(|e| Error::Io {
-            key: key.to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        let (file, len) = opened.map_err(|e| map_err(key, e))?;
+        let (file, len) = self.open_object(key).await?;
         let r = range.unwrap_or(0..len);
         Ok(positional_stream(Arc::new(file), r.start, r.end.min(len)))
+    }
+
+    async fn open_file(&self, key: &str) -> Result<Option<(std::fs::File, u64)>> {
+        self.open_object(key).await.map(Some)
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {

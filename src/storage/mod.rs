@@ -65,6 +65,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Bytes>;
     /// A byte range of the object (the whole object when `range` is None), streamed.
     async fn get_stream(&self, key: &str, range: Option<Range<u64>>) -> Result<ByteStream>;
+    /// The object as an open local file and its size, when this backend keeps objects in local
+    /// files (None otherwise, the default). Lets the HTTP/1.1 front send it with `sendfile(2)`.
+    async fn open_file(&self, key: &str) -> Result<Option<(std::fs::File, u64)>> {
+        let _ = key;
+        Ok(None)
+    }
     /// Store a small object, replacing any previous one atomically.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<()>;
     /// Move a complete local file into the store under `key`. The file is consumed.
