@@ -53,7 +53,7 @@ impl FileRegion {
         }
     }
 
-    pub fn file(&self) -> &File {
+    pub fn file(&self) -> &Arc<File> {
         &self.file
     }
 

@@ -1,14 +1,17 @@
 //! Server: opens the cache, binds the listeners (shared and per-upstream) and runs them until the
 //! shutdown signal.
 //!
-//! Owns: sockets and process lifetime. Must not contain request logic.
+//! Owns: sockets and process lifetime. Must not contain request logic: HTTP/1.1 connections start
+//! in [`http1`] (which answers through the same router), everything else goes to hyper.
+
+mod http1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -217,6 +220,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte: a client that connects and sends
             // nothing would hold its socket forever. Give it the same time to start.
@@ -230,7 +234,10 @@ async fn accept_loop(
                 );
                 return;
             }
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let Some(rest) = http1::serve(stream, router, limits, stop).await else {
+                return;
+            };
+            let conn = builder.serve_connection(rest.into_io(), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
