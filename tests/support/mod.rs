@@ -10,7 +10,11 @@
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
 //! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
 //!   HTTP/1.1 request for paths no URL library would leave alone.
+//! - [`raw_http`]: HTTP/1.x by hand over one TCP connection (keep-alive, pipelining, HTTP/1.0),
+//!   responses parsed without an HTTP library.
 //! - [`seed`]: push the standard set of images to an upstream and return their digests.
+//! - [`ledger`]: the answers a test sent, checked against regmirror's request log and its
+//!   bytes-served counter.
 //! - [`mirror`]: spawn `regmirror serve` with a generated config, read its listeners and request log.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
 //! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
@@ -41,7 +45,9 @@ pub mod env;
 pub mod fake_upstream;
 pub mod faults;
 pub mod image;
+pub mod ledger;
 pub mod mirror;
+pub mod raw_http;
 pub mod registry;
 pub mod seed;
 pub mod skopeo;
