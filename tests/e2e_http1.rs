@@ -143,7 +143,7 @@ fn head_blob(c: &mut Conn, s: &Setup, blob: &Blob, led: &mut Ledger) {
     let want = (200, Some(size.as_str()), Some(blob.digest.as_str()));
     assert_eq!(head, want, "HEAD {path}:\n{}", r.head_text());
     assert_eq!(c.pending(), 0, "bytes after a HEAD answer");
-    led.log("HEAD", &path, 200, "hit", None);
+    led.log("HEAD", &path, 200, "hit", Some(0)); // HEAD sends no body: the log says 0 bytes
 }
 
 fn assert_manifest(r: &Response, img: &Image, what: &str) {
@@ -316,6 +316,12 @@ async fn ranges_on_a_hit_return_exactly_the_bytes_asked_for_and_416_beyond_the_e
     let from_end = format!("bytes={size}-");
     let r = c.exchange("GET", &s.get(&path, &[("Range", &from_end)]));
     assert_error(&r, 416, "BLOB_UNKNOWN", &format!("Range {from_end}"));
+    let unsatisfied = format!("bytes */{size}");
+    assert_eq!(
+        r.header("content-range"),
+        Some(unsatisfied.as_str()),
+        "a 416 names the blob's size (RFC 9110)"
+    );
     led.log("GET", &path, 416, "-", None);
     // The connection is still usable after the 416.
     get_blob(&mut c, &s, &layer, "hit", &mut led);

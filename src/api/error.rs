@@ -31,8 +31,9 @@ pub enum Error {
     Denied(String),
     #[error("upstream registry rate limit reached")]
     TooManyRequests { retry_after: Option<String> },
-    #[error("{0}")]
-    RangeNotSatisfiable(String),
+    /// `size`: the blob's size when known, sent as `Content-Range: bytes */SIZE`.
+    #[error("{message}")]
+    RangeNotSatisfiable { message: String, size: Option<u64> },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -56,7 +57,9 @@ impl Error {
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
             Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
-            Error::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN"),
+            Error::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN")
+            }
             Error::BadGateway(_) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
@@ -96,7 +99,10 @@ impl From<cache::Error> for Error {
             e @ C::DigestMismatch { .. } => Error::BadGateway(e.to_string()),
             e @ C::ManifestTooLarge { .. } => Error::BadGateway(e.to_string()),
             e @ C::Invalid(_) => Error::BadGateway(e.to_string()),
-            e @ C::RangeNotSatisfiable { .. } => Error::RangeNotSatisfiable(e.to_string()),
+            e @ C::RangeNotSatisfiable { size } => Error::RangeNotSatisfiable {
+                message: e.to_string(),
+                size: Some(size),
+            },
             e @ C::Storage(_) => Error::Internal(e.to_string()),
         }
     }
@@ -131,6 +137,14 @@ impl IntoResponse for Error {
         {
             if let Ok(v) = HeaderValue::from_str(r) {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        if let Error::RangeNotSatisfiable {
+            size: Some(size), ..
+        } = &self
+        {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
             }
         }
         resp

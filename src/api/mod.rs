@@ -89,7 +89,8 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         repository = outcome.route.as_ref().map(|r| r.repository.as_str()).unwrap_or("-"),
         route = outcome.route.as_ref().map(|r| r.style.as_str()).unwrap_or("-"),
         cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
-        bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+        // The body's announced length (0 for HEAD, which sends none).
+        bytes = if method == Method::HEAD { 0 } else { resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) },
         ms = started.elapsed().as_millis() as u64,
         "request"
     );
@@ -389,10 +390,9 @@ pub fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str) -> Strin
 
 /// `Range: bytes=a-b` (one range only, as registries serve).
 fn parse_range(v: &HeaderValue) -> Result<RangeSpec, Error> {
-    let bad = || {
-        Error::RangeNotSatisfiable(format!(
-            "unsupported Range header {v:?}: use bytes=START-END"
-        ))
+    let bad = || Error::RangeNotSatisfiable {
+        message: format!("unsupported Range header {v:?}: use bytes=START-END"),
+        size: None,
     };
     let s = v.to_str().map_err(|_| bad())?.trim();
     let spec = s.strip_prefix("bytes=").ok_or_else(bad)?;

@@ -15,7 +15,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::{Buf, Bytes, BytesMut};
@@ -30,10 +29,10 @@ use super::Limits;
 use crate::api::zero_copy::SendFile;
 use crate::cache::FileRegion;
 
-/// How long a kept-alive connection may sit idle between requests.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most bytes handed to one `sendfile` call.
-const MAX_SENDFILE: u64 = 4 << 20;
+const MAX_SENDFILE: u64 = 16 << 20;
+/// Bytes checked to be in the page cache at a time before `sendfile` reads them.
+const PROBE_WINDOW: u64 = 16 << 20;
 /// Body bytes gathered before a write when an answer is written from its body.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -123,7 +122,8 @@ async fn next_request(
         }
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
-            None => IDLE_TIMEOUT,
+            // Idle between requests: the same bound as hyper's, the header timeout.
+            None => limits.header_timeout,
         };
         tokio::select! {
             read = tokio::time::timeout(wait, stream.read_buf(buf)) => match read {
@@ -315,18 +315,25 @@ async fn send_region(
     sf: &SendFile,
 ) -> io::Result<()> {
     let socket = stream.as_raw_fd();
+    // Offsets below this were found in the page cache (probed once per window, not per call).
+    let mut cached_until = 0;
     loop {
         let ready = region.ready().await?;
         if ready == 0 {
             return Ok(());
         }
         let (pos, count) = (region.pos(), ready.min(MAX_SENDFILE) as usize);
-        if !pages_cached(region.file(), pos, count) {
-            let file = region.file().clone();
-            tokio::task::spawn_blocking(move || readahead(&file, pos, count))
-                .await
-                .map_err(io::Error::other)??;
+        if pos + count as u64 > cached_until {
+            let window = ready.min(PROBE_WINDOW) as usize;
+            if !pages_cached(region.file(), pos, window) {
+                let file = region.file().clone();
+                tokio::task::spawn_blocking(move || readahead(&file, pos, window))
+                    .await
+                    .map_err(io::Error::other)??;
+            }
+            cached_until = pos + window as u64;
         }
+        let count = count.min((cached_until - pos) as usize);
         let file = region.file().as_raw_fd();
         let sent = stream
             .async_io(Interest::WRITABLE, || sendfile(socket, file, pos, count))

@@ -90,8 +90,8 @@ impl Ledger {
     }
 
     /// Expect a record. `bytes` is checked only where a whole body was sent (`Some`): the log
-    /// has the Content-Length the handler set, so today a HEAD logs the blob's size, an answer
-    /// the client hung up on its full length, and `/v2/` and error answers (JSON, whose length
+    /// has the length the answer announced (0 for HEAD), so an answer the client hung up on
+    /// logs its full length, and `/v2/` and error answers (JSON, whose length
     /// hyper adds later) log 0.
     pub fn log(&mut self, method: &str, path: &str, status: u16, cache: &str, bytes: Option<u64>) {
         let (method, path, cache) = (method.into(), path.into(), cache.into());
