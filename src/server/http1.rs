@@ -250,8 +250,13 @@ async fn respond(
                 return Err(io::Error::other("file region and Content-Length disagree"));
             }
             drop(body);
+            // Corked, the head and the file leave in full-sized segments (nginx's tcp_nopush);
+            // uncorking sends the tail at once.
+            set_cork(stream, true);
             stream.write_all(&out).await?;
-            send_region(stream, &mut region, &sf).await?;
+            let sent = send_region(stream, &mut region, &sf).await;
+            set_cork(stream, false);
+            sent?;
             return Ok(!close);
         }
     }
@@ -323,7 +328,7 @@ async fn send_region(
             return Ok(());
         }
         let (pos, count) = (region.pos(), ready.min(MAX_SENDFILE) as usize);
-        if pos + count as u64 > cached_until {
+        if pos >= cached_until {
             let window = ready.min(PROBE_WINDOW) as usize;
             if !pages_cached(region.file(), pos, window) {
                 let file = region.file().clone();
@@ -346,6 +351,22 @@ async fn send_region(
         }
         region.advance(sent as u64);
         sf.served(sent as u64);
+    }
+}
+
+/// Set or clear `TCP_CORK` (best effort: an error only costs segment sizes).
+fn set_cork(stream: &TcpStream, on: bool) {
+    let value: libc::c_int = on.into();
+    // SAFETY: the fd is open while `stream` is borrowed; `value` is a c_int that outlives the call
+    // and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
