@@ -190,7 +190,17 @@ impl FillWriter {
     where
         S: Stream<Item = Result<Bytes, String>> + Unpin,
     {
+        // Hashing runs on its own thread too: receiving, writing and hashing overlap.
         let mut hasher = Hasher::new(self.fill.digest.algorithm());
+        let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(WRITE_QUEUE * 4);
+        let hashing = tokio::task::spawn_blocking(move || {
+            while let Some(chunks) = hash_rx.blocking_recv() {
+                for c in &chunks {
+                    hasher.update(c);
+                }
+            }
+            hasher
+        });
         let mut received: u64 = 0;
         let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<(u64, Vec<Bytes>)>(WRITE_QUEUE);
         let progress = self.tx.clone();
@@ -233,11 +243,13 @@ impl FillWriter {
             if batch_tx.send((offset, chunks)).await.is_err() {
                 break; // the writer failed; its error is collected below
             }
-            for c in &hash_input {
-                hasher.update(c);
+            if hash_tx.send(hash_input).await.is_err() {
+                break;
             }
         }
         drop(batch_tx);
+        drop(hash_tx);
+        let hasher = hashing.await.map_err(|e| Error::Storage(e.to_string()))?;
         let written = writer.await.map_err(|e| Error::Storage(e.to_string()))?;
         if let Some(f) = failure {
             return Err(f);

@@ -57,6 +57,11 @@ impl FileRegion {
         &self.file
     }
 
+    /// Whether the file is the spool of a fill still being written.
+    pub fn is_filling(&self) -> bool {
+        self.fill.is_some()
+    }
+
     /// The next offset to send.
     pub fn pos(&self) -> u64 {
         self.pos

@@ -328,7 +328,11 @@ async fn send_region(
             return Ok(());
         }
         let (pos, count) = (region.pos(), ready.min(MAX_SENDFILE) as usize);
-        if pos >= cached_until {
+        // A fill's spool was written moments ago: its pages are in memory (dirty pages are not
+        // dropped before writeback), so only committed files are probed.
+        if region.is_filling() {
+            cached_until = pos + count as u64;
+        } else if pos >= cached_until {
             let window = ready.min(PROBE_WINDOW) as usize;
             if !pages_cached(region.file(), pos, window) {
                 let file = region.file().clone();
