@@ -577,3 +577,42 @@ async fn a_32_mib_blob_is_exact_as_a_miss_and_twice_as_a_hit_on_one_connection()
     get_base(&mut c, &s, &mut led);
     led.check(&s.mirror).await;
 }
+
+/// HTTP/2 (cleartext, prior knowledge) is hyper's: the file-region bodies that HTTP/1.1 sends
+/// with sendfile are streamed there instead. A miss (tailing the fill) and a hit both arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_whole_blobs_on_a_miss_and_a_hit() {
+    require_tools!(&["docker-registry", "curl"]);
+    let s = Setup::start(Some(8 * MIB)).await;
+    let big = s.big();
+    let before = bytes_served(&s.mirror, "cache");
+    let url = format!("http://{}{}", s.addr(), s.blob_path(&big.digest));
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (round, cache) in ["miss", "hit"].iter().enumerate() {
+        let out = dir.path().join(format!("blob-{round}"));
+        let run = std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_version} %{http_code}", &url])
+            .output()
+            .expect("run curl");
+        let said = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert_eq!(
+            said, "2 200",
+            "{cache}: curl said {said:?}, {:?}",
+            run.stderr
+        );
+        let got = std::fs::read(&out).expect("read curl's output");
+        assert_eq!(got.len(), big.bytes.len(), "{cache}: length");
+        assert_eq!(sha256_digest(&got), big.digest, "{cache}: digest");
+        if round == 0 {
+            s.wait_committed(&big).await;
+        }
+    }
+    let grew = bytes_served(&s.mirror, "cache") - before;
+    assert_eq!(
+        grew,
+        big.bytes.len() as u64,
+        "the hit's bytes are counted once"
+    );
+}
