@@ -60,6 +60,16 @@ impl Setup {
         }
     }
 
+    /// A setup whose image layer is cached, a ledger started after that, and a connection.
+    async fn warm_layer() -> (Setup, Blob, Ledger, Conn) {
+        let s = Setup::start(None).await;
+        let layer = s.layer();
+        s.warm(&[&layer]).await;
+        let led = Ledger::start(&s.mirror);
+        let c = Conn::connect(&s.addr());
+        (s, layer, led, c)
+    }
+
     fn addr(&self) -> String {
         self.mirror.addr()
     }
@@ -269,11 +279,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_close_on_a_blob_hit_sends_the_whole_body_then_closes() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let path = s.blob_path(&layer.digest);
     let r = c.exchange("GET", &s.get(&path, &[("Connection", "close")]));
     assert_blob(&r, &layer, "GET with Connection: close");
@@ -331,11 +337,7 @@ async fn ranges_on_a_hit_return_exactly_the_bytes_asked_for_and_416_beyond_the_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_blob_hit_gets_the_whole_body_unchunked_and_the_connection_closes() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let path = s.blob_path(&layer.digest);
     let r = c.exchange("GET", &request("GET", &path, "HTTP/1.0", &s.addr(), &[]));
     assert_eq!(r.status, 200, "{}", r.head_text());
@@ -353,11 +355,7 @@ async fn http10_blob_hit_gets_the_whole_body_unchunked_and_the_connection_closes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_a_body_gets_405_unsupported_and_the_connection_stays_usable() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let uploads = format!("/v2/{ALIAS}/{REPO}/blobs/uploads/");
     let cases = [
         ("PUT", ("Content-Length", "5"), &b"hello"[..]),
@@ -386,11 +384,7 @@ async fn a_request_with_a_body_gets_405_unsupported_and_the_connection_stays_usa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_trickled_in_small_writes_are_answered() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let path = s.blob_path(&layer.digest);
     let head = s.get(
         &path,
@@ -416,11 +410,7 @@ async fn headers_trickled_in_small_writes_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_invalid_and_name_unknown_answers_keep_the_connection_usable() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let short = &layer.digest[..layer.digest.len() - 1];
     let d = &layer.digest;
     let cases = [
@@ -445,11 +435,7 @@ async fn digest_invalid_and_name_unknown_answers_keep_the_connection_usable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_targets_are_served_like_origin_form() {
     require_tools!(&["docker-registry"]);
-    let s = Setup::start(None).await;
-    let layer = s.layer();
-    s.warm(&[&layer]).await;
-    let mut led = Ledger::start(&s.mirror);
-    let mut c = Conn::connect(&s.addr());
+    let (s, layer, mut led, mut c) = Setup::warm_layer().await;
     let path = s.blob_path(&layer.digest);
     let r = c.exchange("GET", &s.get(&format!("http://{}{path}", s.addr()), &[]));
     assert_blob(&r, &layer, "absolute-form blob GET");

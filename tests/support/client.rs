@@ -327,6 +327,24 @@ pub fn parse_challenge(challenge: &str) -> HashMap<String, String> {
 }
 
 /// A response to [`raw_request`].
+/// The first OCI error code of a JSON error body (`{"errors":[{"code":...}]}`).
+pub fn oci_error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("errors")?
+        .get(0)?
+        .get("code")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The first header named `name` (case-insensitive) in a list of (name, value).
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 #[derive(Debug, Clone)]
 pub struct RawReply {
     pub status: u16,
@@ -336,19 +354,11 @@ pub struct RawReply {
 
 impl RawReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     pub fn error_code(&self) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("errors")?
-            .get(0)?
-            .get("code")?
-            .as_str()
-            .map(str::to_string)
+        oci_error_code(&self.body)
     }
 
     pub fn text(&self) -> String {

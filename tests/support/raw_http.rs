@@ -42,10 +42,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::client::find_header(&self.headers, name)
     }
 
     /// Whether any `Connection` header lists `token` (case-insensitive).
@@ -59,12 +56,7 @@ impl Response {
 
     /// The first OCI error code of a JSON error body (`{"errors":[{"code":...}]}`).
     pub fn error_code(&self) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        v.get("errors")?
-            .get(0)?
-            .get("code")?
-            .as_str()
-            .map(str::to_string)
+        super::client::oci_error_code(&self.body)
     }
 
     /// Status line and headers, for assertion messages (bodies can be megabytes).
