@@ -23,6 +23,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -425,6 +426,12 @@ def fetch_clients(n, port, path, headers=()):
     return time.perf_counter() - t0, results
 
 
+def children_cpu_seconds():
+    """CPU time of this script's finished children (the curl clients)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def sha256_rates(size, reps):
     """GB/s of SHA-256 over `size` bytes in memory, one stream, `reps` times (Python's hashlib is
     OpenSSL, the fastest SHA-256 on this machine: it bounds any verifying cold GET)."""
@@ -589,11 +596,18 @@ class Bench:
         """Row 2: one cold GET through regmirror (empty data dir, new process) vs straight from the upstream."""
         self.note_load(f"cold_blob_{blob['label']}")
         raw = {"regmirror_s": [], "direct_s": []}
+        raw["regmirror_cpu_s"], raw["machine_busy"] = [], []
         for rep in range(self.reps):
             self.restart_regmirror(fresh=True)
+            cpu0 = (self.rm.cpu_seconds(), self.upstream.cpu_seconds(), children_cpu_seconds())
             t, res = fetch_clients(1, self.rm.port, self.blob_path(blob))
+            cpu = [b - a for a, b in zip(cpu0, (self.rm.cpu_seconds(), self.upstream.cpu_seconds(),
+                                                 children_cpu_seconds()))]
             check_all(res, blob["size"], "cold GET through regmirror")
             raw["regmirror_s"].append(t)
+            raw["regmirror_cpu_s"].append(cpu[0])
+            # regmirror + upstream + curl, as a share of every core for the transfer's duration
+            raw["machine_busy"].append(sum(cpu) / (t * (os.cpu_count() or 1)))
             t, res = fetch_clients(1, self.upstream.port, self.blob_path(blob))
             check_all(res, blob["size"], "GET from the upstream")
             raw["direct_s"].append(t)
@@ -616,6 +630,10 @@ class Bench:
         # runs on one core: the fastest implementation here bounds the row.
         self.add("  bound: one SHA-256 stream on this CPU (OpenSSL), GB/s vs direct", sha, gb / direct,
                  "upstream direct", sha * direct / gb, "", None, "GB/s")
+        self.add("  CPU busy during the cold GET (regmirror + upstream + curl, all cores)",
+                 100 * median(raw["machine_busy"]), None, "", None, "", None, "%")
+        self.add("  regmirror CPU-s per GB, cold", median(raw["regmirror_cpu_s"]) / gb, None, "", None, "", None,
+                 "s/GB")
         return rm
 
     def fifty_cold(self, blob, one_cold_s):
