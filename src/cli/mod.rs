@@ -127,6 +127,10 @@ fn limit_malloc_arenas() {
         // Read buffers (128 KiB) come from the heap and are reused, instead of a fresh mmap and
         // page faults per chunk.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        // Keep up to 32 MiB of freed heap instead of returning it after every burst: a cold fill
+        // frees and reallocates its receive buffers constantly, and trimming made each round
+        // fault fresh pages in (measured: 12-15 % of a cold GET's CPU).
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 
