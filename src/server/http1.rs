@@ -250,10 +250,15 @@ async fn respond(
                 return Err(io::Error::other("file region and Content-Length disagree"));
             }
             drop(body);
-            // Not corked (nginx's tcp_nopush): on loopback corking saved about 15 % CPU per GB
-            // but cost about 10 % throughput (docs/performance.md).
+            // Corked, the head and the file leave in full-sized segments (nginx's tcp_nopush);
+            // uncorking sends the tail at once. Measured on loopback: uncorked, sendfile's 64 KiB
+            // batches go out as a full segment plus a sliver, which doubled CPU per GB (3.06x
+            // nginx vs 1.83x corked) for about 10 % more throughput.
+            set_cork(stream, true);
             stream.write_all(&out).await?;
-            send_region(stream, &mut region, &sf).await?;
+            let sent = send_region(stream, &mut region, &sf).await;
+            set_cork(stream, false);
+            sent?;
             return Ok(!close);
         }
     }
@@ -352,6 +357,22 @@ async fn send_region(
         }
         region.advance(sent as u64);
         sf.served(sent as u64);
+    }
+}
+
+/// Set or clear `TCP_CORK` (best effort: an error only costs segment sizes).
+fn set_cork(stream: &TcpStream, on: bool) {
+    let value: libc::c_int = on.into();
+    // SAFETY: the fd is open while `stream` is borrowed; `value` is a c_int that outlives the call
+    // and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
