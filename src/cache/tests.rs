@@ -588,3 +588,62 @@ async fn tags_list_is_served_stale_during_an_outage() {
         "never listed: the outage is an error"
     );
 }
+
+/// The sendfile path reads a fill through `FileRegion::ready`: it must release the blob's last
+/// byte only once the blob is verified (and committed), and fail, never end cleanly, when the
+/// fill is corrupt or short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_regions_release_the_last_byte_only_after_verification() {
+    use std::os::unix::fs::FileExt;
+    for (corrupt, truncate) in [(false, false), (true, false), (false, true)] {
+        let h = harness(300).await;
+        let (d, data) = random_blob(1 << 20);
+        {
+            let mut f = h.fake.lock().unwrap();
+            f.blobs.insert(d.to_string(), data.clone());
+            (f.corrupt, f.truncate, f.chunk_delay_ms) = (corrupt, truncate, 2);
+        }
+        let b = h
+            .cache
+            .blob("up", "test/img", &d, None, false)
+            .await
+            .unwrap();
+        let Some(super::BlobBody::File(mut region)) = b.body else {
+            panic!("a fill of known size is a file region");
+        };
+        let mut got = Vec::new();
+        let outcome = loop {
+            match region.ready().await {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    let pos = region.pos();
+                    if pos + n == data.len() as u64 {
+                        let committed = h.cache.storage().head(&super::keys::blob(&d)).await;
+                        assert!(
+                            committed.is_ok(),
+                            "last byte released before the blob was verified"
+                        );
+                    }
+                    let mut buf = vec![0; n as usize];
+                    region.file().read_exact_at(&mut buf, pos).unwrap();
+                    got.extend_from_slice(&buf);
+                    region.advance(n);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if corrupt || truncate {
+            assert!(
+                outcome.is_err(),
+                "a bad fill ends in an error (corrupt={corrupt})"
+            );
+            assert!(
+                got.len() < data.len(),
+                "never the whole length of bad bytes"
+            );
+        } else {
+            outcome.unwrap();
+            assert_eq!(got, data.to_vec());
+        }
+    }
+}
