@@ -167,6 +167,9 @@ impl FillWriter {
                 .write(true)
                 .open(&path)?,
         );
+        if let Some(size) = size {
+            preallocate(&file, size);
+        }
         self.path = Some(path);
         *self.fill.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
         self.tx.send_modify(|s| {
@@ -309,6 +312,19 @@ fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<
         offset += c.len() as u64;
     }
     Ok(offset)
+}
+
+/// Reserve `size` bytes of disk for a spool file whose length the upstream announced, without
+/// changing its length. The file system then allocates the blocks once, in large extents, instead
+/// of page by page as the writes arrive (measured: ext4's per-page delayed allocation was a third
+/// of a cold fill's write cost). Best effort: where it is not supported, writes allocate as usual.
+fn preallocate(file: &File, size: u64) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(size) else {
+        return;
+    };
+    // SAFETY: the fd is open while `file` is borrowed; fallocate only reserves blocks.
+    unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
 }
 
 /// Batches queued between the hashing task and the spool writer (bounds memory per fill).
