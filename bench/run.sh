@@ -2,7 +2,7 @@
 # regmirror side-by-side benchmark: one command from a clean checkout.
 #
 #   bench/run.sh               default run (256 MB blob, 5 repetitions, ~6 min on 2 cores)
-#   BENCH_BIG=1 bench/run.sh   also measure a 1 GB blob (warm, cold, peak RSS)
+#   BENCH_BIG=1 bench/run.sh   also measure a 1 GB blob (warm, cold, 50 cold clients, peak RSS)
 #   BENCH_REPS=N               repetitions per measurement (default 5; the median is reported)
 #
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over

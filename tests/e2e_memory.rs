@@ -14,7 +14,7 @@ use std::process::Stdio;
 
 use std::time::Duration;
 use support::client::RegistryClient;
-use support::faults::{random_bytes, wait_for, Extra, Mirror};
+use support::faults::{self, random_bytes, wait_for, Extra, Mirror};
 use support::image::Blob;
 use support::mirror::{MirrorConfig, UpstreamEntry};
 use support::registry::Registry;
@@ -32,14 +32,9 @@ const GROWTH_BOUND_KIB: u64 = 12 * 1024;
 /// buffering the 64 MiB blob would add 48 MiB).
 const SIZE_SLACK_KIB: u64 = 4 * 1024;
 
-/// A value of `/proc/<pid>/status` in KiB (`VmHWM`, `VmRSS`).
+/// A KiB value of `/proc/<pid>/status` (`VmHWM`, `VmRSS`) of the mirror under test.
 fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    faults::status_kib(pid, key).unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
 /// Start `n` clients at once, each streaming `url` through `sha256sum`; assert every one of them

@@ -735,14 +735,18 @@ pub fn sockets_to(pid: u32, peer: &str) -> usize {
         .count()
 }
 
-/// Resident memory of process `pid` in KiB.
+/// Resident memory of process `pid` in KiB (0 when it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// A KiB value of `/proc/<pid>/status`, e.g. `VmRSS` or `VmHWM` (the peak).
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Poll `check` every 50 ms until it returns Some, or panic after `timeout` with `what` and the
