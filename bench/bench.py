@@ -36,6 +36,9 @@ import time
 
 MB = 1 << 20
 GB = 1e9  # throughput and CPU-per-GB use decimal gigabytes
+# User-Agent prefixes in the upstream's access log: who fetched a blob.
+REGMIRROR_AGENT = "regmirror/"
+DISTRIBUTION_AGENT = "Go-http-client/"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -512,12 +515,15 @@ class Bench:
     def blob_path(self, blob):
         return f"/v2/{blob['repo']}/blobs/{blob['digest']}"
 
-    def upstream_fetches(self, offset, blob):
-        """GETs of `blob` in the upstream's access log after byte `offset`."""
+    def upstream_fetches(self, offset, blob, agent):
+        """GETs of `blob` in the upstream's access log after byte `offset` whose User-Agent starts with
+        `agent`. The agent matters: a distribution proxy's background store of an earlier row can
+        finish (and be logged) while a later row is counting regmirror's fetches."""
         needle = f'"GET {self.blob_path(blob)} '.encode()
+        ua = f'"{agent}'.encode()
         with open(self.upstream.logfile, "rb") as f:
             f.seek(offset)
-            return sum(1 for line in f if needle in line)
+            return sum(1 for line in f if needle in line and ua in line)
 
     def note_load(self, row):
         """The 1-minute load average as a row starts: the machine is shared, so the JSON says how busy."""
@@ -659,7 +665,7 @@ class Bench:
             wall, res = fetch_clients(50, self.rm.port, self.blob_path(blob))
             check_all(res, blob["size"], "50 cold GETs through regmirror")
             time.sleep(0.3)  # the access log line is written when the upstream response ends
-            raw["fetches"].append(self.upstream_fetches(offset, blob))
+            raw["fetches"].append(self.upstream_fetches(offset, blob, REGMIRROR_AGENT))
             raw["wall_s"].append(wall)
             raw["peak_rss_kb"].append(self.rm.status_kb("VmHWM"))
             wall, res = fetch_clients(50, self.nginx.port, f"/blob-{blob['label']}")
@@ -673,7 +679,7 @@ class Bench:
         wall, res = fetch_clients(50, self.proxy.port, self.blob_path(blob))
         check_all(res, blob["size"], "50 cold GETs through the distribution proxy")
         wait_proxy_commit(self.proxy, blob["repo"], blob)
-        raw["distribution_fetches_1_run"] = self.upstream_fetches(offset, blob)
+        raw["distribution_fetches_1_run"] = self.upstream_fetches(offset, blob, DISTRIBUTION_AGENT)
         raw["distribution_wall_s_1_run"] = wall
         self.raw[f"fifty_cold_{blob['label']}"] = raw
         fetches = max(raw["fetches"])
