@@ -167,9 +167,6 @@ impl FillWriter {
                 .write(true)
                 .open(&path)?,
         );
-        if let Some(size) = size {
-            preallocate(&file, size);
-        }
         self.path = Some(path);
         *self.fill.spool.lock().unwrap_or_else(|p| p.into_inner()) = Some(file.clone());
         self.tx.send_modify(|s| {
@@ -207,8 +204,11 @@ impl FillWriter {
         let mut received: u64 = 0;
         let (batch_tx, mut batch_rx) = tokio::sync::mpsc::channel::<(u64, Vec<Bytes>)>(WRITE_QUEUE);
         let progress = self.tx.clone();
+        let mut reserved = Preallocation { size, until: 0 };
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             while let Some((offset, chunks)) = batch_rx.blocking_recv() {
+                let len: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                reserved.cover(&file, offset + len);
                 let end = write_chunks(&file, offset, &chunks)?;
                 progress.send_modify(|s| s.written = end);
             }
@@ -314,17 +314,45 @@ fn write_chunks(f: &File, mut offset: u64, chunks: &[Bytes]) -> std::io::Result<
     Ok(offset)
 }
 
-/// Reserve `size` bytes of disk for a spool file whose length the upstream announced, without
-/// changing its length. The file system then allocates the blocks once, in large extents, instead
-/// of page by page as the writes arrive (measured: ext4's per-page delayed allocation was a third
-/// of a cold fill's write cost). Best effort: where it is not supported, writes allocate as usual.
-fn preallocate(file: &File, size: u64) {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(size) else {
-        return;
-    };
-    // SAFETY: the fd is open while `file` is borrowed; fallocate only reserves blocks.
-    unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+/// Disk space reserved ahead of a spool's writes, when the upstream announced the blob's size.
+///
+/// With the blocks reserved, the file system allocates them in large extents once per window
+/// instead of page by page as the writes arrive (measured: ext4's per-page delayed allocation was
+/// a third of a cold fill's write cost). The reservation runs at most one window ahead of the
+/// bytes actually received, so an upstream that announces a huge size and sends little cannot hold
+/// more disk than it has sent plus a window. Best effort: where the file system refuses, writes
+/// allocate as usual (and a full disk still fails them).
+struct Preallocation {
+    size: Option<u64>,
+    /// Offsets below this are reserved.
+    until: u64,
+}
+
+/// How far ahead of the received bytes disk is reserved.
+const PREALLOCATION_WINDOW: u64 = 64 << 20;
+
+impl Preallocation {
+    /// Make sure offsets below `end` are reserved, a window at a time.
+    fn cover(&mut self, file: &File, end: u64) {
+        use std::os::fd::AsRawFd;
+        let Some(size) = self.size else {
+            return;
+        };
+        if end <= self.until || self.until >= size {
+            return;
+        }
+        let next = end.max(self.until + PREALLOCATION_WINDOW).min(size);
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(self.until),
+            libc::off_t::try_from(next - self.until),
+        ) else {
+            return;
+        };
+        // SAFETY: the fd is open while `file` is borrowed; fallocate only reserves blocks, and
+        // FALLOC_FL_KEEP_SIZE leaves the file's length to the writes.
+        unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+        self.until = next;
+    }
 }
 
 /// Batches queued between the hashing task and the spool writer (bounds memory per fill).
@@ -394,5 +422,59 @@ impl Fills {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn preallocation_stays_one_window_ahead_of_the_writes_and_never_passes_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::options()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join("spool"))
+            .unwrap();
+        // An upstream that announces 10 TB and sends one byte reserves one window, not 10 TB.
+        let mut huge = Preallocation {
+            size: Some(10 << 40),
+            until: 0,
+        };
+        huge.cover(&file, 1);
+        assert_eq!(huge.until, PREALLOCATION_WINDOW);
+
+        let size = 2 * PREALLOCATION_WINDOW + 5;
+        let mut p = Preallocation {
+            size: Some(size),
+            until: PREALLOCATION_WINDOW,
+        };
+        p.cover(&file, PREALLOCATION_WINDOW);
+        assert_eq!(p.until, PREALLOCATION_WINDOW, "already covered");
+        p.cover(&file, PREALLOCATION_WINDOW + 1);
+        assert_eq!(p.until, 2 * PREALLOCATION_WINDOW);
+        p.cover(&file, 2 * PREALLOCATION_WINDOW + 1);
+        assert_eq!(p.until, size, "the last window stops at the announced size");
+        p.cover(&file, size + 100);
+        assert_eq!(p.until, size, "never past the announced size");
+
+        // The blocks are reserved; the length stays the writes' business.
+        let m = file.metadata().unwrap();
+        assert_eq!(m.len(), 0);
+        assert!(
+            m.blocks() * 512 >= size,
+            "{} bytes reserved for {size}",
+            m.blocks() * 512
+        );
+
+        let mut unknown = Preallocation {
+            size: None,
+            until: 0,
+        };
+        unknown.cover(&file, 10);
+        assert_eq!(unknown.until, 0, "no size announced: nothing reserved");
     }
 }
