@@ -74,7 +74,8 @@ impl Endpoint {
         if rest == "_catalog" {
             return Ok(Endpoint::Unsupported { what: "catalog" });
         }
-        if let Some(name) = rest.strip_suffix("/tags/list") {
+        // A tags list needs a name: `/v2//tags/list` is no endpoint (found by tests/fuzz_parsers.rs).
+        if let Some(name) = rest.strip_suffix("/tags/list").filter(|n| !n.is_empty()) {
             return if method == Method::GET || method == Method::HEAD {
                 Ok(Endpoint::TagsList {
                     name: name.to_string(),
@@ -188,6 +189,11 @@ mod tests {
                 get.clone(),
                 "/v2/a/b/tags/list".into(),
                 Ok(Endpoint::TagsList { name: "a/b".into() }),
+            ),
+            (
+                get.clone(),
+                "/v2//tags/list".into(),
+                Err(ParseError::NotFound),
             ),
             (
                 get.clone(),
