@@ -12,15 +12,30 @@ use serde::{Deserialize, Serialize};
 /// A configuration mistake, phrased so the operator knows which key to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML for this schema.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
     #[error("invalid configuration: `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key to change.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -67,6 +82,11 @@ pub struct Config {
     pub max_age_secs: Option<u64>,
     /// Seconds between background eviction runs (when max_size or max_age_secs is set).
     pub gc_interval_secs: u64,
+    /// Bytes of manifests kept in memory besides on disk, so warm manifest requests read no file
+    /// (0: none).
+    pub hot_manifest_bytes: ByteSize,
+    /// Tag records kept in memory besides on disk (0: none).
+    pub hot_tag_entries: usize,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -90,6 +110,8 @@ impl Default for Config {
             max_size: None,
             max_age_secs: None,
             gc_interval_secs: 60,
+            hot_manifest_bytes: ByteSize(32 << 20),
+            hot_tag_entries: 100_000,
             upstreams: Vec::new(),
         }
     }
@@ -136,7 +158,9 @@ pub struct UpstreamConfig {
 
 /// Defaults used when an upstream does not set them.
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+/// Connect timeout of an upstream that sets none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout of an upstream that sets none.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl UpstreamConfig {
@@ -149,18 +173,21 @@ impl UpstreamConfig {
         url.trim_end_matches('/').to_string()
     }
 
+    /// How long a tag is trusted without asking the upstream.
     pub fn tag_ttl(&self) -> Duration {
         self.tag_ttl_secs
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TAG_TTL)
     }
 
+    /// The connect timeout in effect.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
+    /// The read timeout in effect.
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout_secs
             .map(Duration::from_secs)
@@ -507,6 +534,22 @@ impl std::str::FromStr for ByteSize {
     }
 }
 
+/// A size for people: `512 B`, `1.5 KiB`, `2.9 MiB` (what `regmirror cache` prints).
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 impl Serialize for ByteSize {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
@@ -647,5 +690,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn human_sizes() {
+        for (n, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1536, "1.5 KiB"),
+            (3 << 20, "3.0 MiB"),
+            (5 << 40, "5.0 TiB"),
+        ] {
+            assert_eq!(human_size(n), want);
+        }
     }
 }

@@ -19,14 +19,18 @@
 //! Calls go one way: `api` -> `cache` -> (`upstream`, `storage`). Only `api` knows HTTP statuses
 //! and OCI error codes. `server` calls `api`'s router for every request, whichever side parsed it.
 
+#![warn(unreachable_pub, missing_docs)]
+
 pub mod api;
-pub mod cache;
+mod cache;
 pub mod cli;
-pub mod client_config;
+mod client_config;
 pub mod config;
-pub mod metrics;
+mod metrics;
 pub mod oci;
 pub mod routing;
-pub mod server;
-pub mod storage;
+mod server;
+mod staging;
+mod storage;
+mod sys;
 pub mod upstream;

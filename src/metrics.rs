@@ -7,27 +7,27 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-pub const REQUESTS: &str = "regmirror_http_requests_total";
-pub const REQUEST_SECONDS: &str = "regmirror_http_request_duration_seconds";
-pub const CACHE_REQUESTS: &str = "regmirror_cache_requests_total";
-pub const BYTES_SERVED: &str = "regmirror_bytes_served_total";
-pub const UPSTREAM_REQUESTS: &str = "regmirror_upstream_requests_total";
-pub const UPSTREAM_SECONDS: &str = "regmirror_upstream_request_duration_seconds";
-pub const UPSTREAM_ERRORS: &str = "regmirror_upstream_errors_total";
-pub const FILLS_IN_FLIGHT: &str = "regmirror_fills_in_flight";
-pub const FILLS_TOTAL: &str = "regmirror_fills_total";
-pub const JOINED: &str = "regmirror_coalesced_requests_total";
-pub const CACHE_BYTES: &str = "regmirror_cache_size_bytes";
-pub const CACHE_OBJECTS: &str = "regmirror_cache_objects";
-pub const EVICTIONS: &str = "regmirror_evictions_total";
-pub const EVICTED_BYTES: &str = "regmirror_evicted_bytes_total";
-pub const RATELIMIT_REMAINING: &str = "regmirror_upstream_ratelimit_remaining";
-pub const STALE_SERVED: &str = "regmirror_stale_served_total";
+pub(crate) const REQUESTS: &str = "regmirror_http_requests_total";
+pub(crate) const REQUEST_SECONDS: &str = "regmirror_http_request_duration_seconds";
+pub(crate) const CACHE_REQUESTS: &str = "regmirror_cache_requests_total";
+pub(crate) const BYTES_SERVED: &str = "regmirror_bytes_served_total";
+pub(crate) const UPSTREAM_REQUESTS: &str = "regmirror_upstream_requests_total";
+pub(crate) const UPSTREAM_SECONDS: &str = "regmirror_upstream_request_duration_seconds";
+pub(crate) const UPSTREAM_ERRORS: &str = "regmirror_upstream_errors_total";
+pub(crate) const FILLS_IN_FLIGHT: &str = "regmirror_fills_in_flight";
+pub(crate) const FILLS_TOTAL: &str = "regmirror_fills_total";
+pub(crate) const JOINED: &str = "regmirror_coalesced_requests_total";
+pub(crate) const CACHE_BYTES: &str = "regmirror_cache_size_bytes";
+pub(crate) const CACHE_OBJECTS: &str = "regmirror_cache_objects";
+pub(crate) const EVICTIONS: &str = "regmirror_evictions_total";
+pub(crate) const EVICTED_BYTES: &str = "regmirror_evicted_bytes_total";
+pub(crate) const RATELIMIT_REMAINING: &str = "regmirror_upstream_ratelimit_remaining";
+pub(crate) const STALE_SERVED: &str = "regmirror_stale_served_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Install the Prometheus recorder once per process. Returns None if another recorder is installed.
-pub fn install() -> Option<PrometheusHandle> {
+pub(crate) fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -99,7 +99,7 @@ fn describe() {
 }
 
 /// Render the current metrics in the Prometheus text format.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     match HANDLE.get() {
         Some(Some(h)) => h.render(),
         _ => String::from("# metrics recorder not installed\n"),

@@ -19,14 +19,20 @@ use crate::oci::{validate_name, NameError};
 /// How a request was routed (reported in logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteStyle {
+    /// The upstream's dedicated listener.
     Listener,
+    /// The `Host` header names one of the upstream's `hosts`.
     Host,
+    /// containerd's `?ns=` query parameter.
     Namespace,
+    /// The first path segment names the upstream or an alias.
     Prefix,
+    /// No rule matched: the `default_upstream`.
     Default,
 }
 
 impl RouteStyle {
+    /// The name logged for this style.
     pub fn as_str(self) -> &'static str {
         match self {
             RouteStyle::Listener => "listener",
@@ -45,16 +51,24 @@ pub struct Route {
     pub upstream: String,
     /// Repository at the upstream, normalised (`library/` added for Docker Hub).
     pub repository: String,
+    /// Which rule matched.
     pub style: RouteStyle,
 }
 
 /// Why a request could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The repository name is malformed.
     #[error("{0}")]
     Name(#[from] NameError),
+    /// Nothing configured serves this request.
     #[error("no upstream registry is configured for {what}; configured upstreams: {known}")]
-    UnknownUpstream { what: String, known: String },
+    UnknownUpstream {
+        /// What named the missing upstream (a host, a `ns`, a path prefix).
+        what: String,
+        /// The configured upstreams, for the message.
+        known: String,
+    },
 }
 
 /// What routing needs to know about a request.
@@ -62,7 +76,9 @@ pub enum RouteError {
 pub struct RequestFacts<'a> {
     /// Upstream name when the request came in on that upstream's dedicated listener.
     pub listener_upstream: Option<&'a str>,
+    /// The `Host` header (or the absolute-form authority).
     pub host: Option<&'a str>,
+    /// containerd's `?ns=` parameter, decoded.
     pub ns: Option<&'a str>,
     /// The repository name as written in the path (between `/v2/` and `/manifests|blobs|tags`).
     pub name: &'a str,
@@ -79,6 +95,7 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
+    /// The table for a validated configuration.
     pub fn new(config: &Config) -> RoutingTable {
         let mut by_prefix = HashMap::new();
         let mut by_host = HashMap::new();

@@ -485,7 +485,7 @@ async fn full_disk_with_max_size_set_evicts_to_make_room() {
 // ---------------------------------------------------------------------------------------------
 // Eviction and the cache CLI
 
-use regmirror::cache::inventory::human_size as human;
+use regmirror::config::human_size as human;
 
 fn total_size(files: &[PathBuf]) -> u64 {
     files

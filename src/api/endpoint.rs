@@ -14,13 +14,29 @@ pub enum Endpoint {
     /// `GET /v2/`: API version check.
     Base,
     /// `GET|HEAD /v2/<name>/manifests/<reference>`.
-    Manifest { name: String, reference: String },
+    Manifest {
+        /// The repository name as the client wrote it.
+        name: String,
+        /// A tag or a digest, unparsed.
+        reference: String,
+    },
     /// `GET|HEAD /v2/<name>/blobs/<digest>`.
-    Blob { name: String, digest: Digest },
+    Blob {
+        /// The repository name as the client wrote it.
+        name: String,
+        /// The blob's digest.
+        digest: Digest,
+    },
     /// `GET /v2/<name>/tags/list`.
-    TagsList { name: String },
+    TagsList {
+        /// The repository name as the client wrote it.
+        name: String,
+    },
     /// Push, delete, uploads, catalog: a read-only mirror does not do these.
-    Unsupported { what: &'static str },
+    Unsupported {
+        /// What was asked, for the error message ("push", "delete", ...).
+        what: &'static str,
+    },
     /// `GET /healthz`: the process is alive.
     Health,
     /// `GET /readyz`: storage writable and configuration loaded.
@@ -55,6 +71,7 @@ pub enum ParseError {
 }
 
 impl Endpoint {
+    /// Parse a request's method and path (without the query).
     pub fn parse(method: &Method, path: &str) -> Result<Endpoint, ParseError> {
         let read = method == Method::GET || method == Method::HEAD;
         match path {

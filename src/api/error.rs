@@ -4,13 +4,15 @@
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 
+use super::endpoint::ParseError;
 use crate::cache;
+use crate::oci::NameError;
 use crate::routing::RouteError;
 use crate::upstream;
 
 /// An API failure. Every variant maps to one status and one OCI code.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("{0}")]
     NameInvalid(String),
     #[error("{0}")]
@@ -67,13 +69,46 @@ impl Error {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.status_and_code().0
     }
 
     /// The OCI error code, e.g. `MANIFEST_UNKNOWN`.
-    pub fn code(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> &'static str {
         self.status_and_code().1
+    }
+}
+
+impl Error {
+    /// A write or other operation a read-only mirror does not offer.
+    pub(crate) fn unsupported(what: &str) -> Error {
+        Error::Unsupported(format!(
+            "{what} is not supported: regmirror is a read-only pull-through mirror"
+        ))
+    }
+
+    /// A manifest reference that is neither a valid tag nor a valid digest.
+    pub(crate) fn reference(raw: &str, e: NameError) -> Error {
+        if raw.contains(':') {
+            Error::DigestInvalid(e.to_string())
+        } else {
+            Error::TagInvalid(e.to_string())
+        }
+    }
+}
+
+impl From<ParseError> for Error {
+    fn from(e: ParseError) -> Self {
+        match e {
+            ParseError::NotFound => Error::NotFound,
+            ParseError::DigestInvalid(d) => {
+                Error::DigestInvalid(format!("invalid digest {d:?}: expected sha256:<64 hex>"))
+            }
+            ParseError::MethodNotAllowed => {
+                Error::Unsupported("regmirror is a read-only pull-through mirror".into())
+            }
+        }
     }
 }
 
@@ -103,7 +138,9 @@ impl From<cache::Error> for Error {
                 message: e.to_string(),
                 size: Some(size),
             },
-            e @ C::Storage(_) => Error::Internal(e.to_string()),
+            e @ (C::DiskFull(_) | C::Storage(_) | C::Spool(_)) => Error::Internal(e.to_string()),
+            e @ C::Abandoned => Error::BadGateway(e.to_string()),
+            e @ C::ShuttingDown => Error::Internal(e.to_string()),
         }
     }
 }
@@ -119,7 +156,9 @@ impl From<upstream::Error> for Error {
             U::Denied(m) => Error::Denied(format!("the upstream registry denied access: {m}")),
             U::TooManyRequests { retry_after } => Error::TooManyRequests { retry_after },
             e @ (U::Unavailable(_) | U::Status { .. }) => Error::Unavailable(e.to_string()),
-            e @ (U::Invalid(_) | U::Config(_)) => Error::BadGateway(e.to_string()),
+            e @ (U::Invalid(_) | U::Config(_) | U::TooLarge { .. }) => {
+                Error::BadGateway(e.to_string())
+            }
         }
     }
 }

@@ -4,10 +4,10 @@
 //! [`crate::routing`], answered by [`crate::cache`], and every failure leaves through
 //! [`error::Error`]. Must not talk to an upstream or to storage directly.
 
-pub mod endpoint;
-pub mod error;
+mod endpoint;
+mod error;
 mod tags;
-pub mod zero_copy;
+pub(crate) mod zero_copy;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,27 +17,28 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::cache::{BlobBody, Cache, CacheStatus, RangeSpec};
+use crate::cache::{BlobBody, Cache, CacheStatus};
+use crate::oci::RangeSpec;
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
 pub use endpoint::Endpoint;
-pub use error::Error;
+pub(crate) use error::Error;
 
 /// Shared state of every listener.
-pub struct App {
+pub(crate) struct App {
     pub cache: Arc<Cache>,
     pub routing: RoutingTable,
 }
 
 /// State of one listener: the shared app, and the upstream when the listener is dedicated to one.
 #[derive(Clone)]
-pub struct Listener {
+pub(crate) struct Listener {
     pub app: Arc<App>,
     pub upstream: Option<String>,
 }
 
 /// The axum router for one listener.
-pub fn router(listener: Listener) -> axum::Router {
+pub(crate) fn router(listener: Listener) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(listener)
 }
 
@@ -103,43 +104,60 @@ async fn dispatch(
     query: Option<&str>,
     outcome: &mut Outcome,
 ) -> Result<Response, Error> {
-    let endpoint = Endpoint::parse(&req.method, req.uri.path()).map_err(|e| match e {
-        endpoint::ParseError::NotFound => Error::NotFound,
-        endpoint::ParseError::DigestInvalid(d) => {
-            Error::DigestInvalid(format!("invalid digest {d:?}: expected sha256:<64 hex>"))
-        }
-        endpoint::ParseError::MethodNotAllowed => {
-            Error::Unsupported("regmirror is a read-only pull-through mirror".into())
-        }
-    })?;
-    let app = &listener.app;
+    let endpoint = Endpoint::parse(&req.method, req.uri.path())?;
     outcome.kind = endpoint.kind();
-    let name = match &endpoint {
+    let cache = &listener.app.cache;
+    let head = req.method == Method::HEAD;
+    let (route, answer) = match endpoint {
         Endpoint::Base => return Ok(base_response()),
         Endpoint::Health => return Ok((StatusCode::OK, "ok\n").into_response()),
-        Endpoint::Ready => {
-            return match app.cache.check_ready().await {
-                Ok(()) => Ok((StatusCode::OK, "ready\n").into_response()),
-                Err(e) => Err(Error::Unavailable(format!("not ready: {e}"))),
-            }
+        Endpoint::Ready => return ready(cache).await,
+        Endpoint::Metrics => return Ok(metrics_response()),
+        Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
+        Endpoint::Manifest { name, reference } => {
+            let route = route(listener, req, query, &name, outcome)?;
+            let answer = manifest(cache, &route, req, &reference, head).await;
+            (route, answer)
         }
-        Endpoint::Metrics => {
-            let mut resp = crate::metrics::render().into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            return Ok(resp);
+        Endpoint::Blob { name, digest } => {
+            let route = route(listener, req, query, &name, outcome)?;
+            let answer = blob(cache, &route, req, &digest, head).await;
+            (route, answer)
         }
-        Endpoint::Unsupported { what } => {
-            return Err(Error::Unsupported(format!(
-                "{what} is not supported: regmirror is a read-only pull-through mirror"
-            )))
+        Endpoint::TagsList { name } => {
+            let route = route(listener, req, query, &name, outcome)?;
+            let answer = tags_list(cache, &route, &name, query).await;
+            (route, answer)
         }
-        Endpoint::Manifest { name, .. }
-        | Endpoint::Blob { name, .. }
-        | Endpoint::TagsList { name } => name.clone(),
     };
+    let (status, mut resp) = answer?;
+    outcome.cache = Some(status);
+    let h = resp.headers_mut();
+    if let Some(ns) = query.and_then(|q| query_param(q, "ns")) {
+        if let Ok(v) = HeaderValue::from_str(&ns) {
+            h.insert("oci-namespace", v);
+        }
+    }
+    let rl = cache.rate_limit(&route.upstream);
+    for (n, v) in [
+        (crate::upstream::RATELIMIT_LIMIT, rl.limit),
+        (crate::upstream::RATELIMIT_REMAINING, rl.remaining),
+    ] {
+        if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            h.insert(n, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The upstream and repository `name` routes to (also recorded for the request log).
+fn route(
+    listener: &Listener,
+    req: &http::request::Parts,
+    query: Option<&str>,
+    name: &str,
+    outcome: &mut Outcome,
+) -> Result<Route, Error> {
     let ns = query.and_then(|q| query_param(q, "ns"));
     let host = req
         .headers
@@ -150,85 +168,86 @@ async fn dispatch(
         listener_upstream: listener.upstream.as_deref(),
         host,
         ns: ns.as_deref(),
-        name: &name,
+        name,
     };
-    let route = app.routing.route(&facts)?;
+    let route = listener.app.routing.route(&facts)?;
     outcome.route = Some(route.clone());
-    let head = req.method == Method::HEAD;
-    let mut resp = match endpoint {
-        Endpoint::Manifest { reference, .. } => {
-            let reference = Reference::parse(&reference).map_err(|e| {
-                if reference.contains(':') {
-                    Error::DigestInvalid(e.to_string())
-                } else {
-                    Error::TagInvalid(e.to_string())
-                }
-            })?;
-            let accept = media::accepted_types(
-                req.headers
-                    .get_all(header::ACCEPT)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
-            let m = app
-                .cache
-                .manifest(
-                    &route.upstream,
-                    &route.repository,
-                    &reference,
-                    &accept,
-                    head,
-                )
-                .await?;
-            outcome.cache = Some(m.status);
-            manifest_response(m)
-        }
-        Endpoint::Blob { digest, .. } => {
-            let range = match req.headers.get(header::RANGE) {
-                Some(v) => Some(parse_range(v)?),
-                None => None,
-            };
-            let b = app
-                .cache
-                .blob(&route.upstream, &route.repository, &digest, range, head)
-                .await?;
-            outcome.cache = Some(b.status);
-            blob_response(b)
-        }
-        Endpoint::TagsList { .. } => {
-            let page = app
-                .cache
-                .tags_list(&route.upstream, &route.repository, query.map(strip_ns))
-                .await?;
-            outcome.cache = Some(page.status);
-            let stale = page.status == CacheStatus::Stale;
-            let mut resp = tags_response(page, &route.repository, &name, query);
-            if stale {
-                resp.headers_mut()
-                    .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
-            }
-            resp
-        }
-        _ => return Err(Error::NotFound),
+    Ok(route)
+}
+
+/// What an endpoint answered, and where the answer came from.
+type Answer = Result<(CacheStatus, Response), Error>;
+
+async fn manifest(
+    cache: &Cache,
+    route: &Route,
+    req: &http::request::Parts,
+    reference: &str,
+    head: bool,
+) -> Answer {
+    let reference = Reference::parse(reference).map_err(|e| Error::reference(reference, e))?;
+    let accept = media::accepted_types(
+        req.headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let m = cache
+        .manifest(
+            &route.upstream,
+            &route.repository,
+            &reference,
+            &accept,
+            head,
+        )
+        .await?;
+    Ok((m.status, manifest_response(m)))
+}
+
+async fn blob(
+    cache: &Cache,
+    route: &Route,
+    req: &http::request::Parts,
+    digest: &crate::oci::Digest,
+    head: bool,
+) -> Answer {
+    let range = match req.headers.get(header::RANGE) {
+        Some(v) => Some(parse_range(v)?),
+        None => None,
     };
-    let h = resp.headers_mut();
-    if let Some(ns) = ns {
-        if let Ok(v) = HeaderValue::from_str(&ns) {
-            h.insert("oci-namespace", v);
-        }
+    let b = cache
+        .blob(&route.upstream, &route.repository, digest, range, head)
+        .await?;
+    Ok((b.status, blob_response(b)))
+}
+
+async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Option<&str>) -> Answer {
+    let page = cache
+        .tags_list(&route.upstream, &route.repository, query.map(strip_ns))
+        .await?;
+    let status = page.status;
+    let mut resp = tags_response(page, &route.repository, client_name, query);
+    if status == CacheStatus::Stale {
+        resp.headers_mut()
+            .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
     }
-    if let Ok(up) = app.cache.upstream(&route.upstream) {
-        let rl = up.rate_limit();
-        for (n, v) in [
-            (crate::upstream::RATELIMIT_LIMIT, rl.limit),
-            (crate::upstream::RATELIMIT_REMAINING, rl.remaining),
-        ] {
-            if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                h.insert(n, v);
-            }
-        }
+    Ok((status, resp))
+}
+
+async fn ready(cache: &Cache) -> Result<Response, Error> {
+    match cache.check_ready().await {
+        Ok(()) => Ok((StatusCode::OK, "ready\n").into_response()),
+        Err(e) => Err(Error::Unavailable(format!("not ready: {e}"))),
     }
-    Ok(resp)
+}
+
+fn metrics_response() -> Response {
+    let mut resp = crate::metrics::render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 /// The `Warning` header on answers served from cache during an upstream outage.
@@ -376,7 +395,7 @@ fn tags_response(
 }
 
 /// Point an upstream `Link: </v2/<repo>/tags/list?...>` into the mirror's namespace.
-pub fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str) -> String {
+fn rewrite_link(link: &str, upstream_repo: &str, client_name: &str) -> String {
     let from = format!("/v2/{upstream_repo}/tags/list");
     let to = format!("/v2/{client_name}/tags/list");
     match link.find(&from) {

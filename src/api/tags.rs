@@ -16,7 +16,7 @@ struct TagList {
 }
 
 /// The page to send: body, and the `last` value for a next-page link if more tags remain.
-pub fn page(
+pub(super) fn page(
     body: &[u8],
     client_name: &str,
     n: Option<usize>,

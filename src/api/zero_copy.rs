@@ -15,14 +15,14 @@ use crate::cache::FileRegion;
 
 /// A file region that the connection may send with `sendfile(2)`.
 #[derive(Clone)]
-pub struct SendFile {
+pub(crate) struct SendFile {
     region: Arc<Mutex<Option<FileRegion>>>,
     served: metrics::Counter,
 }
 
 impl SendFile {
     /// Wrap `region`; `source` labels the served-bytes counter ("cache" or "upstream").
-    pub fn new(region: FileRegion, source: &'static str) -> SendFile {
+    pub(crate) fn new(region: FileRegion, source: &'static str) -> SendFile {
         SendFile {
             region: Arc::new(Mutex::new(Some(region))),
             served: metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source),
@@ -30,17 +30,17 @@ impl SendFile {
     }
 
     /// The region, unless the body (or another caller) took it already.
-    pub fn take(&self) -> Option<FileRegion> {
+    pub(crate) fn take(&self) -> Option<FileRegion> {
         self.region.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Count `n` bytes as sent to the client.
-    pub fn served(&self, n: u64) {
+    pub(crate) fn served(&self, n: u64) {
         self.served.increment(n);
     }
 
     /// The streaming body for connections that do not use `sendfile`.
-    pub fn body(&self) -> Body {
+    pub(crate) fn body(&self) -> Body {
         let this = self.clone();
         let stream = futures::stream::once(async move {
             match this.take() {

@@ -1,44 +1,29 @@
-//! Blob reads: from storage on a hit, from the in-flight fill on a miss, HEAD from the upstream.
+//! Blob reads: hits from storage, misses through one fill per digest, ranges.
+//!
+//! A miss starts a fill (or joins the one in flight through [`FillTable`]): the blob streams from
+//! the upstream into a spool file ([`crate::staging`]) that every client of it tails, and is
+//! committed to storage only after its digest matched. The fill runs in its own task, so it
+//! finishes (or times out) even when every client has gone.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::TryStreamExt;
-use http::Method;
+use futures::StreamExt;
 
-use super::fill::{Fill, FillWriter, Joined};
-use super::region::FileRegion;
-use super::{keys, Cache, CacheStatus, Error, Result};
-use crate::oci::Digest;
-use crate::storage::{self, ByteStream};
-use crate::upstream::{self, Request, Upstream};
-
-/// A byte range as a client asked for it (`bytes=a-b`, `bytes=a-`, `bytes=-n`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeSpec {
-    /// First byte and optional last byte, inclusive.
-    From(u64, Option<u64>),
-    /// The last n bytes.
-    Suffix(u64),
-}
-
-impl RangeSpec {
-    /// The half-open byte range within a blob of `size` bytes.
-    pub fn resolve(self, size: u64) -> Result<std::ops::Range<u64>> {
-        let r = match self {
-            RangeSpec::From(start, end) => {
-                start..end.map(|e| e.saturating_add(1)).unwrap_or(size).min(size)
-            }
-            RangeSpec::Suffix(n) => size.saturating_sub(n)..size,
-        };
-        if r.start >= r.end {
-            return Err(Error::RangeNotSatisfiable { size });
-        }
-        Ok(r)
-    }
-}
+use super::access::Access;
+use super::evict::Evictor;
+use super::flight::{Fill, FillPermit, FillTable, Flight, LocalFills};
+use super::upstreams::Upstreams;
+use super::{keys, CacheStatus, Error, Result};
+use crate::config::Config;
+use crate::oci::{Digest, RangeSpec};
+use crate::staging::{ByteStream, FileRegion, Spool, SpoolWriter, WriteError};
+use crate::storage::{self, Storage};
+use crate::upstream::{self, Upstream};
 
 /// The body of a blob answer.
-pub enum BlobBody {
+pub(crate) enum BlobBody {
     /// Bytes as a stream of buffers (ranges fetched from the upstream, fills of unknown size).
     Stream(ByteStream),
     /// A range of a local file (a cached blob or the spool of a fill), which the HTTP/1.1 front
@@ -47,7 +32,9 @@ pub enum BlobBody {
 }
 
 impl BlobBody {
-    pub fn into_stream(self) -> ByteStream {
+    /// The bytes as a stream, whichever form they are in.
+    #[cfg(test)]
+    pub(crate) fn into_stream(self) -> ByteStream {
         match self {
             BlobBody::Stream(s) => s,
             BlobBody::File(r) => r.into_stream(),
@@ -56,63 +43,109 @@ impl BlobBody {
 }
 
 /// What the API needs to answer a blob request.
-pub struct Blob {
-    pub digest: Digest,
+pub(crate) struct Blob {
+    pub(crate) digest: Digest,
     /// Total size of the blob, when known.
-    pub size: Option<u64>,
+    pub(crate) size: Option<u64>,
     /// The part served, when a range was asked for: (start, end exclusive).
-    pub range: Option<(u64, u64)>,
+    pub(crate) range: Option<(u64, u64)>,
     /// None for HEAD.
-    pub body: Option<BlobBody>,
-    pub status: CacheStatus,
+    pub(crate) body: Option<BlobBody>,
+    pub(crate) status: CacheStatus,
 }
 
-impl Cache {
+/// The blob side of the cache.
+pub(crate) struct BlobCache {
+    storage: Arc<dyn Storage>,
+    /// Where fills write their spool files (local disk).
+    staging_dir: PathBuf,
+    fills: Box<dyn FillTable>,
+    /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
+    fill_slots: tokio::sync::Semaphore,
+    fill_timeout: Duration,
+    access: Arc<Access>,
+    evictor: Arc<Evictor>,
+}
+
+impl BlobCache {
+    pub(crate) fn new(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        staging_dir: PathBuf,
+        access: Arc<Access>,
+        evictor: Arc<Evictor>,
+    ) -> BlobCache {
+        BlobCache {
+            storage,
+            staging_dir,
+            fills: Box::new(LocalFills::default()),
+            fill_slots: tokio::sync::Semaphore::new(config.max_concurrent_fills),
+            fill_timeout: Duration::from_secs(config.fill_timeout_secs.max(1)),
+            access,
+            evictor,
+        }
+    }
+
+    /// Number of blob fills running now.
+    #[cfg(test)]
+    pub(crate) fn fills_in_flight(&self) -> usize {
+        self.fills.in_flight()
+    }
+
     /// GET (`head = false`) or HEAD a blob, optionally a range of it.
-    pub async fn blob(
+    pub(crate) async fn blob(
         self: &Arc<Self>,
+        upstreams: &Upstreams,
         upstream: &str,
         repo: &str,
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<Blob> {
-        if let Some(hit) = self.blob_from_storage(digest, range, head).await? {
+        if let Some(hit) = self.from_storage(digest, range, head).await? {
             return Ok(hit);
         }
-        let up = self.upstream(upstream)?;
-        if let Some(fill) = self.fills.get(digest) {
+        let up = upstreams.get(upstream)?;
+        if let Some(fill) = self.fills.join(digest) {
             return self
                 .serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
                 .await;
         }
         if head {
-            return self.head_upstream(&up, repo, digest).await;
+            let size = up.head_blob(repo, digest).await.map_err(blob_error)?;
+            return Ok(Blob {
+                digest: digest.clone(),
+                size,
+                range: None,
+                body: None,
+                status: CacheStatus::Passthrough,
+            });
         }
-        match self.fills.join_or_start(digest) {
-            Joined::Existing(fill) => {
+        match self.fills.start_or_join(digest) {
+            Flight::Join(fill) => {
                 self.serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
                     .await
             }
-            Joined::New(fill, writer) => {
+            Flight::Start(fill, permit) => {
                 // A fill may have committed between our storage check and now.
-                if let Some(hit) = self.blob_from_storage(digest, range, head).await? {
-                    writer.finish(Ok(()));
-                    self.fills.remove(&fill);
+                if let Some(hit) = self.from_storage(digest, range, head).await? {
+                    permit.finish();
                     return Ok(hit);
                 }
-                let cache = self.clone();
-                let (task_fill, task_repo, task_up) = (fill.clone(), repo.to_string(), up.clone());
-                tokio::spawn(
-                    async move { cache.run_fill(task_up, task_repo, task_fill, writer).await },
-                );
+                let (cache, task_up, task_repo) = (self.clone(), up.clone(), repo.to_string());
+                let task_digest = digest.clone();
+                tokio::spawn(async move {
+                    cache
+                        .run_fill(task_up, task_repo, task_digest, permit)
+                        .await
+                });
                 self.serve_fill(&up, repo, fill, range, head, CacheStatus::Miss)
                     .await
             }
         }
     }
 
-    async fn blob_from_storage(
+    async fn from_storage(
         &self,
         digest: &Digest,
         range: Option<RangeSpec>,
@@ -125,15 +158,16 @@ impl Cache {
             Err(e) => return Err(e.into()),
         };
         let r = range.map(|r| r.resolve(meta.size)).transpose()?;
-        self.note_access(&key, Some(meta.modified)).await;
+        self.access.note(&key, Some(meta.modified)).await;
         let body = if head {
             None
         } else {
-            let reading = self.in_use.hold(key.clone());
+            let in_use = self.access.in_use();
             match self.storage.open_file(&key).await {
                 Ok(Some((file, len))) => {
                     let r = r.clone().unwrap_or(0..len);
                     let r = r.start.min(len)..r.end.min(len);
+                    let reading = Box::new(in_use.hold(key.clone()));
                     Some(BlobBody::File(FileRegion::committed(
                         Arc::new(file),
                         r,
@@ -141,7 +175,7 @@ impl Cache {
                     )))
                 }
                 Ok(None) => match self.storage.get_stream(&key, r.clone()).await {
-                    Ok(s) => Some(BlobBody::Stream(self.in_use.guard(key.clone(), s))),
+                    Ok(s) => Some(BlobBody::Stream(in_use.guard(key.clone(), s))),
                     Err(storage::Error::NotFound(_)) => return Ok(None),
                     Err(e) => return Err(e.into()),
                 },
@@ -160,7 +194,7 @@ impl Cache {
     }
 
     async fn serve_fill(
-        self: &Arc<Self>,
+        &self,
         up: &Upstream,
         repo: &str,
         fill: Arc<Fill>,
@@ -172,158 +206,87 @@ impl Cache {
             metrics::counter!(crate::metrics::JOINED, "kind" => "blob").increment(1);
         }
         let state = fill.wait_started().await;
-        match &state.outcome {
-            Some(Err(e)) => return Err(e.clone()),
-            Some(Ok(())) if !state.started => {
-                // The fill found the blob already committed.
+        let spool = match (state.spool, state.outcome) {
+            (_, Some(Err(e))) => return Err(e),
+            (Some(spool), _) => spool,
+            // Ended without a spool: the fill found the blob already committed.
+            (None, _) => {
                 return self
-                    .blob_from_storage(&fill.digest, range, head)
+                    .from_storage(fill.digest(), range, head)
                     .await?
                     .ok_or(Error::BlobUnknown);
             }
-            _ => {}
-        }
-        let digest = fill.digest.clone();
-        match (range, state.size) {
-            (None, size) => {
-                let body = (!head).then(|| fill_body(&fill, 0, size));
-                Ok(Blob {
-                    digest,
-                    size,
-                    range: None,
-                    body,
-                    status,
-                })
-            }
+        };
+        let digest = fill.digest().clone();
+        let size = spool.size();
+        match (range, size) {
+            (None, size) => Ok(Blob {
+                digest,
+                size,
+                range: None,
+                body: (!head).then(|| fill_body(spool, 0, size)),
+                status,
+            }),
             (Some(r), Some(size)) => {
                 let r = r.resolve(size)?;
-                let body = (!head).then(|| fill_body(&fill, r.start, Some(r.end)));
                 Ok(Blob {
                     digest,
                     size: Some(size),
                     range: Some((r.start, r.end)),
-                    body,
+                    body: (!head).then(|| fill_body(spool, r.start, Some(r.end))),
                     status,
                 })
             }
-            (Some(r), None) => self.range_from_upstream(up, repo, &digest, r, head).await,
+            // A range of a blob whose size is not known yet: forward the range to the upstream.
+            (Some(r), None) => {
+                let part = up
+                    .blob_range(repo, &digest, r, head)
+                    .await
+                    .map_err(blob_error)?;
+                let body = part
+                    .body
+                    .map(|b| BlobBody::Stream(b.map(|c| c.map_err(std::io::Error::other)).boxed()));
+                Ok(Blob {
+                    digest,
+                    size: part.size,
+                    range: Some((part.start, part.end)),
+                    body,
+                    status: CacheStatus::Passthrough,
+                })
+            }
         }
     }
 
-    /// HEAD of a blob that is neither cached nor being fetched: ask the upstream.
-    async fn head_upstream(&self, up: &Upstream, repo: &str, digest: &Digest) -> Result<Blob> {
-        let req = Request::new(Method::HEAD, repo, format!("blobs/{digest}"));
-        let resp = up.send(&req).await.map_err(blob_error)?;
-        let size = content_length(resp.headers());
-        Ok(Blob {
-            digest: digest.clone(),
-            size,
-            range: None,
-            body: None,
-            status: CacheStatus::Passthrough,
-        })
-    }
-
-    /// A range of a blob whose size is not known yet: forward the range to the upstream.
-    async fn range_from_upstream(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        digest: &Digest,
-        r: RangeSpec,
-        head: bool,
-    ) -> Result<Blob> {
-        let method = if head { Method::HEAD } else { Method::GET };
-        let mut req = Request::new(method, repo, format!("blobs/{digest}"));
-        req.streaming = true;
-        let spec = match r {
-            RangeSpec::From(a, Some(b)) => format!("bytes={a}-{b}"),
-            RangeSpec::From(a, None) => format!("bytes={a}-"),
-            RangeSpec::Suffix(n) => format!("bytes=-{n}"),
-        };
-        req.headers.insert(
-            http::header::RANGE,
-            spec.parse().map_err(|_| Error::Invalid("range".into()))?,
-        );
-        let resp = up.send(&req).await.map_err(blob_error)?;
-        let parsed = resp
-            .headers()
-            .get(http::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_content_range)
-            .filter(|_| resp.status() == http::StatusCode::PARTIAL_CONTENT)
-            .ok_or_else(|| Error::Invalid("upstream ignored the range request".into()))?;
-        let (start, end, size) = parsed;
-        let body = (!head).then(|| {
-            BlobBody::Stream(
-                resp.bytes_stream()
-                    .map_err(std::io::Error::other)
-                    .boxed_stream(),
-            )
-        });
-        Ok(Blob {
-            digest: digest.clone(),
-            size,
-            range: Some((start, end)),
-            body,
-            status: CacheStatus::Passthrough,
-        })
-    }
-
-    /// Download a blob into the spool and commit it; runs in its own task.
+    /// Download a blob into a spool and commit it; runs in its own task.
     async fn run_fill(
         self: Arc<Self>,
         up: Arc<Upstream>,
         repo: String,
-        fill: Arc<Fill>,
-        mut writer: FillWriter,
+        digest: Digest,
+        permit: FillPermit,
     ) {
-        let deadline = std::time::Duration::from_secs(self.fill_timeout_secs.max(1));
-        let digest = fill.digest.clone();
-        let work = async {
-            // Wait for a download slot; the wait counts against the fill deadline.
-            let _slot = self
-                .fill_slots
-                .acquire()
-                .await
-                .map_err(|_| Error::Storage("shutting down".into()))?;
-            let mut req = Request::new(Method::GET, &repo, format!("blobs/{digest}"));
-            req.streaming = true;
-            let resp = up.send(&req).await.map_err(blob_error)?;
-            let size = content_length(resp.headers());
-            let file = writer
-                .start(&self.spool_dir, size)
-                .map_err(|e| Error::Storage(format!("spool file: {e}")))?;
-            let body = resp.bytes_stream().map_err(|e| upstream::describe(&e));
-            let path = writer.write_body(file, body, size).await?;
-            if let Err(e) = self.storage.put_file(&keys::blob(&digest), &path).await {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(e.into());
-            }
-            Ok(())
-        };
-        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).increment(1.0);
-        let outcome = match tokio::time::timeout(deadline, work).await {
+        let in_flight = metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT);
+        in_flight.set(self.fills.in_flight() as f64);
+        let mut announced = None;
+        let work = self.fill(&up, &repo, &digest, &permit, &mut announced);
+        let outcome = match tokio::time::timeout(self.fill_timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!(
                 "blob fill exceeded {}s",
-                deadline.as_secs()
+                self.fill_timeout.as_secs()
             )))),
         };
-        if matches!(&outcome, Err(Error::Storage(m)) if m.contains("No space left")) {
-            // Disk full: make room for this blob in the background so that the next try succeeds.
-            // The cache may be under max_size and still not fit (the disk is smaller, or shared),
-            // so the target is the blob's size below what is stored now, and never above max_size.
-            let cache = self.clone();
-            let needed = fill.state().size;
+        // Joiners learn the outcome at once; a request after this starts a fresh fill.
+        match &outcome {
+            Ok(()) => permit.finish(),
+            Err(e) => permit.fail(e.clone()),
+        }
+        in_flight.set(self.fills.in_flight() as f64);
+        if outcome.as_ref().is_err_and(Error::is_disk_full) {
+            // Make room for this blob in the background so that the next try succeeds.
+            let evictor = self.evictor.clone();
             tokio::spawn(async move {
-                let mut policy = cache.evict_policy();
-                if let Ok(all) = super::evict::objects(cache.storage.as_ref()).await {
-                    let total: u64 = all.iter().map(|m| m.size).sum();
-                    let room = total.saturating_sub(needed.unwrap_or(total / 10).max(total / 10));
-                    policy.max_size = Some(policy.max_size.map_or(room, |m| m.min(room)));
-                }
-                if let Err(e) = cache.evict(policy).await {
+                if let Err(e) = evictor.make_room(announced).await {
                     tracing::warn!(error = %e, "eviction after a full disk failed");
                 }
             });
@@ -334,34 +297,74 @@ impl Cache {
                 tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
             }
         }
-        metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT).decrement(1.0);
         let label = if outcome.is_ok() { "ok" } else { "failed" };
         metrics::counter!(crate::metrics::FILLS_TOTAL, "outcome" => label).increment(1);
-        writer.finish(outcome);
-        self.fills.remove(&fill);
     }
-}
 
-trait BoxedStream {
-    fn boxed_stream(self) -> ByteStream;
-}
-impl<S> BoxedStream for S
-where
-    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
-{
-    fn boxed_stream(self) -> ByteStream {
-        Box::pin(self)
-    }
-}
-
-/// A reader of a fill from `start` to `end` (the blob's size when known): a file region when
-/// both the spool and the end are known, a stream otherwise.
-fn fill_body(fill: &Arc<Fill>, start: u64, end: Option<u64>) -> BlobBody {
-    match (fill.spool(), end) {
-        (Some(file), Some(end)) => {
-            BlobBody::File(FileRegion::filling(fill.clone(), file, start..end))
+    /// The fill itself: wait for a slot, fetch, spool and verify, commit.
+    async fn fill(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        digest: &Digest,
+        permit: &FillPermit,
+        announced: &mut Option<u64>,
+    ) -> Result<()> {
+        // Wait for a download slot; the wait counts against the fill deadline.
+        let _slot = self
+            .fill_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let blob = up.get_blob(repo, digest).await.map_err(blob_error)?;
+        *announced = blob.size;
+        let (mut writer, spool) =
+            SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
+        permit.started(Arc::new(spool));
+        if let Err(e) = writer.write(blob.body, digest).await {
+            let e = write_error(e);
+            writer.fail(&e.to_string());
+            return Err(e);
         }
-        _ => BlobBody::Stream(fill.reader(start, end)),
+        let committed = match writer.path() {
+            Some(path) => self.storage.put_file(&keys::blob(digest), path).await,
+            None => return Err(Error::Abandoned),
+        };
+        match committed {
+            Ok(()) => {
+                writer.verified();
+                Ok(())
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                writer.fail(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A reader of a fill's spool from `start` to `end` (the blob's size when known): a file region
+/// when the end is known, a stream otherwise.
+fn fill_body(spool: Arc<Spool>, start: u64, end: Option<u64>) -> BlobBody {
+    match end {
+        Some(end) => BlobBody::File(FileRegion::filling(spool, start..end)),
+        None => BlobBody::Stream(spool.reader(start, end)),
+    }
+}
+
+fn write_error(e: WriteError<upstream::Error>) -> Error {
+    match e {
+        WriteError::Body(e) => Error::Upstream(e),
+        e @ WriteError::TooLong { .. } => Error::Invalid(e.to_string()),
+        e @ WriteError::Short { .. } => {
+            Error::Upstream(upstream::Error::Unavailable(e.to_string()))
+        }
+        WriteError::Mismatch { expected, actual } => Error::DigestMismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        },
+        WriteError::Io(e) => Error::spool(e),
     }
 }
 
@@ -369,53 +372,5 @@ fn blob_error(e: upstream::Error) -> Error {
     match e {
         upstream::Error::NotFound => Error::BlobUnknown,
         e => Error::Upstream(e),
-    }
-}
-
-pub(super) fn content_length(h: &http::HeaderMap) -> Option<u64> {
-    h.get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-/// `bytes a-b/size` -> (a, b + 1, Some(size)); size may be `*`.
-fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, size) = rest.split_once('/')?;
-    let (a, b) = range.split_once('-')?;
-    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-    Some((a, b.checked_add(1)?, size.trim().parse().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_resolve() {
-        let cases = [
-            (RangeSpec::From(0, Some(9)), 100, Some(0..10)),
-            (RangeSpec::From(90, None), 100, Some(90..100)),
-            (RangeSpec::From(90, Some(500)), 100, Some(90..100)),
-            (RangeSpec::Suffix(10), 100, Some(90..100)),
-            (RangeSpec::Suffix(1000), 100, Some(0..100)),
-            (RangeSpec::From(100, None), 100, None),
-            (RangeSpec::Suffix(0), 100, None),
-        ];
-        for (spec, size, want) in cases {
-            assert_eq!(spec.resolve(size).ok(), want, "{spec:?}");
-        }
-    }
-
-    #[test]
-    fn content_range() {
-        assert_eq!(
-            parse_content_range("bytes 0-9/100"),
-            Some((0, 10, Some(100)))
-        );
-        assert_eq!(parse_content_range("bytes 5-5/*"), Some((5, 6, None)));
-        assert_eq!(parse_content_range("items 0-1/2"), None);
     }
 }

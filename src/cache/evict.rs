@@ -1,106 +1,43 @@
 //! Eviction: keep the cache under `max_size` and drop content not accessed for `max_age`.
 //!
-//! Least recently used first, by the storage's last-access time (refreshed by [`Cache`] on hits).
+//! Least recently used first, by the storage's last-access time (refreshed by
+//! [`super::access::Access`] on hits).
 //! Objects that a client is reading right now are skipped; downloads in progress live in spool
 //! files, outside the evictable set. Tag records whose manifest is gone are harmless: the next
 //! request for the tag fetches it again.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
-
-use super::{Cache, Result};
-use crate::storage::{ByteStream, ObjectMeta, Storage};
+use super::access::InUse;
+use super::Result;
+use crate::storage::{ObjectMeta, Storage};
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub max_size: Option<u64>,
     pub max_age: Option<Duration>,
 }
 
 /// What a run found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub objects: u64,
     pub bytes: u64,
     pub evicted_objects: u64,
     pub evicted_bytes: u64,
 }
 
-/// Keys being read now, with a count per key.
-#[derive(Debug, Default)]
-pub struct InUse {
-    readers: Mutex<HashMap<String, usize>>,
-}
-
-impl InUse {
-    pub fn contains(&self, key: &str) -> bool {
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
-    }
-
-    /// Count `key` as in use until the returned guard is dropped.
-    pub fn hold(self: &Arc<Self>, key: String) -> ReaderGuard {
-        *self
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default() += 1;
-        ReaderGuard {
-            in_use: self.clone(),
-            key,
-        }
-    }
-
-    /// Wrap a stream so that `key` counts as in use until the stream is dropped.
-    pub fn guard(self: &Arc<Self>, key: String, stream: ByteStream) -> ByteStream {
-        let guard = self.hold(key);
-        stream
-            .map(move |item| {
-                let _keep = &guard;
-                item
-            })
-            .boxed()
-    }
-}
-
-/// Marks one key as being read; see [`InUse::hold`].
-pub struct ReaderGuard {
-    in_use: Arc<InUse>,
-    key: String,
-}
-
-impl Drop for ReaderGuard {
-    fn drop(&mut self) {
-        let mut map = self
-            .in_use
-            .readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
-}
-
 /// Every evictable object: blobs and manifests.
-pub async fn objects(storage: &dyn Storage) -> Result<Vec<ObjectMeta>> {
+pub(crate) async fn objects(storage: &dyn Storage) -> Result<Vec<ObjectMeta>> {
     let mut all = storage.list("blobs/").await?;
     all.extend(storage.list("manifests/").await?);
     Ok(all)
 }
 
 /// Evict per `policy`, oldest access first, skipping keys for which `in_use` is true.
-pub async fn run(
+pub(crate) async fn run(
     storage: &dyn Storage,
     policy: Policy,
     in_use: &(dyn Fn(&str) -> bool + Sync),
@@ -141,9 +78,29 @@ pub async fn run(
     Ok(report)
 }
 
-impl Cache {
+/// Eviction for one cache: its policy, and what its clients are reading (never evicted).
+pub(crate) struct Evictor {
+    storage: Arc<dyn Storage>,
+    in_use: Arc<InUse>,
+    policy: Policy,
+}
+
+impl Evictor {
+    pub(crate) fn new(storage: Arc<dyn Storage>, in_use: Arc<InUse>, policy: Policy) -> Evictor {
+        Evictor {
+            storage,
+            in_use,
+            policy,
+        }
+    }
+
+    /// The configured policy.
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+    }
+
     /// Run eviction now with `policy`, protecting what clients are reading.
-    pub async fn evict(&self, policy: Policy) -> Result<Report> {
+    pub(crate) async fn evict(&self, policy: Policy) -> Result<Report> {
         let in_use = self.in_use.clone();
         let report = run(self.storage.as_ref(), policy, &move |k| in_use.contains(k)).await?;
         metrics::gauge!(crate::metrics::CACHE_BYTES).set(report.bytes as f64);
@@ -161,8 +118,24 @@ impl Cache {
         Ok(report)
     }
 
+    /// The disk filled up while a blob of `needed` bytes (when known) was being written: make room
+    /// for it. The cache may be under `max_size` and still not fit (the disk is smaller, or
+    /// shared), so the target is the blob's size (at least a tenth of the cache) below what is
+    /// stored now, and never above `max_size`.
+    pub(crate) async fn make_room(&self, needed: Option<u64>) -> Result<Report> {
+        let mut policy = self.policy;
+        if let Ok(all) = objects(self.storage.as_ref()).await {
+            let total: u64 = all.iter().map(|m| m.size).sum();
+            let room = total.saturating_sub(needed.unwrap_or(total / 10).max(total / 10));
+            policy.max_size = Some(policy.max_size.map_or(room, |m| m.min(room)));
+        }
+        self.evict(policy).await
+    }
+}
+
+impl Policy {
     /// The configured eviction policy.
-    pub fn policy_from_config(config: &crate::config::Config) -> Policy {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Policy {
         Policy {
             max_size: config.max_size.map(|s| s.0),
             max_age: config.max_age_secs.map(Duration::from_secs),
@@ -178,9 +151,11 @@ mod tests {
     #[tokio::test]
     async fn evicts_least_recently_used_until_under_size_and_skips_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::fs::FsStorage::open(dir.path())
+        let s = crate::storage::open(dir.path(), crate::storage::Role::Server)
             .await
-            .unwrap();
+            .unwrap()
+            .storage;
+        let s = s.as_ref();
         for (i, key) in [
             "blobs/sha256/aa/a1",
             "blobs/sha256/bb/b2",
@@ -204,7 +179,7 @@ mod tests {
             .unwrap();
         // Oldest is a1, but it is being read: b2 and c3 go instead.
         let report = run(
-            &s,
+            s,
             Policy {
                 max_size: Some(250),
                 max_age: None,
@@ -222,7 +197,7 @@ mod tests {
                 evicted_bytes: 200
             }
         );
-        let left: Vec<String> = objects(&s)
+        let left: Vec<String> = objects(s)
             .await
             .unwrap()
             .into_iter()
@@ -231,7 +206,7 @@ mod tests {
         assert_eq!(left, vec!["blobs/sha256/aa/a1", "blobs/sha256/dd/d4"]);
         // Age limit: everything older than 800 s goes (a1 at 1000 s, now not in use; d4 is 700 s old).
         let report = run(
-            &s,
+            s,
             Policy {
                 max_size: None,
                 max_age: Some(Duration::from_secs(800)),

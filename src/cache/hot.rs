@@ -57,28 +57,28 @@ impl<K: Eq + Hash + Clone, V: Clone> Bounded<K, V> {
 }
 
 /// In-memory copies of small cache objects.
-pub struct Hot {
+pub(super) struct Hot {
     manifests: Mutex<Bounded<Digest, (String, Bytes)>>,
     tags: Mutex<Bounded<(String, String, String), TagRecord>>,
 }
 
 impl Hot {
     /// `manifest_bytes` of manifests and `tag_entries` tag records at most.
-    pub fn new(manifest_bytes: usize, tag_entries: usize) -> Hot {
+    pub(super) fn new(manifest_bytes: usize, tag_entries: usize) -> Hot {
         Hot {
             manifests: Mutex::new(Bounded::new(manifest_bytes)),
             tags: Mutex::new(Bounded::new(tag_entries)),
         }
     }
 
-    pub fn manifest(&self, d: &Digest) -> Option<(String, Bytes)> {
+    pub(super) fn manifest(&self, d: &Digest) -> Option<(String, Bytes)> {
         self.manifests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(d)
     }
 
-    pub fn put_manifest(&self, d: Digest, media_type: String, body: Bytes) {
+    pub(super) fn put_manifest(&self, d: Digest, media_type: String, body: Bytes) {
         let w = body.len() + media_type.len();
         self.manifests
             .lock()
@@ -86,7 +86,7 @@ impl Hot {
             .insert(d, (media_type, body), w);
     }
 
-    pub fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Option<TagRecord> {
+    pub(super) fn tag(&self, upstream: &str, repo: &str, tag: &str) -> Option<TagRecord> {
         let key = (upstream.to_string(), repo.to_string(), tag.to_string());
         self.tags
             .lock()
@@ -94,7 +94,7 @@ impl Hot {
             .get(&key)
     }
 
-    pub fn put_tag(&self, upstream: &str, repo: &str, tag: &str, record: TagRecord) {
+    pub(super) fn put_tag(&self, upstream: &str, repo: &str, tag: &str, record: TagRecord) {
         let key = (upstream.to_string(), repo.to_string(), tag.to_string());
         self.tags
             .lock()

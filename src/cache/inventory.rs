@@ -13,7 +13,7 @@ use crate::storage::{self, Storage};
 
 /// One cached tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
+pub(crate) struct Image {
     pub upstream: String,
     pub repository: String,
     pub tag: String,
@@ -26,7 +26,7 @@ pub struct Image {
 }
 
 /// Every cached tag whose `upstream/repository:tag` starts with `filter` (empty: all).
-pub async fn images(storage: &dyn Storage, filter: &str) -> Result<Vec<Image>> {
+pub(crate) async fn images(storage: &dyn Storage, filter: &str) -> Result<Vec<Image>> {
     let mut out = Vec::new();
     for meta in storage.list("tags/").await? {
         let Some((upstream, repository, tag)) = parse_tag_key(&meta.key) else {
@@ -67,7 +67,7 @@ pub async fn images(storage: &dyn Storage, filter: &str) -> Result<Vec<Image>> {
 }
 
 /// `tags/<upstream>/<repo>/_tag/<tag>` -> (upstream, repo, tag).
-pub fn parse_tag_key(key: &str) -> Option<(String, String, String)> {
+pub(crate) fn parse_tag_key(key: &str) -> Option<(String, String, String)> {
     let rest = key.strip_prefix("tags/")?;
     let (path, tag) = rest.rsplit_once("/_tag/")?;
     let (upstream, repo) = path.split_once('/')?;
@@ -76,7 +76,7 @@ pub fn parse_tag_key(key: &str) -> Option<(String, String, String)> {
 
 /// Storage keys of a manifest and everything it references that is stored (children of an
 /// index, config and layers), the manifest's own key first.
-pub async fn closure(storage: &dyn Storage, top: &Digest) -> Result<BTreeSet<String>> {
+pub(crate) async fn closure(storage: &dyn Storage, top: &Digest) -> Result<BTreeSet<String>> {
     let mut keys_found = BTreeSet::new();
     let mut pending = vec![top.clone()];
     let mut seen = HashSet::new();
@@ -119,7 +119,7 @@ pub async fn closure(storage: &dyn Storage, top: &Digest) -> Result<BTreeSet<Str
 
 /// What a removal did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     pub tags: u64,
     pub objects: u64,
     pub bytes: u64,
@@ -127,7 +127,7 @@ pub struct Removed {
 
 /// Remove the tags matching `filter` (`upstream`, `upstream/repo` or `upstream/repo:tag`) and the
 /// manifests and blobs that no remaining tag needs.
-pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
+pub(crate) async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
     let all = images(storage, "").await?;
     let matches = |i: &Image| {
         let full = format!("{}/{}:{}", i.upstream, i.repository, i.tag);
@@ -162,22 +162,6 @@ pub async fn remove(storage: &dyn Storage, filter: &str) -> Result<Removed> {
         report.objects += 1;
     }
     Ok(report)
-}
-
-/// A size for people: `512 B`, `1.5 KiB`, `2.9 MiB` (what `regmirror cache` prints).
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]
@@ -226,23 +210,25 @@ mod tests {
     #[tokio::test]
     async fn list_and_remove_keep_shared_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::fs::FsStorage::open(dir.path())
+        let s = crate::storage::open(dir.path(), crate::storage::Role::Server)
             .await
-            .unwrap();
-        put_image(&s, "docker.io", "library/a", "1", &[b"shared", b"only-a"]).await;
-        put_image(&s, "docker.io", "library/b", "1", &[b"shared", b"only-b"]).await;
-        put_image(&s, "ghcr.io", "o/c", "v2", &[b"only-c"]).await;
-        let all = images(&s, "").await.unwrap();
+            .unwrap()
+            .storage;
+        let s = s.as_ref();
+        put_image(s, "docker.io", "library/a", "1", &[b"shared", b"only-a"]).await;
+        put_image(s, "docker.io", "library/b", "1", &[b"shared", b"only-b"]).await;
+        put_image(s, "ghcr.io", "o/c", "v2", &[b"only-c"]).await;
+        let all = images(s, "").await.unwrap();
         assert_eq!(all.len(), 3);
-        assert_eq!(images(&s, "docker.io/").await.unwrap().len(), 2);
-        let a = &images(&s, "docker.io/library/a:1").await.unwrap()[0];
+        assert_eq!(images(s, "docker.io/").await.unwrap().len(), 2);
+        let a = &images(s, "docker.io/library/a:1").await.unwrap()[0];
         assert!(
             a.cached_bytes > 12,
             "manifest + two layers: {}",
             a.cached_bytes
         );
 
-        let r = remove(&s, "docker.io/library/a").await.unwrap();
+        let r = remove(s, "docker.io/library/a").await.unwrap();
         assert_eq!(
             (r.tags, r.objects),
             (1, 2),
@@ -257,27 +243,14 @@ mod tests {
             .await
             .is_err());
 
-        let r = remove(&s, "ghcr.io").await.unwrap();
+        let r = remove(s, "ghcr.io").await.unwrap();
         assert_eq!((r.tags, r.objects), (1, 2));
-        assert_eq!(images(&s, "").await.unwrap().len(), 1);
+        assert_eq!(images(s, "").await.unwrap().len(), 1);
         assert_eq!(
-            remove(&s, "docker.io/library/b:2").await.unwrap(),
+            remove(s, "docker.io/library/b:2").await.unwrap(),
             Removed::default(),
             "no such tag"
         );
-    }
-
-    #[test]
-    fn human_sizes() {
-        for (n, want) in [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1536, "1.5 KiB"),
-            (3 << 20, "3.0 MiB"),
-            (5 << 40, "5.0 TiB"),
-        ] {
-            assert_eq!(human_size(n), want);
-        }
     }
 
     #[test]

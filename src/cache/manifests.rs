@@ -7,22 +7,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use http::{HeaderValue, Method};
+use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use super::tags::TagRecord;
-use super::{
-    decode_manifest, encode_manifest, header_digest, keys, Cache, CacheStatus, Error, Result,
-};
+use super::access::Access;
+use super::hot::Hot;
+use super::tags::{TagPolicies, TagRecord, TagTtl};
+use super::{decode_manifest, encode_manifest, keys, CacheStatus, Error, Result};
+use crate::config::Config;
 use crate::oci::{media, Digest, Reference};
-use crate::storage;
-use crate::upstream::{self, Request, Upstream};
+use crate::storage::{self, Storage};
+use crate::upstream::{self, ManifestHead, Upstream};
 
 /// A manifest answer. `body` is empty for HEAD answers that came straight from the upstream.
 #[derive(Debug, Clone)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
@@ -33,14 +32,22 @@ pub struct Manifest {
 type FlightKey = (String, String, String);
 
 /// In-flight manifest fetches, one per (upstream, repository, reference).
-#[derive(Default)]
-pub struct Flights {
-    map: Mutex<HashMap<FlightKey, Arc<OnceCell<Result<Manifest>>>>>,
+type Flights = Mutex<HashMap<FlightKey, Arc<OnceCell<Result<Manifest>>>>>;
+
+/// The manifest side of the cache: manifests by digest and by tag, tag freshness, tags lists.
+pub(crate) struct ManifestCache {
+    storage: Arc<dyn Storage>,
+    access: Arc<Access>,
+    flights: Flights,
+    tag_ttl: TagTtl,
+    policies: TagPolicies,
+    hot: Hot,
+    max_manifest_bytes: u64,
 }
 
 /// A tags list page from the upstream.
 #[derive(Debug, Clone)]
-pub struct TagsPage {
+pub(crate) struct TagsPage {
     pub body: Bytes,
     pub content_type: Option<String>,
     /// The upstream's `Link` header (next page), unmodified.
@@ -49,17 +56,32 @@ pub struct TagsPage {
     pub status: CacheStatus,
 }
 
-impl Cache {
+impl ManifestCache {
+    pub(crate) fn new(config: &Config, storage: Arc<dyn Storage>, access: Arc<Access>) -> Self {
+        ManifestCache {
+            storage,
+            access,
+            flights: Flights::default(),
+            tag_ttl: TagTtl::default(),
+            policies: TagPolicies::from_config(config),
+            hot: Hot::new(
+                usize::try_from(config.hot_manifest_bytes.0).unwrap_or(usize::MAX),
+                config.hot_tag_entries,
+            ),
+            max_manifest_bytes: config.max_manifest_bytes,
+        }
+    }
+
     /// GET or HEAD a manifest by tag or digest.
-    pub async fn manifest(
-        self: &Arc<Self>,
-        upstream: &str,
+    pub(crate) async fn manifest(
+        &self,
+        up: &Arc<Upstream>,
         repo: &str,
         reference: &Reference,
         accept: &[String],
         head: bool,
     ) -> Result<Manifest> {
-        let up = self.upstream(upstream)?;
+        let upstream = up.name();
         match reference {
             Reference::Digest(d) => {
                 // A digest names exact bytes: they are the answer whatever the client accepts.
@@ -68,14 +90,14 @@ impl Cache {
                 }
                 if head {
                     return self
-                        .head_manifest_upstream(&up, repo, reference, accept)
+                        .head_manifest_upstream(up, repo, reference, accept)
                         .await;
                 }
             }
             Reference::Tag(tag) => {
                 if self
                     .tag_ttl
-                    .is_fresh(self.policy(upstream), upstream, repo, tag)
+                    .is_fresh(self.policies.get(upstream), upstream, repo, tag)
                 {
                     if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
                         if media::client_accepts(accept, &m.media_type) {
@@ -85,7 +107,7 @@ impl Cache {
                 }
             }
         }
-        let m = self.manifest_shared(&up, repo, reference, accept).await?;
+        let m = self.manifest_shared(up, repo, reference, accept).await?;
         if matches!(reference, Reference::Digest(_)) || media::client_accepts(accept, &m.media_type)
         {
             return Ok(m);
@@ -93,7 +115,7 @@ impl Cache {
         // The cached (or shared) answer is a type this client did not ask for, e.g. an OCI index
         // for a client that only takes Docker schema2: ask the upstream with exactly its Accept.
         match self
-            .get_manifest_exact(&up, repo, reference, accept, head)
+            .get_manifest_exact(up, repo, reference, accept, head)
             .await
         {
             Ok(exact) => Ok(exact),
@@ -106,7 +128,7 @@ impl Cache {
 
     /// The coalesced fetch: one upstream request per (upstream, repository, reference).
     async fn manifest_shared(
-        self: &Arc<Self>,
+        &self,
         up: &Arc<Upstream>,
         repo: &str,
         reference: &Reference,
@@ -118,11 +140,7 @@ impl Cache {
             reference.to_string(),
         );
         let cell = {
-            let mut map = self
-                .manifest_flights
-                .map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
         let leader = !cell.initialized();
@@ -131,11 +149,7 @@ impl Cache {
             .await
             .clone();
         {
-            let mut map = self
-                .manifest_flights
-                .map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut map = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                 map.remove(&key);
             }
@@ -214,14 +228,9 @@ impl Cache {
         reference: &Reference,
         accept: &[String],
     ) -> Result<Manifest> {
-        let req = manifest_request(
-            Method::GET,
-            repo,
-            reference,
-            &media::upstream_accept(accept),
-        )?;
-        let resp = up.send(&req).await.map_err(manifest_error)?;
-        let (digest, media_type, body) = self.receive_manifest(resp, reference).await?;
+        let (digest, media_type, body) = self
+            .receive_manifest(up, repo, reference, &media::upstream_accept(accept))
+            .await?;
         if let Reference::Tag(tag) = reference {
             let record = TagRecord {
                 digest: digest.to_string(),
@@ -249,35 +258,36 @@ impl Cache {
         accept: &[String],
         head: bool,
     ) -> Result<Manifest> {
-        let method = if head { Method::HEAD } else { Method::GET };
-        let req = manifest_request(method, repo, reference, accept)?;
-        let resp = up.send(&req).await.map_err(manifest_error)?;
         if head {
-            return head_answer(resp.headers(), reference).ok_or_else(|| {
+            let h = up
+                .head_manifest(repo, reference, accept)
+                .await
+                .map_err(manifest_error)?;
+            return head_answer(h, reference).ok_or_else(|| {
                 Error::Invalid("upstream HEAD without Docker-Content-Digest".into())
             });
         }
-        let (digest, media_type, body) = self.receive_manifest(resp, reference).await?;
+        let (digest, media_type, body) = self.receive_manifest(up, repo, reference, accept).await?;
         Ok(manifest(digest, media_type, body, CacheStatus::Passthrough))
     }
 
-    /// Read a manifest answer, verify it against the requested digest (or the upstream's
+    /// GET a manifest, verify it against the requested digest (or the upstream's
     /// `Docker-Content-Digest`, or its own sha256 when neither is given) and store it by digest.
     async fn receive_manifest(
         &self,
-        resp: reqwest::Response,
+        up: &Upstream,
+        repo: &str,
         reference: &Reference,
+        accept: &[String],
     ) -> Result<(Digest, String, Bytes)> {
-        let declared_digest = header_digest(resp.headers());
-        let declared_type = resp
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = read_limited(resp, self.max_manifest_bytes).await?;
-        let claimed = match (reference, declared_digest) {
-            (Reference::Digest(d), _) => Some(d.clone()),
-            (Reference::Tag(_), d) => d,
+        let got = up
+            .get_manifest(repo, reference, accept, self.max_manifest_bytes)
+            .await
+            .map_err(manifest_error)?;
+        let body = got.body;
+        let claimed = match reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(_) => got.digest,
         };
         let digest = match claimed {
             Some(d) if d.matches(&body) => d,
@@ -290,7 +300,7 @@ impl Cache {
             // Nothing to check against: the bytes name themselves.
             None => Digest::sha256_of(&body),
         };
-        let media_type = media::manifest_media_type(&body, declared_type.as_deref())
+        let media_type = media::manifest_media_type(&body, got.content_type.as_deref())
             .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
         self.storage
             .put(
@@ -311,14 +321,11 @@ impl Cache {
         reference: &Reference,
         accept: &[String],
     ) -> Result<Manifest> {
-        let req = manifest_request(
-            Method::HEAD,
-            repo,
-            reference,
-            &media::upstream_accept(accept),
-        )?;
-        let resp = up.send(&req).await.map_err(manifest_error)?;
-        match head_answer(resp.headers(), reference) {
+        let h = up
+            .head_manifest(repo, reference, &media::upstream_accept(accept))
+            .await
+            .map_err(manifest_error)?;
+        match head_answer(h, reference) {
             Some(m) => Ok(m),
             // No digest in the answer: fall back to GET, which computes it.
             None => {
@@ -331,12 +338,12 @@ impl Cache {
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
         let key = keys::manifest(d);
         if let Some(hot) = self.hot.manifest(d) {
-            self.note_access(&key, None).await;
+            self.access.note(&key, None).await;
             return Ok(Some(hot));
         }
         match self.storage.get(&key).await {
             Ok(stored) => {
-                self.note_access(&key, None).await;
+                self.access.note(&key, None).await;
                 let decoded = decode_manifest(stored);
                 if let Some((mt, body)) = &decoded {
                     self.hot.put_manifest(d.clone(), mt.clone(), body.clone());
@@ -376,20 +383,17 @@ impl Cache {
 
     /// One page of an upstream's tags list. The unpaginated list is kept, and served (status
     /// `Stale`, paginated by the API) when the upstream is unreachable.
-    pub async fn tags_list(
-        self: &Arc<Self>,
-        upstream: &str,
+    pub(crate) async fn tags_list(
+        &self,
+        up: &Upstream,
         repo: &str,
         query: Option<String>,
     ) -> Result<TagsPage> {
-        let up = self.upstream(upstream)?;
+        let upstream = up.name();
         let key = keys::tags_list(upstream, repo);
         let whole = query.as_deref().is_none_or(str::is_empty);
-        let mut req = Request::new(Method::GET, repo, "tags/list".into());
-        req.query = query;
-        let resp = match up.send(&req).await {
-            Ok(r) => r,
-            Err(upstream::Error::NotFound) => return Err(Error::ManifestUnknown),
+        let list = match up.tags(repo, query, self.max_manifest_bytes).await {
+            Ok(l) => l,
             Err(e) if e.is_outage() => {
                 return match self.storage.get(&key).await {
                     Ok(body) => {
@@ -404,25 +408,17 @@ impl Cache {
                     Err(_) => Err(Error::Upstream(e)),
                 };
             }
-            Err(e) => return Err(Error::Upstream(e)),
+            Err(e) => return Err(manifest_error(e)),
         };
-        let get = |n: http::HeaderName| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (content_type, link) = (get(http::header::CONTENT_TYPE), get(http::header::LINK));
-        let body = read_limited(resp, self.max_manifest_bytes).await?;
-        if whole && link.is_none() {
-            if let Err(e) = self.storage.put(&key, body.clone()).await {
+        if whole && list.link.is_none() {
+            if let Err(e) = self.storage.put(&key, list.body.clone()).await {
                 tracing::debug!(%upstream, %repo, error = %e, "cannot keep the tags list");
             }
         }
         Ok(TagsPage {
-            body,
-            content_type,
-            link,
+            body: list.body,
+            content_type: list.content_type,
+            link: list.link,
             status: CacheStatus::Passthrough,
         })
     }
@@ -438,39 +434,20 @@ fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus
     }
 }
 
-/// A manifest request with exactly these `Accept` values.
-fn manifest_request(
-    method: Method,
-    repo: &str,
-    reference: &Reference,
-    accept: &[String],
-) -> Result<Request> {
-    let mut req = Request::new(method, repo, format!("manifests/{reference}"));
-    for t in accept {
-        let v =
-            HeaderValue::from_str(t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
-        req.headers.append(http::header::ACCEPT, v);
-    }
-    Ok(req)
-}
-
 /// What an upstream's HEAD answer says about a manifest; None when it names no digest and the
 /// reference is a tag.
-fn head_answer(h: &http::HeaderMap, reference: &Reference) -> Option<Manifest> {
-    let digest = match (header_digest(h), reference) {
+fn head_answer(h: ManifestHead, reference: &Reference) -> Option<Manifest> {
+    let digest = match (h.digest, reference) {
         (Some(d), _) => d,
         (None, Reference::Digest(d)) => d.clone(),
         (None, Reference::Tag(_)) => return None,
     };
-    let media_type = h
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-        .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
     Some(Manifest {
         digest,
-        media_type,
-        size: super::blobs::content_length(h).unwrap_or(0),
+        media_type: h
+            .media_type
+            .unwrap_or_else(|| media::OCI_MANIFEST.to_string()),
+        size: h.size.unwrap_or(0),
         body: Bytes::new(),
         status: CacheStatus::Passthrough,
     })
@@ -479,24 +456,7 @@ fn head_answer(h: &http::HeaderMap, reference: &Reference) -> Option<Manifest> {
 fn manifest_error(e: upstream::Error) -> Error {
     match e {
         upstream::Error::NotFound => Error::ManifestUnknown,
+        upstream::Error::TooLarge { limit } => Error::ManifestTooLarge { limit },
         e => Error::Upstream(e),
     }
-}
-
-/// Read a whole response body, refusing more than `limit` bytes.
-async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
-    if super::blobs::content_length(resp.headers()).is_some_and(|n| n > limit) {
-        return Err(Error::ManifestTooLarge { limit });
-    }
-    let mut buf = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| Error::Upstream(upstream::Error::Unavailable(upstream::describe(&e))))?;
-        if buf.len() as u64 + chunk.len() as u64 > limit {
-            return Err(Error::ManifestTooLarge { limit });
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }

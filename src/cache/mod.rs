@@ -2,69 +2,127 @@
 //!
 //! Owns: hit / miss / in-flight decisions, single-flight fills per blob digest and per manifest
 //! reference, tag freshness, serving stale content through upstream outages, and the storage key
-//! scheme. Calls [`crate::upstream`] and [`crate::storage`]; must not know HTTP statuses or OCI
-//! error codes (that is [`crate::api`]'s job).
+//! scheme. Calls [`crate::upstream`] (its typed calls), [`crate::storage`] (the trait only) and
+//! [`crate::staging`]; must not know HTTP statuses or OCI error codes (that is [`crate::api`]'s
+//! job), nor which storage backend it runs on.
+//!
+//! # Layout
+//! - [`Cache`] (here): the facade the API calls, and the error type.
+//! - `blobs`: [`BlobCache`], blob hits, fills through the single-flight of `flight`, ranges.
+//! - `flight`: the fill single-flight interface (`FillTable`) and its in-process table.
+//! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `tags`: tag
+//!   freshness; `hot`: the in-memory copies of small objects.
+//! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
+//! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI.
 
+mod access;
 mod blobs;
-pub mod evict;
-pub mod fill;
+pub(crate) mod evict;
+mod flight;
 mod hot;
-pub mod inventory;
+pub(crate) mod inventory;
 mod manifests;
-mod region;
-pub mod tags;
+mod tags;
+mod upstreams;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::config::Config;
-use crate::oci::Digest;
 use crate::storage::{self, Storage};
-use crate::upstream::{self, Upstream};
+use crate::upstream;
 
-pub use blobs::{Blob, BlobBody, RangeSpec};
-use fill::Fills;
-pub use manifests::{Manifest, TagsPage};
-pub use region::FileRegion;
-use tags::{TagPolicy, TagTtl};
+pub(crate) use crate::staging::FileRegion;
+use blobs::BlobCache;
+pub(crate) use blobs::{Blob, BlobBody};
+use manifests::ManifestCache;
+pub(crate) use manifests::{Manifest, TagsPage};
 
 /// A cache failure. `ManifestUnknown` / `BlobUnknown` are distinct so the API can answer 404.
+/// Clone, because one fill's outcome is shared by every client that joined it (sources are
+/// behind `Arc`).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+#[non_exhaustive]
+pub(crate) enum Error {
+    /// The upstream does not have this manifest.
     #[error("manifest unknown")]
     ManifestUnknown,
+    /// The upstream does not have this blob.
     #[error("blob unknown")]
     BlobUnknown,
+    /// No upstream of that name is configured.
     #[error("no upstream named {0:?}")]
     UnknownUpstream(String),
+    /// The upstream failed (unreachable, refused, rate-limited, ...).
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
+    /// The upstream sent bytes that do not hash to the digest they were fetched as.
     #[error("digest mismatch: expected {expected}, upstream sent {actual}")]
     DigestMismatch { expected: String, actual: String },
+    /// A manifest (or tags list) over `max_manifest_bytes`.
     #[error("manifest larger than the {limit}-byte limit")]
     ManifestTooLarge { limit: u64 },
+    /// The upstream sent something that is not what it should be.
     #[error("invalid content from upstream: {0}")]
     Invalid(String),
+    /// The requested range lies outside the blob.
     #[error("requested range not satisfiable (size {size})")]
     RangeNotSatisfiable { size: u64 },
+    /// The disk the cache writes to is full (storage or a spool file).
+    #[error("the cache's disk is full: {0}")]
+    DiskFull(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// Storage failed for another reason.
     #[error("cache storage error: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<storage::Error>),
+    /// A spool file could not be created or written for another reason.
+    #[error("cache spool file: {0}")]
+    Spool(#[source] Arc<std::io::Error>),
+    /// A blob fill ended without an outcome (its task panicked or was cancelled).
+    #[error("blob fill abandoned")]
+    Abandoned,
+    /// The process is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Whether the disk is full (then eviction makes room for the next try).
+    pub(crate) fn is_disk_full(&self) -> bool {
+        matches!(self, Error::DiskFull(_))
+    }
+
+    fn spool(e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            Error::DiskFull(Arc::new(e))
+        } else {
+            Error::Spool(Arc::new(e))
+        }
+    }
 }
 
 impl From<storage::Error> for Error {
     fn from(e: storage::Error) -> Self {
-        Error::Storage(e.to_string())
+        if e.is_full() {
+            Error::DiskFull(Arc::new(e))
+        } else {
+            Error::Storage(Arc::new(e))
+        }
     }
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+impl From<crate::oci::range::Unsatisfiable> for Error {
+    fn from(e: crate::oci::range::Unsatisfiable) -> Self {
+        Error::RangeNotSatisfiable { size: e.size }
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 /// Where an answer came from (logged per request, counted in metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// Served from the cache without asking the upstream (or after a HEAD confirmed it).
     Hit,
     /// Fetched from the upstream by this request.
@@ -78,7 +136,7 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
@@ -89,129 +147,107 @@ impl CacheStatus {
     }
 }
 
-/// The pull-through cache shared by every listener.
-pub struct Cache {
+/// The pull-through cache shared by every listener: a facade over the blob side and the
+/// manifest side, which share only storage, the upstream clients and access tracking.
+pub(crate) struct Cache {
     storage: Arc<dyn Storage>,
-    spool_dir: PathBuf,
-    upstreams: RwLock<HashMap<String, Arc<Upstream>>>,
-    policies: HashMap<String, TagPolicy>,
-    default_policy: TagPolicy,
-    allow_any: bool,
-    max_manifest_bytes: u64,
-    fill_timeout_secs: u64,
-    fills: Fills,
-    tag_ttl: TagTtl,
-    manifest_flights: manifests::Flights,
-    in_use: Arc<evict::InUse>,
-    hot: hot::Hot,
-    /// When each key's access time was last written to storage (throttles `touch`).
-    touched: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
-    evict_policy: evict::Policy,
-    /// Bounds upstream blob downloads running at once (`max_concurrent_fills`).
-    fill_slots: Arc<tokio::sync::Semaphore>,
+    upstreams: Arc<upstreams::Upstreams>,
+    blobs: Arc<BlobCache>,
+    manifests: ManifestCache,
+    evictor: Arc<evict::Evictor>,
 }
 
 impl Cache {
-    /// Build the cache from a validated configuration. `spool_dir` must be on local disk.
-    pub fn new(config: &Config, storage: Arc<dyn Storage>, spool_dir: PathBuf) -> Result<Cache> {
-        let mut upstreams = HashMap::new();
-        let mut policies = HashMap::new();
-        for u in &config.upstreams {
-            upstreams.insert(u.name.clone(), Arc::new(Upstream::new(u)?));
-            policies.insert(
-                u.name.clone(),
-                TagPolicy {
-                    ttl: u.tag_ttl(),
-                    immutable: u.immutable_tags.clone(),
-                },
-            );
-        }
+    /// Build the cache from a validated configuration. `staging_dir` must be on local disk.
+    pub(crate) fn new(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        staging_dir: PathBuf,
+    ) -> Result<Cache> {
+        let upstreams = Arc::new(upstreams::Upstreams::new(config)?);
+        let access = Arc::new(access::Access::new(storage.clone()));
+        let evictor = Arc::new(evict::Evictor::new(
+            storage.clone(),
+            access.in_use().clone(),
+            evict::Policy::from_config(config),
+        ));
+        let blobs = Arc::new(BlobCache::new(
+            config,
+            storage.clone(),
+            staging_dir,
+            access.clone(),
+            evictor.clone(),
+        ));
+        let manifests = ManifestCache::new(config, storage.clone(), access);
         Ok(Cache {
             storage,
-            spool_dir,
-            upstreams: RwLock::new(upstreams),
-            policies,
-            default_policy: TagPolicy {
-                ttl: crate::config::DEFAULT_TAG_TTL,
-                immutable: Vec::new(),
-            },
-            allow_any: config.allow_any_upstream,
-            max_manifest_bytes: config.max_manifest_bytes,
-            fill_timeout_secs: config.fill_timeout_secs,
-            fills: Fills::default(),
-            tag_ttl: TagTtl::default(),
-            manifest_flights: Default::default(),
-            in_use: Arc::default(),
-            hot: hot::Hot::new(32 << 20, 100_000),
-            touched: Default::default(),
-            fill_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_fills)),
-            evict_policy: Cache::policy_from_config(config),
+            upstreams,
+            blobs,
+            manifests,
+            evictor,
         })
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
+    /// GET (`head = false`) or HEAD a blob, optionally a range of it.
+    pub(crate) async fn blob(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &crate::oci::Digest,
+        range: Option<crate::oci::RangeSpec>,
+        head: bool,
+    ) -> Result<Blob> {
+        self.blobs
+            .blob(&self.upstreams, upstream, repo, digest, range, head)
+            .await
     }
 
-    /// The client for upstream `name`; with `allow_any_upstream`, one is made for any host.
-    pub fn upstream(&self, name: &str) -> Result<Arc<Upstream>> {
-        if let Some(u) = self
-            .upstreams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            return Ok(u.clone());
-        }
-        if !self.allow_any {
-            return Err(Error::UnknownUpstream(name.to_string()));
-        }
-        let cfg = crate::config::UpstreamConfig {
-            name: name.to_string(),
-            ..Default::default()
-        };
-        let u = Arc::new(Upstream::new(&cfg)?);
-        let mut map = self.upstreams.write().unwrap_or_else(|p| p.into_inner());
-        Ok(map.entry(name.to_string()).or_insert(u).clone())
+    /// GET or HEAD a manifest by tag or digest; `accept` is the client's media types.
+    pub(crate) async fn manifest(
+        &self,
+        upstream: &str,
+        repo: &str,
+        reference: &crate::oci::Reference,
+        accept: &[String],
+        head: bool,
+    ) -> Result<Manifest> {
+        let up = self.upstreams.get(upstream)?;
+        self.manifests
+            .manifest(&up, repo, reference, accept, head)
+            .await
     }
 
-    fn policy(&self, upstream: &str) -> &TagPolicy {
-        self.policies.get(upstream).unwrap_or(&self.default_policy)
+    /// One page of an upstream's tags list (`query`: the client's pagination).
+    pub(crate) async fn tags_list(
+        &self,
+        upstream: &str,
+        repo: &str,
+        query: Option<String>,
+    ) -> Result<TagsPage> {
+        let up = self.upstreams.get(upstream)?;
+        self.manifests.tags_list(&up, repo, query).await
     }
 
-    /// The eviction policy from the configuration.
-    pub fn evict_policy(&self) -> evict::Policy {
-        self.evict_policy
+    /// The rate-limit headers last seen from `upstream` (Docker Hub's), to pass on to clients.
+    pub(crate) fn rate_limit(&self, upstream: &str) -> upstream::RateLimit {
+        self.upstreams
+            .existing(upstream)
+            .map(|u| u.rate_limit())
+            .unwrap_or_default()
     }
 
-    /// Refresh an object's last-access time (for LRU eviction), at most about once a minute per
-    /// object. `modified` is the stored time when the caller already knows it.
-    async fn note_access(&self, key: &str, modified: Option<u64>) {
-        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs()) {
-            return;
-        }
-        {
-            let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            if touched.get(key).is_some_and(|t| t.elapsed() < EVERY) {
-                return;
-            }
-            if touched.len() > 100_000 {
-                touched.retain(|_, t| t.elapsed() < EVERY);
-            }
-            touched.insert(key.to_string(), tokio::time::Instant::now());
-        }
-        if let Err(e) = self.storage.touch(key).await {
-            tracing::debug!(%key, error = %e, "cannot record access time");
-        }
+    /// The configured eviction policy.
+    pub(crate) fn evict_policy(&self) -> evict::Policy {
+        self.evictor.policy()
+    }
+
+    /// Run eviction now with `policy`, protecting what clients are reading.
+    pub(crate) async fn evict(&self, policy: evict::Policy) -> Result<evict::Report> {
+        self.evictor.evict(policy).await
     }
 
     /// Ready to serve: storage accepts a write and a delete.
-    pub async fn check_ready(&self) -> Result<()> {
+    pub(crate) async fn check_ready(&self) -> Result<()> {
         self.storage
             .put("readyz-probe", Bytes::from_static(b"ok"))
             .await?;
@@ -220,19 +256,20 @@ impl Cache {
     }
 
     /// Number of blob fills running now.
-    pub fn fills_in_flight(&self) -> usize {
-        self.fills.len()
+    #[cfg(test)]
+    pub(crate) fn fills_in_flight(&self) -> usize {
+        self.blobs.fills_in_flight()
     }
 }
 
 /// Storage keys, drawn as a tree in [`crate::storage`].
-pub mod keys {
+pub(crate) mod keys {
     use crate::oci::Digest;
 
-    pub fn blob(d: &Digest) -> String {
+    pub(crate) fn blob(d: &Digest) -> String {
         format!("blobs/{}/{}/{}", d.algorithm_name(), &d.hex()[..2], d.hex())
     }
-    pub fn manifest(d: &Digest) -> String {
+    pub(crate) fn manifest(d: &Digest) -> String {
         format!(
             "manifests/{}/{}/{}",
             d.algorithm_name(),
@@ -240,10 +277,10 @@ pub mod keys {
             d.hex()
         )
     }
-    pub fn tag(upstream: &str, repo: &str, tag: &str) -> String {
+    pub(crate) fn tag(upstream: &str, repo: &str, tag: &str) -> String {
         format!("tags/{upstream}/{repo}/_tag/{tag}")
     }
-    pub fn tags_list(upstream: &str, repo: &str) -> String {
+    pub(crate) fn tags_list(upstream: &str, repo: &str) -> String {
         format!("tags/{upstream}/{repo}/_list")
     }
 }
@@ -262,16 +299,6 @@ fn decode_manifest(stored: Bytes) -> Option<(String, Bytes)> {
     let nl = stored.iter().position(|b| *b == b'\n')?;
     let media_type = std::str::from_utf8(&stored[..nl]).ok()?.to_string();
     Some((media_type, stored.slice(nl + 1..)))
-}
-
-/// Parse a digest the upstream sent in `Docker-Content-Digest`.
-fn header_digest(h: &http::HeaderMap) -> Option<Digest> {
-    h.get("docker-content-digest")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

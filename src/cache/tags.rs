@@ -13,7 +13,7 @@ use tokio::time::{Duration, Instant};
 
 /// The stored record of what a tag pointed to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TagRecord {
+pub(super) struct TagRecord {
     pub digest: String,
     pub media_type: String,
     pub size: u64,
@@ -21,26 +21,67 @@ pub struct TagRecord {
 
 /// Per-upstream freshness settings.
 #[derive(Debug, Clone)]
-pub struct TagPolicy {
+pub(super) struct TagPolicy {
     pub ttl: Duration,
     pub immutable: Vec<String>,
 }
 
 impl TagPolicy {
-    pub fn is_immutable(&self, tag: &str) -> bool {
+    pub(super) fn is_immutable(&self, tag: &str) -> bool {
         self.immutable.iter().any(|p| glob_match(p, tag))
+    }
+}
+
+/// The freshness settings of every upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct TagPolicies {
+    by_upstream: HashMap<String, TagPolicy>,
+    default: TagPolicy,
+}
+
+impl TagPolicies {
+    pub(crate) fn from_config(config: &crate::config::Config) -> TagPolicies {
+        let by_upstream = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let policy = TagPolicy {
+                    ttl: u.tag_ttl(),
+                    immutable: u.immutable_tags.clone(),
+                };
+                (u.name.clone(), policy)
+            })
+            .collect();
+        TagPolicies {
+            by_upstream,
+            default: TagPolicy {
+                ttl: crate::config::DEFAULT_TAG_TTL,
+                immutable: Vec::new(),
+            },
+        }
+    }
+
+    /// The policy of `upstream` (the default for an upstream made by `allow_any_upstream`).
+    pub(crate) fn get(&self, upstream: &str) -> &TagPolicy {
+        self.by_upstream.get(upstream).unwrap_or(&self.default)
     }
 }
 
 /// When each (upstream, repository, tag) was last confirmed with the upstream.
 #[derive(Debug, Default)]
-pub struct TagTtl {
+pub(super) struct TagTtl {
     confirmed: Mutex<HashMap<(String, String, String), Instant>>,
 }
 
 impl TagTtl {
     /// Whether the tag may be served from cache without asking the upstream.
-    pub fn is_fresh(&self, policy: &TagPolicy, upstream: &str, repo: &str, tag: &str) -> bool {
+    pub(super) fn is_fresh(
+        &self,
+        policy: &TagPolicy,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> bool {
         let map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&(upstream.to_string(), repo.to_string(), tag.to_string())) {
             Some(_) if policy.is_immutable(tag) => true,
@@ -50,22 +91,17 @@ impl TagTtl {
     }
 
     /// Record that the upstream just confirmed the tag.
-    pub fn confirm(&self, upstream: &str, repo: &str, tag: &str) {
+    pub(super) fn confirm(&self, upstream: &str, repo: &str, tag: &str) {
         let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(
             (upstream.to_string(), repo.to_string(), tag.to_string()),
             Instant::now(),
         );
     }
-
-    pub fn forget(&self, upstream: &str, repo: &str, tag: &str) {
-        let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&(upstream.to_string(), repo.to_string(), tag.to_string()));
-    }
 }
 
 /// `*` matches any run of characters; everything else matches itself.
-pub fn glob_match(pattern: &str, s: &str) -> bool {
+pub(super) fn glob_match(pattern: &str, s: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == s;

@@ -12,10 +12,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{Cache, CacheStatus, Error, RangeSpec};
+use super::{Cache, CacheStatus, Error};
 use crate::config::Config;
+use crate::oci::RangeSpec;
 use crate::oci::{Digest, Reference};
-use crate::storage::fs::FsStorage;
 
 #[derive(Default)]
 struct Fake {
@@ -157,9 +157,10 @@ async fn harness(tag_ttl_secs: u64) -> Harness {
     let mut config = Config::from_toml(&text).unwrap();
     config.merge_builtins();
     config.validate().unwrap();
-    let storage = FsStorage::open(dir.path()).await.unwrap();
-    let spool = storage.tmp_dir();
-    let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool).unwrap());
+    let opened = crate::storage::open(dir.path(), crate::storage::Role::Server)
+        .await
+        .unwrap();
+    let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap());
     Harness {
         cache,
         fake: up.fake,
@@ -618,7 +619,7 @@ async fn file_regions_release_the_last_byte_only_after_verification() {
                 Ok(n) => {
                     let pos = region.pos();
                     if pos + n == data.len() as u64 {
-                        let committed = h.cache.storage().head(&super::keys::blob(&d)).await;
+                        let committed = h.cache.storage.head(&super::keys::blob(&d)).await;
                         assert!(
                             committed.is_ok(),
                             "last byte released before the blob was verified"

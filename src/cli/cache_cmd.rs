@@ -6,14 +6,12 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use crate::cache::{evict, inventory};
+use crate::config::human_size as human;
 use crate::config::{ByteSize, Config};
-use crate::storage::fs::FsStorage;
-use crate::storage::Storage;
-use inventory::human_size as human;
 
 /// Where the cache is: a config file's `data_dir`, or a directory given directly.
 #[derive(Debug, clap::Args)]
-pub struct Location {
+pub(super) struct Location {
     /// Configuration file whose data_dir (and eviction settings) to use.
     #[arg(long, env = "REGMIRROR_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -23,7 +21,7 @@ pub struct Location {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CacheCommand {
+pub(super) enum CacheCommand {
     /// List cached images: upstream/repository:tag, digest, cached size, last access.
     Ls {
         /// Only entries starting with this, e.g. "docker.io/library/".
@@ -46,7 +44,7 @@ pub enum CacheCommand {
     },
 }
 
-pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
+pub(super) async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
     let config = Config::load(loc.config.as_deref()).map_err(|e| e.to_string())?;
     let dir = loc.data_dir.clone().unwrap_or(config.data_dir.clone());
     if !dir.is_dir() {
@@ -55,7 +53,11 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
             dir.display()
         ));
     }
-    let storage = FsStorage::open(&dir).await.map_err(|e| e.to_string())?;
+    let storage = crate::storage::open(&dir, crate::storage::Role::Tool)
+        .await
+        .map_err(|e| e.to_string())?
+        .storage;
+    let storage = storage.as_ref();
     let err = |e: crate::cache::Error| e.to_string();
     match cmd {
         CacheCommand::Ls { filter } => {
@@ -67,7 +69,7 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            for i in inventory::images(&storage, filter).await.map_err(err)? {
+            for i in inventory::images(storage, filter).await.map_err(err)? {
                 let short = i.digest.get(..19).unwrap_or(&i.digest);
                 let name = format!("{}/{}:{}", i.upstream, i.repository, i.tag);
                 let ago = if i.last_access == 0 {
@@ -114,7 +116,7 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
             }
         }
         CacheCommand::Rm { target } => {
-            let r = inventory::remove(&storage, target).await.map_err(err)?;
+            let r = inventory::remove(storage, target).await.map_err(err)?;
             if r.tags == 0 {
                 return Err(format!(
                     "nothing cached matches {target:?} (see `regmirror cache ls`)"
@@ -131,7 +133,7 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
             max_size,
             max_age_secs,
         } => {
-            let mut policy = crate::cache::Cache::policy_from_config(&config);
+            let mut policy = evict::Policy::from_config(&config);
             if let Some(s) = max_size {
                 policy.max_size = Some(s.0);
             }
@@ -141,9 +143,7 @@ pub async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String> {
             if policy.max_size.is_none() && policy.max_age.is_none() {
                 return Err("no eviction limit: set max_size / max_age_secs in the config or pass --max-size / --max-age-secs".into());
             }
-            let r = evict::run(&storage, policy, &|_| false)
-                .await
-                .map_err(err)?;
+            let r = evict::run(storage, policy, &|_| false).await.map_err(err)?;
             println!(
                 "evicted {} object(s), {}; {} object(s), {} remain",
                 r.evicted_objects,

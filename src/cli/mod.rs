@@ -18,13 +18,13 @@ use crate::config::Config;
     version,
     about = "A pull-through cache for container registries"
 )]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Run the mirror.
     Serve {
         /// TOML configuration file; without one the embedded defaults are used.
@@ -48,7 +48,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+enum ConfigCommand {
     /// Validate a configuration file and print the effective configuration.
     Check {
         #[arg(long, env = "REGMIRROR_CONFIG")]
@@ -101,7 +101,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(e),
     };
     init_tracing(&config.log_format);
-    limit_malloc_arenas();
+    crate::sys::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,25 +112,6 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(crate::server::run(config, crate::server::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
-    }
-}
-
-/// glibc gives every thread that allocates its own malloc arena, so memory freed by one blocking
-/// thread is not reused by another and resident memory creeps up with the thread count. Two arenas
-/// keep the footprint flat; allocation here is per chunk, not per byte, so contention is low.
-/// A fixed mmap threshold keeps chunk buffers in those arenas.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        // Read buffers (128 KiB) come from the heap and are reused, instead of a fresh mmap and
-        // page faults per chunk.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        // Keep up to 32 MiB of freed heap instead of returning it after every burst: a cold fill
-        // frees and reallocates its receive buffers constantly, and trimming made each round
-        // fault fresh pages in (measured: 12-15 % of a cold GET's CPU).
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 

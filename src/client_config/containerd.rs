@@ -11,7 +11,7 @@
 
 use super::{toml_string, Error, File, Output, Request, Style};
 
-pub fn generate(req: &Request) -> Result<Output, Error> {
+pub(super) fn generate(req: &Request) -> Result<Output, Error> {
     let style = req.style_among("containerd", &[Style::Ns, Style::Prefix, Style::Host], "")?;
     let registries = req.registries_or(&["docker.io"]);
     req.check_host_style(&registries)?;

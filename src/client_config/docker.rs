@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{Error, File, Output, Request, Style};
 
-pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
+pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
     req.style_among(
         "docker",
         &[Style::Host],

@@ -29,7 +29,7 @@ fn repo(req: &Request, style: Style, registry: &str) -> String {
     }
 }
 
-pub fn kubeadm(req: &Request) -> Result<Output, Error> {
+pub(super) fn kubeadm(req: &Request) -> Result<Output, Error> {
     let style = req.style_among(
         "kubeadm",
         &[Style::Prefix, Style::Host],
@@ -78,7 +78,7 @@ pub fn kubeadm(req: &Request) -> Result<Output, Error> {
     })
 }
 
-pub fn kubespray(req: &Request) -> Result<Output, Error> {
+pub(super) fn kubespray(req: &Request) -> Result<Output, Error> {
     req.style_among(
         "kubespray",
         &[Style::Prefix],

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// Arguments of `regmirror client-config`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Which client to configure.
     #[arg(value_enum)]
     pub client: Client,
@@ -47,7 +47,7 @@ pub struct Args {
 
 /// The clients `client-config` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Client {
+pub(crate) enum Client {
     /// dockerd's daemon.json (`registry-mirrors`); Docker mirrors only docker.io.
     Docker,
     /// containerd's `certs.d/<registry>/hosts.toml`.
@@ -62,7 +62,7 @@ pub enum Client {
 
 /// How the mirror is told which registry a request is for (see the server's routing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Style {
+pub(crate) enum Style {
     /// containerd's `?ns=<registry>` query parameter: one mirror URL for every registry.
     Ns,
     /// The registry is the first path segment: `<mirror>/<registry>/<repo>`.
@@ -83,7 +83,7 @@ impl fmt::Display for Style {
 
 /// A mistake in the arguments or a file that cannot be read, merged or written.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("--mirror {given:?}: {message}")]
     Mirror { given: String, message: String },
     #[error("--registry {given:?}: {message}")]
@@ -112,7 +112,7 @@ pub enum Error {
 
 /// The mirror's base URL, checked and split.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     /// `http` or `https`.
     pub scheme: String,
     /// `host[:port]` as clients write it in image names (IPv6 in brackets).
@@ -121,7 +121,7 @@ pub struct Mirror {
 
 impl Mirror {
     /// Parse `--mirror`. Only a scheme, a host and a port are allowed: a registry lives at the root.
-    pub fn parse(given: &str) -> Result<Mirror, Error> {
+    pub(crate) fn parse(given: &str) -> Result<Mirror, Error> {
         let err = |message: &str| Error::Mirror {
             given: given.to_string(),
             message: message.to_string(),
@@ -155,23 +155,23 @@ impl Mirror {
     }
 
     /// `scheme://host[:port]`, no trailing slash.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.host)
     }
 
-    pub fn is_plain_http(&self) -> bool {
+    pub(crate) fn is_plain_http(&self) -> bool {
         self.scheme == "http"
     }
 
     /// `host[:port]/<registry>`: where a prefix-style client finds `registry`'s images.
-    pub fn prefixed(&self, registry: &str) -> String {
+    pub(crate) fn prefixed(&self, registry: &str) -> String {
         format!("{}/{}", self.host, registry)
     }
 }
 
 /// Everything the generators need, checked.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(crate) struct Request {
     pub client: Client,
     pub mirror: Mirror,
     /// Registry host names, lower case, in the order given, without duplicates. Empty means the
@@ -183,7 +183,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn from_args(args: &Args) -> Result<Request, Error> {
+    pub(crate) fn from_args(args: &Args) -> Result<Request, Error> {
         let mut registries: Vec<String> = Vec::new();
         for given in &args.registries {
             let r = normalise_registry(given)?;
@@ -284,20 +284,20 @@ fn normalise_registry(given: &str) -> Result<String, Error> {
 
 /// One file of the output, its path relative to `--write DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct File {
+pub(crate) struct File {
     pub path: PathBuf,
     pub contents: String,
 }
 
 /// What a generator produced: files, and notes for the operator (printed on stderr).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Output {
+pub(crate) struct Output {
     pub files: Vec<File>,
     pub notes: Vec<String>,
 }
 
 /// Generate the configuration for `req`; `existing` is the text of the `--merge` file.
-pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
+pub(crate) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
     match req.client {
         Client::Docker => docker::generate(req, existing),
         Client::Containerd if existing.is_some() => Err(Error::MergeUnsupported("containerd")),
@@ -311,7 +311,7 @@ pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> 
 }
 
 /// Run the command: read the `--merge` file, generate, then print or write.
-pub fn run(args: &Args) -> Result<(), Error> {
+pub(crate) fn run(args: &Args) -> Result<(), Error> {
     let req = Request::from_args(args)?;
     // A missing --merge file is an empty one: the first run on a fresh machine just creates it.
     let existing = match &args.merge {

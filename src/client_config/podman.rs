@@ -10,7 +10,7 @@ use toml::{Table, Value};
 
 use super::{Error, File, Output, Request, Style};
 
-pub fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
+pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
     let style = req.style_among(
         "podman",
         &[Style::Prefix, Style::Host],

@@ -13,23 +13,30 @@ pub struct Digest {
     hex: String,
 }
 
+/// A digest algorithm the OCI specification names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
+    /// `sha256`, what every registry uses.
     Sha256,
+    /// `sha512`.
     Sha512,
 }
 
+/// A string that is not a valid digest (the string, shortened).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")]
 pub struct DigestError(pub String);
 
 impl Digest {
+    /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
+    /// The lowercase hex of the hash.
     pub fn hex(&self) -> &str {
         &self.hex
     }
+    /// The algorithm as written in the digest (`sha256`).
     pub fn algorithm_name(&self) -> &'static str {
         match self.algorithm {
             Algorithm::Sha256 => "sha256",
@@ -83,23 +90,28 @@ impl fmt::Display for Digest {
 
 /// Incremental hashing of a stream, for verifying a blob while it is written.
 pub enum Hasher {
+    /// Hashing with sha256.
     Sha256(Sha256),
+    /// Hashing with sha512.
     Sha512(Sha512),
 }
 
 impl Hasher {
+    /// A hasher for `algorithm`.
     pub fn new(algorithm: Algorithm) -> Hasher {
         match algorithm {
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
             Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
         }
     }
+    /// Add the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::Sha512(h) => h.update(bytes),
         }
     }
+    /// The digest of every byte added.
     pub fn finish(self) -> Digest {
         match self {
             Hasher::Sha256(h) => Digest {

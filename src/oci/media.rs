@@ -2,13 +2,19 @@
 
 /// The four manifest media types regmirror asks upstreams for.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker manifest list (multi-arch).
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest, schema 2.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker schema 1, signed (JWS).
 pub const DOCKER_MANIFEST_V1_SIGNED: &str =
     "application/vnd.docker.distribution.manifest.v1+prettyjws";
+/// Docker schema 1, unsigned.
 pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 
+/// The four manifest types regmirror always asks upstreams for.
 pub const ALL_MANIFESTS: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 
 /// Media types a client accepts, from every `Accept` header it sent (clients such as dockerd send

@@ -10,12 +10,16 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Why a repository name or reference was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// No name at all.
     #[error("repository name is empty")]
     Empty,
+    /// Longer than the limit.
     #[error("repository name is longer than {MAX_NAME_LEN} characters")]
     TooLong,
+    /// A path component that breaks the OCI grammar.
     #[error("repository name component {0:?} is invalid: use lowercase letters, digits and single separators (. _ __ -)")]
     Component(String),
+    /// A manifest reference that is neither a tag nor a digest.
     #[error("reference {0:?} is neither a tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}) nor a digest")]
     Reference(String),
 }
@@ -23,11 +27,14 @@ pub enum NameError {
 /// A manifest reference: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
+    /// A tag, which the upstream may move.
     Tag(String),
+    /// A digest: exact, immutable bytes.
     Digest(Digest),
 }
 
 impl Reference {
+    /// A digest when `s` has an algorithm prefix, else a tag; both validated.
     pub fn parse(s: &str) -> Result<Reference, NameError> {
         if s.contains(':') {
             return s

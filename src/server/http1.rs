@@ -12,7 +12,6 @@
 //! of its life ([`Handover`]), so hyper's protocol and error handling stay in charge there.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,6 +27,7 @@ use tower::ServiceExt;
 use super::Limits;
 use crate::api::zero_copy::SendFile;
 use crate::cache::FileRegion;
+use crate::sys;
 
 /// Most bytes handed to one `sendfile` call.
 const MAX_SENDFILE: u64 = 16 << 20;
@@ -37,14 +37,14 @@ const PROBE_WINDOW: u64 = 16 << 20;
 const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A connection (and the bytes read from it but not answered) for hyper to serve from here on.
-pub struct Handover {
+pub(super) struct Handover {
     read: Bytes,
     stream: TcpStream,
 }
 
 /// Serve requests on `stream` until the client closes, an error, shutdown, or a request this loop
 /// does not take; then return the connection for hyper.
-pub async fn serve(
+pub(super) async fn serve(
     mut stream: TcpStream,
     router: axum::Router,
     limits: Limits,
@@ -254,10 +254,10 @@ async fn respond(
             // uncorking sends the tail at once. Measured on loopback: uncorked, sendfile's 64 KiB
             // batches go out as a full segment plus a sliver, which doubled CPU per GB (3.06x
             // nginx vs 1.83x corked) for about 10 % more throughput.
-            set_cork(stream, true);
+            sys::set_cork(stream, true);
             stream.write_all(&out).await?;
             let sent = send_region(stream, &mut region, &sf).await;
-            set_cork(stream, false);
+            sys::set_cork(stream, false);
             sent?;
             return Ok(!close);
         }
@@ -321,7 +321,6 @@ async fn send_region(
     region: &mut FileRegion,
     sf: &SendFile,
 ) -> io::Result<()> {
-    let socket = stream.as_raw_fd();
     // Offsets below this were found in the page cache (probed once per window, not per call).
     let mut cached_until = 0;
     loop {
@@ -338,16 +337,18 @@ async fn send_region(
             let window = ready.min(PROBE_WINDOW) as usize;
             if !pages_cached(region.file(), pos, window) {
                 let file = region.file().clone();
-                tokio::task::spawn_blocking(move || readahead(&file, pos, window))
+                tokio::task::spawn_blocking(move || sys::readahead(&file, pos, window))
                     .await
                     .map_err(io::Error::other)??;
             }
             cached_until = pos + window as u64;
         }
         let count = count.min((cached_until - pos) as usize);
-        let file = region.file().as_raw_fd();
+        let file = region.file();
         let sent = stream
-            .async_io(Interest::WRITABLE, || sendfile(socket, file, pos, count))
+            .async_io(Interest::WRITABLE, || {
+                sys::sendfile(stream, file, pos, count)
+            })
             .await?;
         if sent == 0 {
             return Err(io::Error::new(
@@ -360,65 +361,14 @@ async fn send_region(
     }
 }
 
-/// Set or clear `TCP_CORK` (best effort: an error only costs segment sizes).
-fn set_cork(stream: &TcpStream, on: bool) {
-    let value: libc::c_int = on.into();
-    // SAFETY: the fd is open while `stream` is borrowed; `value` is a c_int that outlives the call
-    // and its size is passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CORK,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-fn sendfile(socket: i32, file: i32, pos: u64, count: usize) -> io::Result<usize> {
-    let mut offset = libc::off_t::try_from(pos).map_err(io::Error::other)?;
-    // SAFETY: both fds are open for the whole call (the socket and the file are borrowed by the
-    // caller); `offset` is a valid, exclusively borrowed off_t.
-    let n = unsafe { libc::sendfile(socket, file, &mut offset, count) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
-/// Whether the first and the last byte of `pos..pos+count` are in the page cache (a read of one
-/// byte with `RWF_NOWAIT` fails instead of waiting for the disk).
+/// Whether the first and the last byte of `pos..pos+count` are in the page cache.
 fn pages_cached(file: &std::fs::File, pos: u64, count: usize) -> bool {
-    let probe = |at: u64| {
-        let mut byte = [0u8; 1];
-        let iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let Ok(offset) = libc::off_t::try_from(at) else {
-            return false;
-        };
-        // SAFETY: `iov` describes the one-byte local buffer, writable for the call; the fd is
-        // open while `file` is borrowed.
-        unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) == 1 }
-    };
-    probe(pos) && probe(pos + count as u64 - 1)
-}
-
-/// Read `pos..pos+count` of `file` into the page cache, waiting for the disk (blocking).
-fn readahead(file: &std::fs::File, pos: u64, count: usize) -> io::Result<()> {
-    let offset = libc::off64_t::try_from(pos).map_err(io::Error::other)?;
-    // SAFETY: the fd is open while `file` is borrowed; readahead only fills the page cache.
-    if unsafe { libc::readahead(file.as_raw_fd(), offset, count) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::byte_cached(file, pos) && sys::byte_cached(file, pos + count as u64 - 1)
 }
 
 impl Handover {
     /// The connection as hyper's I/O type.
-    pub fn into_io(self) -> hyper_util::rt::TokioIo<Handover> {
+    pub(super) fn into_io(self) -> hyper_util::rt::TokioIo<Handover> {
         hyper_util::rt::TokioIo::new(self)
     }
 }

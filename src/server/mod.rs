@@ -22,11 +22,10 @@ use crate::api::{self, App, Listener};
 use crate::cache::Cache;
 use crate::config::{parse_addr, Config};
 use crate::routing::RoutingTable;
-use crate::storage::fs::FsStorage;
 
 /// A start-up failure, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("cannot open the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -45,13 +44,13 @@ pub enum Error {
 }
 
 /// A bound listener and the upstream it is dedicated to (None: all upstreams).
-pub struct Bound {
+pub(crate) struct Bound {
     pub listener: TcpListener,
     pub upstream: Option<String>,
 }
 
 /// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
-pub async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
+pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
     let mut out = Vec::new();
     let mut wanted: Vec<(String, Option<String>)> = vec![(config.listen.clone(), None)];
     for u in &config.upstreams {
@@ -82,29 +81,26 @@ pub async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
 }
 
 /// Open storage and the cache, bind, announce and serve until `shutdown` completes.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     if crate::metrics::install().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be empty");
     }
-    let storage = FsStorage::open(&config.data_dir)
+    let opened = crate::storage::open(&config.data_dir, crate::storage::Role::Server)
         .await
         .map_err(|source| Error::DataDir {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-    match storage.clean_tmp().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            removed = n,
+    if opened.cleaned > 0 {
+        tracing::info!(
+            removed = opened.cleaned,
             "removed temporary files left by a previous run"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot clean temporary files"),
+        );
     }
-    let spool = storage.tmp_dir();
-    let cache = Arc::new(Cache::new(&config, Arc::new(storage), spool)?);
+    let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir)?);
     let policy = cache.evict_policy();
     {
         // Measure the cache once in the background (sets the size gauges; start-up does not wait).
@@ -132,14 +128,14 @@ pub async fn run(
 
 /// Per-connection limits against slow and abusive clients.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
 }
 
 impl Limits {
-    pub fn from_config(c: &Config) -> Limits {
+    pub(crate) fn from_config(c: &Config) -> Limits {
         Limits {
             header_timeout: Duration::from_secs(c.header_timeout_secs),
             max_header_bytes: c.max_header_bytes,
@@ -150,7 +146,7 @@ impl Limits {
 
 /// Serve already-bound listeners. Prints one `regmirror: listening on ...` line per listener on
 /// stdout (tests and scripts read the ports from it).
-pub async fn serve(
+pub(crate) async fn serve(
     app: Arc<App>,
     bound: Vec<Bound>,
     limits: Limits,
@@ -252,7 +248,7 @@ async fn accept_loop(
 }
 
 /// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

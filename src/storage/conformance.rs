@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{Error, Storage};
 
-pub async fn run_all(s: &dyn Storage, spool_dir: &Path) {
+pub(super) async fn run_all(s: &dyn Storage, spool_dir: &Path) {
     put_get_head(s).await;
     missing_is_not_found(s).await;
     ranges(s).await;
@@ -16,7 +16,7 @@ pub async fn run_all(s: &dyn Storage, spool_dir: &Path) {
     touch_updates_access_time(s).await;
 }
 
-pub async fn touch_updates_access_time(s: &dyn Storage) {
+pub(super) async fn touch_updates_access_time(s: &dyn Storage) {
     s.put("c/t", Bytes::from_static(b"t")).await.unwrap();
     let before = s.head("c/t").await.unwrap().modified;
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -41,7 +41,7 @@ async fn collect(s: &dyn Storage, key: &str, range: Option<std::ops::Range<u64>>
     chunks.concat()
 }
 
-pub async fn put_get_head(s: &dyn Storage) {
+pub(super) async fn put_get_head(s: &dyn Storage) {
     s.put("c/a/one", Bytes::from_static(b"hello"))
         .await
         .unwrap();
@@ -50,7 +50,7 @@ pub async fn put_get_head(s: &dyn Storage) {
     assert_eq!(collect(s, "c/a/one", None).await, b"hello");
 }
 
-pub async fn missing_is_not_found(s: &dyn Storage) {
+pub(super) async fn missing_is_not_found(s: &dyn Storage) {
     assert!(matches!(s.get("c/missing").await, Err(Error::NotFound(_))));
     assert!(matches!(s.head("c/missing").await, Err(Error::NotFound(_))));
     assert!(matches!(
@@ -60,7 +60,7 @@ pub async fn missing_is_not_found(s: &dyn Storage) {
     assert!(s.delete("c/missing").await.is_ok());
 }
 
-pub async fn ranges(s: &dyn Storage) {
+pub(super) async fn ranges(s: &dyn Storage) {
     let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     s.put("c/range", Bytes::from(data.clone())).await.unwrap();
     assert_eq!(collect(s, "c/range", Some(10..20)).await, &data[10..20]);
@@ -71,7 +71,7 @@ pub async fn ranges(s: &dyn Storage) {
     assert_eq!(collect(s, "c/range", None).await.len(), 1 << 20);
 }
 
-pub async fn put_file_moves(s: &dyn Storage, spool_dir: &Path) {
+pub(super) async fn put_file_moves(s: &dyn Storage, spool_dir: &Path) {
     let f = spool_dir.join("conformance-spool");
     std::fs::write(&f, b"spooled bytes").unwrap();
     s.put_file("c/blob", &f).await.unwrap();
@@ -79,7 +79,7 @@ pub async fn put_file_moves(s: &dyn Storage, spool_dir: &Path) {
     assert!(!f.exists(), "put_file consumes the spool file");
 }
 
-pub async fn replace_and_delete(s: &dyn Storage) {
+pub(super) async fn replace_and_delete(s: &dyn Storage) {
     s.put("c/r", Bytes::from_static(b"v1")).await.unwrap();
     s.put("c/r", Bytes::from_static(b"version2")).await.unwrap();
     assert_eq!(&s.get("c/r").await.unwrap()[..], b"version2");
@@ -87,7 +87,7 @@ pub async fn replace_and_delete(s: &dyn Storage) {
     assert!(matches!(s.get("c/r").await, Err(Error::NotFound(_))));
 }
 
-pub async fn list_prefix(s: &dyn Storage) {
+pub(super) async fn list_prefix(s: &dyn Storage) {
     for k in ["l/x/1", "l/x/2", "l/y/1", "lz"] {
         s.put(k, Bytes::from_static(b"1")).await.unwrap();
     }

@@ -4,31 +4,26 @@
 //! stray temporary file (removed by [`FsStorage::clean_tmp`] at start-up), never a partial object.
 
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 use super::{check_key, ByteStream, Error, ObjectMeta, Result, Storage};
+use crate::staging::{positional_stream, temp_name};
 
 /// Storage in a directory on local disk.
 #[derive(Debug, Clone)]
-pub struct FsStorage {
+pub(super) struct FsStorage {
     root: PathBuf,
 }
 
-/// Read buffer for streaming files out: large enough to keep syscalls rare, small enough that
-/// many concurrent readers stay cheap.
-const READ_CHUNK: usize = 128 * 1024;
-
 impl FsStorage {
     /// Open (creating if needed) a store rooted at `root`.
-    pub async fn open(root: impl Into<PathBuf>) -> Result<FsStorage> {
+    pub(super) async fn open(root: impl Into<PathBuf>) -> Result<FsStorage> {
         let root = root.into();
         let tmp = root.join("tmp");
         tokio::fs::create_dir_all(&tmp)
@@ -40,18 +35,14 @@ impl FsStorage {
         Ok(FsStorage { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Directory for spool and temporary files; on the same filesystem as the objects so that
     /// committing is a rename.
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(super) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
     /// Remove temporary files left by a previous process (crash or kill). Returns how many.
-    pub async fn clean_tmp(&self) -> Result<usize> {
+    pub(super) async fn clean_tmp(&self) -> Result<usize> {
         let dir = self.tmp_dir();
         let mut n = 0;
         let mut entries = tokio::fs::read_dir(&dir).await.map_err(|e| io(&dir, e))?;
@@ -127,97 +118,6 @@ fn meta(key: &str, m: &std::fs::Metadata) -> ObjectMeta {
         size: m.len(),
         modified,
     }
-}
-
-/// Stream `start..end` of a file with positional reads: one copy from the page cache into a
-/// fresh buffer that is handed to the socket writer as is.
-pub fn positional_stream(file: Arc<std::fs::File>, start: u64, end: u64) -> ByteStream {
-    futures::stream::try_unfold(start, move |pos| {
-        let file = file.clone();
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let len = (end - pos).min(READ_CHUNK as u64) as usize;
-            let buf = read_chunk(file, pos, len).await?;
-            if buf.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "file shorter than expected",
-                ));
-            }
-            let next = pos + buf.len() as u64;
-            Ok(Some((buf, next)))
-        }
-    })
-    .boxed()
-}
-
-/// Read up to `len` bytes at `pos`. Served from the page cache in place when the data is there
-/// (`preadv2` with `RWF_NOWAIT` never blocks); otherwise the read goes to the blocking pool, so a
-/// cold disk never stalls the async workers.
-pub async fn read_chunk(file: Arc<std::fs::File>, pos: u64, len: usize) -> std::io::Result<Bytes> {
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    if let Some(n) = read_nowait(&file, &mut buf, pos, len) {
-        return Ok(buf.split_to(n).freeze());
-    }
-    tokio::task::spawn_blocking(move || {
-        buf.resize(len, 0);
-        let n = file.read_at(&mut buf, pos)?;
-        buf.truncate(n);
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-/// A read into `buf`'s spare capacity that succeeds only if it would not block: Some(n) when at
-/// least the first byte was in the page cache (a short read is fine: the caller asks again), None
-/// otherwise.
-#[cfg(target_os = "linux")]
-fn read_nowait(
-    file: &std::fs::File,
-    buf: &mut bytes::BytesMut,
-    pos: u64,
-    len: usize,
-) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
-    let len = len.min(spare.len());
-    let iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let offset = libc::off_t::try_from(pos).ok()?;
-    // SAFETY: `iov` describes `len` bytes of `buf`'s spare capacity, writable for the whole call;
-    // the kernel only writes into it. The fd stays open while `file` is borrowed.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    if n <= 0 {
-        // 0 is end of file or "nothing cached yet" under NOWAIT: the blocking read tells them apart.
-        return None;
-    }
-    // SAFETY: the kernel initialised the first `n` (<= len <= capacity) bytes.
-    unsafe { buf.set_len(n as usize) };
-    Some(n as usize)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn read_nowait(
-    _file: &std::fs::File,
-    _buf: &mut bytes::BytesMut,
-    _pos: u64,
-    _len: usize,
-) -> Option<usize> {
-    None
-}
-
-/// A unique temporary file name.
-pub fn temp_name(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:016x}",
-        std::process::id(),
-        rand::random::<u64>()
-    )
 }
 
 #[async_trait]

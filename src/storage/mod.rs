@@ -18,35 +18,92 @@
 //!     └── _list                                  the last whole tags list (served during outages)
 //! ```
 //!
-//! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`fs`]).
+//! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`crate::staging`]).
+//!
+//! [`open`] is the one place a backend is chosen; nothing outside this module names one.
 
 #[cfg(test)]
-pub mod conformance;
-pub mod fs;
+mod conformance;
+mod fs;
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 
 /// A storage failure. `NotFound` is distinct all the way up: the cache branches on it.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+#[non_exhaustive]
+pub(crate) enum Error {
+    /// No object under this key.
     #[error("object not found: {0}")]
     NotFound(String),
+    /// A key that could escape the store or is not in the key scheme.
     #[error("invalid storage key {0:?}")]
     InvalidKey(String),
+    /// The backend failed on this key.
     #[error("storage I/O error on {key}: {source}")]
-    Io { key: String, source: std::io::Error },
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+impl Error {
+    /// Whether the failure is a full disk (or quota): eviction can make room.
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, Error>;
+
+/// Storage as the configuration names it, ready to use.
+pub(crate) struct Opened {
+    /// The store of committed objects.
+    pub(crate) storage: Arc<dyn Storage>,
+    /// A local directory for spool files, where [`Storage::put_file`] is cheapest (a rename).
+    pub(crate) staging_dir: PathBuf,
+    /// Temporary files a previous process left, removed while opening.
+    pub(crate) cleaned: usize,
+}
+
+/// Who opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The server: it owns the temporary files, and removes those a crashed or killed process
+    /// left behind.
+    Server,
+    /// A tool that may run beside a server (the cache CLI): it touches no temporary file.
+    Tool,
+}
+
+/// Open (creating if needed) the store under `data_dir`.
+pub(crate) async fn open(data_dir: &Path, role: Role) -> Result<Opened> {
+    let fs = fs::FsStorage::open(data_dir).await?;
+    let cleaned = match role {
+        Role::Tool => 0,
+        Role::Server => match fs.clean_tmp().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clean temporary files");
+                0
+            }
+        },
+    };
+    Ok(Opened {
+        staging_dir: fs.tmp_dir(),
+        storage: Arc::new(fs),
+        cleaned,
+    })
+}
 
 /// Size and age of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
+pub(crate) struct ObjectMeta {
     pub key: String,
     pub size: u64,
     /// Seconds since the Unix epoch of the last write or [`Storage::touch`].
@@ -54,11 +111,11 @@ pub struct ObjectMeta {
 }
 
 /// A stream of an object's bytes.
-pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+pub(crate) use crate::staging::ByteStream;
 
 /// The storage boundary. Every method is atomic with respect to readers.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub(crate) trait Storage: Send + Sync + 'static {
     /// Size and modification time, or `NotFound`.
     async fn head(&self, key: &str) -> Result<ObjectMeta>;
     /// The whole object (for small objects: manifests, tag records).
@@ -84,7 +141,7 @@ pub trait Storage: Send + Sync + 'static {
 }
 
 /// Reject keys that could escape the store: absolute, `..`, empty segments, odd characters.
-pub fn check_key(key: &str) -> Result<()> {
+pub(crate) fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
         && key

@@ -10,10 +10,15 @@ use tokio::time::{Duration, Instant};
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
+    /// `Basic`: send the configured credentials.
     Basic,
+    /// `Bearer`: fetch a token from `realm`.
     Bearer {
+        /// The token endpoint.
         realm: String,
+        /// The `service` to ask the token for.
         service: Option<String>,
+        /// The scope the registry asked for, if it said.
         scope: Option<String>,
     },
 }
@@ -98,18 +103,18 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
 
 /// The JSON a token endpoint answers with.
 #[derive(Debug, serde::Deserialize)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     pub token: Option<String>,
     pub access_token: Option<String>,
     pub expires_in: Option<u64>,
 }
 
 /// Token lifetime when the server does not say (the distribution spec's default).
-pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
 impl TokenResponse {
     /// The token and its lifetime; `token` wins over `access_token`.
-    pub fn into_token(self) -> Option<(String, Duration)> {
+    pub(crate) fn into_token(self) -> Option<(String, Duration)> {
         let value = self
             .token
             .filter(|t| !t.is_empty())
@@ -125,7 +130,7 @@ impl TokenResponse {
 
 /// Per-upstream memory of the auth scheme in use and of bearer tokens by scope.
 #[derive(Debug, Default)]
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     inner: Mutex<TokenCacheInner>,
 }
 
@@ -139,22 +144,22 @@ struct TokenCacheInner {
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
 impl TokenCache {
-    pub fn challenge(&self) -> Option<Challenge> {
+    pub(crate) fn challenge(&self) -> Option<Challenge> {
         self.lock().challenge.clone()
     }
 
-    pub fn set_challenge(&self, c: Challenge) {
+    pub(crate) fn set_challenge(&self, c: Challenge) {
         self.lock().challenge = Some(c);
     }
 
     /// A still-valid token for `scope`.
-    pub fn token(&self, scope: &str) -> Option<String> {
+    pub(crate) fn token(&self, scope: &str) -> Option<String> {
         let inner = self.lock();
         let (tok, expires) = inner.tokens.get(scope)?;
         (Instant::now() + EXPIRY_MARGIN < *expires).then(|| tok.clone())
     }
 
-    pub fn store(&self, scope: &str, token: String, lifetime: Duration) {
+    pub(crate) fn store(&self, scope: &str, token: String, lifetime: Duration) {
         let mut inner = self.lock();
         inner.tokens.retain(|_, (_, exp)| *exp > Instant::now());
         inner
@@ -162,7 +167,7 @@ impl TokenCache {
             .insert(scope.to_string(), (token, Instant::now() + lifetime));
     }
 
-    pub fn forget(&self, scope: &str) {
+    pub(crate) fn forget(&self, scope: &str) {
         self.lock().tokens.remove(scope);
     }
 

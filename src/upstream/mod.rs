@@ -2,9 +2,12 @@
 //!
 //! Owns: URLs, authentication (Basic, Bearer token flow with a token cache), retries, timeouts,
 //! redirects (reqwest drops `Authorization` when a redirect leaves the host), outbound proxies and
-//! mapping of upstream statuses to [`Error`]. Must not touch storage or know about caching.
+//! mapping of upstream statuses to [`Error`]. The cache sees only the typed calls of [`calls`]
+//! (`get_blob`, `head_manifest`, `tags`, ...) and their results: no status, header or path leaves
+//! this module. Must not touch storage or know about caching.
 
 pub mod auth;
+mod calls;
 
 use std::sync::Mutex;
 
@@ -13,10 +16,11 @@ use tokio::time::Duration;
 
 use crate::config::UpstreamConfig;
 use auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
+pub(crate) use calls::ManifestHead;
 
 /// An upstream failure, by what the cache needs to decide.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("not found at the upstream")]
     NotFound,
     #[error("upstream refused the credentials: {0}")]
@@ -33,37 +37,48 @@ pub enum Error {
     Invalid(String),
     #[error("bad upstream configuration: {0}")]
     Config(String),
+    #[error("upstream answer larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
 }
 
 impl Error {
     /// Whether this failure means "cannot reach a healthy upstream" (serve stale content then).
-    pub fn is_outage(&self) -> bool {
+    pub(crate) fn is_outage(&self) -> bool {
         matches!(self, Error::Unavailable(_) | Error::TooManyRequests { .. })
             || matches!(self, Error::Status { status, .. } if *status >= 500)
     }
 }
 
-pub type Result<T> = std::result::Result<T, Error>;
+pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 /// Docker Hub's rate-limit headers, as last seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     pub limit: Option<String>,
     pub remaining: Option<String>,
 }
 
 /// Header names passed through from upstream to client.
-pub const RATELIMIT_LIMIT: &str = "ratelimit-limit";
-pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+pub(crate) const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+pub(crate) const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
 
 /// Retry policy for idempotent requests: attempts and the pause before each retry.
 const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_millis(800)];
+
+/// Which answers [`Upstream::retrying`] tries again, besides failed connections and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Registry requests: also 502, 503 and 504; each attempt is counted in the metrics.
+    Registry,
+    /// Token requests: the token server's own answer is final.
+    Token,
+}
 
 /// Whole-request deadline for small responses (manifests, tags, tokens, HEADs).
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The client to one upstream registry.
-pub struct Upstream {
+pub(crate) struct Upstream {
     name: String,
     base: String,
     client: reqwest::Client,
@@ -81,23 +96,23 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// What to ask an upstream for.
+/// What to ask an upstream for (built by the typed calls in [`calls`]).
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub method: Method,
+struct Request {
+    method: Method,
     /// Repository at the upstream (the auth scope).
-    pub repository: String,
+    repository: String,
     /// Path after `/v2/<repository>/`, e.g. `manifests/latest`, `blobs/sha256:..`, `tags/list`.
-    pub path: String,
+    path: String,
     /// Query string without `?` (tags/list pagination), if any.
-    pub query: Option<String>,
-    pub headers: HeaderMap,
+    query: Option<String>,
+    headers: HeaderMap,
     /// Stream the body (blobs): no whole-request deadline, only the read timeout.
-    pub streaming: bool,
+    streaming: bool,
 }
 
 impl Request {
-    pub fn new(method: Method, repository: &str, path: String) -> Request {
+    fn new(method: Method, repository: &str, path: String) -> Request {
         Request {
             method,
             repository: repository.to_string(),
@@ -110,7 +125,7 @@ impl Request {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream> {
+    pub(crate) fn new(cfg: &UpstreamConfig) -> Result<Upstream> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout())
             .read_timeout(cfg.read_timeout())
@@ -155,12 +170,12 @@ impl Upstream {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The rate-limit headers last seen from this upstream.
-    pub fn rate_limit(&self) -> RateLimit {
+    pub(crate) fn rate_limit(&self) -> RateLimit {
         self.rate_limit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -169,7 +184,7 @@ impl Upstream {
 
     /// Send `req` with authentication and retries. Success means a 2xx (or 206); every other
     /// status becomes an [`Error`].
-    pub async fn send(&self, req: &Request) -> Result<reqwest::Response> {
+    async fn send(&self, req: &Request) -> Result<reqwest::Response> {
         let scope = format!("repository:{}:pull", req.repository);
         let mut refreshed = false;
         loop {
@@ -212,8 +227,7 @@ impl Upstream {
             url.push('?');
             url.push_str(q);
         }
-        let mut attempt = 0;
-        loop {
+        let build = || {
             let mut rb = self
                 .client
                 .request(req.method.clone(), &url)
@@ -224,16 +238,33 @@ impl Upstream {
             if !req.streaming {
                 rb = rb.timeout(SMALL_REQUEST_TIMEOUT);
             }
+            rb
+        };
+        self.retrying(Retry::Registry, build)
+            .await
+            .map_err(|e| Error::Unavailable(format!("{}: {}", self.name, describe(&e))))
+    }
+
+    /// Send what `build` makes, again after each pause of [`RETRY_BACKOFF`] while the attempt
+    /// failed to connect or timed out (and, for registry requests, answered 502, 503 or 504).
+    async fn retrying(
+        &self,
+        policy: Retry,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut attempt = 0;
+        loop {
             let sent = std::time::Instant::now();
-            let outcome = rb.send().await;
-            self.record(&outcome, sent);
+            let outcome = build().send().await;
+            if policy == Retry::Registry {
+                self.record(&outcome, sent);
+            }
             let retryable = match &outcome {
-                Ok(r) => matches!(r.status().as_u16(), 502..=504),
+                Ok(r) => policy == Retry::Registry && matches!(r.status().as_u16(), 502..=504),
                 Err(e) => e.is_connect() || e.is_timeout(),
             };
             if !retryable || attempt >= RETRY_BACKOFF.len() {
-                return outcome
-                    .map_err(|e| Error::Unavailable(format!("{}: {}", self.name, describe(&e))));
+                return outcome;
             }
             tracing::debug!(upstream = %self.name, attempt, "retrying upstream request");
             tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
@@ -279,26 +310,17 @@ impl Upstream {
             }
             q.append_pair("scope", scope);
         }
-        let mut attempt = 0;
-        let resp = loop {
+        let build = || {
             let mut rb = self.client.get(url.clone()).timeout(SMALL_REQUEST_TIMEOUT);
             if let Some(h) = self.basic_header() {
                 rb = rb.header(http::header::AUTHORIZATION, h);
             }
-            match rb.send().await {
-                Ok(r) => break r,
-                Err(e) if (e.is_connect() || e.is_timeout()) && attempt < RETRY_BACKOFF.len() => {
-                    tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(Error::Unavailable(format!(
-                        "token server {realm}: {}",
-                        describe(&e)
-                    )))
-                }
-            }
+            rb
         };
+        let resp = self
+            .retrying(Retry::Token, build)
+            .await
+            .map_err(|e| Error::Unavailable(format!("token server {realm}: {}", describe(&e))))?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED => {
@@ -415,7 +437,7 @@ fn retry_after(h: &HeaderMap) -> Option<String> {
 }
 
 /// A reqwest error with its causes, which carry the useful part ("connection refused").
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
