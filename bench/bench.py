@@ -8,10 +8,21 @@ Started by bench/run.sh. On loopback, in one temporary directory, it runs:
   proxy      distribution in proxy mode in front of the upstream (the official pull-through cache)
   nginx      nginx serving the upstream's own blob file with sendfile (the machine's limit)
   regmirror  the release binary in front of the same upstream
+  baseline   with --baseline BINARY: a second regmirror binary (say, the code before a refactor),
+             in front of the same upstream with its own data dir
 
 and measures every row of issue 6 in the same run, each repeated (median reported), interleaving
 servers within a repetition so that machine noise hits them alike. Every process it starts is
 stopped by PID at the end, also on Ctrl-C.
+
+With --baseline, every regmirror row is also measured for the baseline binary, next to the
+current one in each repetition, the order switching every repetition (A B, B A, A B...: load that
+rises or falls through a row, and any advantage of going first, falls on both alike), and the
+table gains the baseline's value, the
+after/before ratio (current / baseline) and its spread: the min-max over the repetitions of the
+per-repetition ratio, which is what run-to-run noise looks like for that row. Before each cold
+measurement of either binary the page cache is synced (os.sync) so that the other one's cache
+writes are not still being flushed. The peer rows are unchanged.
 """
 
 import argparse
@@ -250,7 +261,7 @@ name = "{up}"
 url = "http://{up}"
 tag_ttl_secs = 300
 """)
-    proc = Proc(name, [binary, "serve", "--config", conf], os.path.join(work, "regmirror.log"))
+    proc = Proc(name, [binary, "serve", "--config", conf], os.path.join(work, f"{name}.log"))
     proc.port, proc.data_dir = port, data_dir
     return proc
 
@@ -479,7 +490,10 @@ class Bench:
         self.raw = {}    # every repetition's numbers, by row
         self.rows = []   # the table
         self.rm = None
+        self.base = None  # the --baseline regmirror, when given
         self.rm_generation = 0
+        # The regmirror binaries measured: "regmirror" (the current one) and, with --baseline, "baseline".
+        self.sides = ["regmirror"] + (["baseline"] if args.baseline else [])
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -492,6 +506,8 @@ class Bench:
         self.nginx = start_nginx(self.work, {b["label"]: distribution_blob_file(self.upstream.root, b["digest"])
                                              for b in self.blobs})
         self.restart_regmirror(fresh=True)
+        if self.args.baseline:
+            self.restart_baseline(fresh=True)
         if first_200(self.nginx.port, self.nginx, "/blob-256MB", timeout=10) is None:
             raise SystemExit(f"bench: nginx does not serve the blob; see {self.work}/nginx/error.log")
 
@@ -504,6 +520,37 @@ class Bench:
             shutil.rmtree(data_dir)
         self.rm = start_regmirror(self.args.binary, self.work, data_dir, upstream_port or self.upstream.port)
         return ready(self.rm, "regmirror")
+
+    def restart_baseline(self, fresh):
+        """The same for the --baseline binary (its own data dir, same upstream)."""
+        if self.base:
+            self.base.stop()
+        data_dir = os.path.join(self.work, "baseline-data")
+        if fresh and os.path.exists(data_dir):
+            shutil.rmtree(data_dir)
+        self.base = start_regmirror(self.args.baseline, self.work, data_dir, self.upstream.port, name="baseline")
+        return ready(self.base, "baseline regmirror")
+
+    def restart_side(self, side, fresh):
+        """Restart regmirror ("regmirror") or the baseline ("baseline"); returns (start-up s, process)."""
+        if side == "regmirror":
+            t = self.restart_regmirror(fresh)
+            return t, self.rm
+        t = self.restart_baseline(fresh)
+        return t, self.base
+
+    def order(self, rep):
+        """The regmirror binaries in repetition `rep`: current first in even repetitions, the baseline
+        first in odd ones (just ["regmirror"] without a baseline)."""
+        return self.sides if rep % 2 == 0 else self.sides[::-1]
+
+    def side_proc(self, side):
+        return self.rm if side == "regmirror" else self.base
+
+    def quiesce(self):
+        """With a baseline: write back dirty pages (the other binary's cache fill) before a cold run."""
+        if self.args.baseline:
+            os.sync()
 
     def restart_proxy(self):
         """A distribution proxy with empty storage (it cannot be emptied while running)."""
@@ -529,19 +576,39 @@ class Bench:
         """The 1-minute load average as a row starts: the machine is shared, so the JSON says how busy."""
         self.raw.setdefault("loadavg_1min_at_start", {})[row] = os.getloadavg()[0]
 
-    def add(self, measure, rm, peer, peer_name, ratio, target, met, unit=""):
-        self.rows.append({"measure": measure, "regmirror": rm, "peer": peer, "peer_name": peer_name,
-                          "ratio": ratio, "target": target, "met": met, "unit": unit})
+    def add(self, measure, rm, peer, peer_name, ratio, target, met, unit="", base=None):
+        row = {"measure": measure, "regmirror": rm, "peer": peer, "peer_name": peer_name,
+               "ratio": ratio, "target": target, "met": met, "unit": unit}
+        if base is not None:
+            row.update(base)
+        self.rows.append(row)
+
+    def vs_base(self, cur, base, value):
+        """The baseline columns of a row. `cur` and `base` are the per-repetition numbers of the current
+        binary and of the baseline (same order, interleaved in the same repetitions); `value` turns a
+        list of them into the number the row shows (median, max, GB/s of the median...). Returns
+        None without a baseline."""
+        if not self.args.baseline:
+            return None
+        def ratio(a, b):
+            return None if a is None or b is None or b == 0 else a / b
+        reps = [ratio(value([c]), value([b])) for c, b in zip(cur, base)]
+        known = [r for r in reps if r is not None]
+        return {"baseline": value(base), "after_before": ratio(value(cur), value(base)), "rep_ratios": reps,
+                "spread": [min(known), max(known)] if known else None}
 
     # -- rows ----------------------------------------------------------------------------------
 
     def warm_up(self, blob):
-        """One GET through regmirror (checked against the digest) and the proxy, so both hold the blob."""
-        got = sha256_of_url(self.rm.port, self.blob_path(blob))
-        if got != blob["digest"]:
-            raise SystemExit(f"bench: regmirror served {got} for {blob['digest']}")
-        if not os.path.exists(regmirror_blob_file(self.rm.data_dir, blob["digest"])):
-            raise SystemExit("bench: regmirror did not cache the blob")
+        """One GET through regmirror (and the baseline; checked against the digest) and the proxy, so
+        all hold the blob."""
+        for side in self.sides:
+            p = self.side_proc(side)
+            got = sha256_of_url(p.port, self.blob_path(blob))
+            if got != blob["digest"]:
+                raise SystemExit(f"bench: {side} served {got} for {blob['digest']}")
+            if not os.path.exists(regmirror_blob_file(p.data_dir, blob["digest"])):
+                raise SystemExit(f"bench: {side} did not cache the blob")
         _, res = fetch_clients(1, self.proxy.port, self.blob_path(blob))
         check_all(res, blob["size"], "distribution proxy warm-up")
         if not wait_proxy_commit(self.proxy, blob["repo"], blob):
@@ -552,13 +619,14 @@ class Bench:
         """Row 1: 4 parallel clients (wrk -c4), aggregate GB/s and server CPU-seconds per GB."""
         self.note_load(f"warm_blob_{blob['label']}")
         label = blob["label"]
-        servers = [("regmirror", lambda: self.rm, self.blob_path(blob)),
-                   ("nginx", lambda: self.nginx, f"/blob-{label}"),
-                   ("distribution", lambda: self.proxy, self.blob_path(blob))]
+        def servers(rep):
+            return ([(side, lambda side=side: self.side_proc(side), self.blob_path(blob)) for side in self.order(rep)]
+                    + [("nginx", lambda: self.nginx, f"/blob-{label}"),
+                       ("distribution", lambda: self.proxy, self.blob_path(blob))])
         seconds = 3 if blob["size"] < 512 * MB else 6
-        raw = {name: {"gbps": [], "cpu_s_per_gb": []} for name, _, _ in servers}
+        raw = {name: {"gbps": [], "cpu_s_per_gb": []} for name, _, _ in servers(0)}
         for rep in range(self.reps):
-            for name, proc, path in servers:
+            for name, proc, path in servers(rep):
                 p = proc()
                 cpu0 = p.cpu_seconds()
                 r = wrk(self.work, p.port, path, 4, seconds)
@@ -568,16 +636,18 @@ class Bench:
                 gb = r["bytes"] / GB
                 raw[name]["gbps"].append(gb / (r["duration_us"] / 1e6))
                 raw[name]["cpu_s_per_gb"].append(cpu / gb)
-            log(f"warm {label} rep {rep + 1}: " + ", ".join(f"{n} {raw[n]['gbps'][-1]:.2f} GB/s" for n, _, _ in servers))
+            log(f"warm {label} rep {rep + 1}: " + ", ".join(f"{n} {raw[n]['gbps'][-1]:.2f} GB/s" for n, _, _ in servers(0)))
         self.raw[f"warm_blob_{label}_4_clients"] = raw
         med = {n: {k: median(v) for k, v in raw[n].items()} for n in raw}
         rm, ng, di = med["regmirror"], med["nginx"], med["distribution"]
+        ab = {k: self.vs_base(raw["regmirror"][k], raw.get("baseline", {}).get(k), median) for k in ("gbps", "cpu_s_per_gb")}
         self.add(f"warm blob GET {label}, 4 clients, GB/s", rm["gbps"], ng["gbps"], "nginx",
-                 rm["gbps"] / ng["gbps"], ">= 1.0 x nginx", rm["gbps"] / ng["gbps"] >= 1.0, "GB/s")
+                 rm["gbps"] / ng["gbps"], ">= 1.0 x nginx", rm["gbps"] / ng["gbps"] >= 1.0, "GB/s", ab["gbps"])
         self.add(f"  same, vs distribution proxy", rm["gbps"], di["gbps"], "distribution",
                  rm["gbps"] / di["gbps"], "", None, "GB/s")
         self.add(f"server CPU-s per GB served (warm {label})", rm["cpu_s_per_gb"], ng["cpu_s_per_gb"], "nginx",
-                 rm["cpu_s_per_gb"] / ng["cpu_s_per_gb"], "<= 3 x nginx", rm["cpu_s_per_gb"] <= 3 * ng["cpu_s_per_gb"], "s/GB")
+                 rm["cpu_s_per_gb"] / ng["cpu_s_per_gb"], "<= 3 x nginx", rm["cpu_s_per_gb"] <= 3 * ng["cpu_s_per_gb"], "s/GB",
+                 ab["cpu_s_per_gb"])
         self.add(f"  same, vs distribution proxy", rm["cpu_s_per_gb"], di["cpu_s_per_gb"], "distribution",
                  rm["cpu_s_per_gb"] / di["cpu_s_per_gb"], "", None, "s/GB")
 
@@ -585,35 +655,56 @@ class Bench:
         """Single-client GB/s with hyperfine (bounded by curl here: reported, not targeted)."""
         self.note_load(f"single_client_{blob['label']}")
         out = os.path.join(self.work, f"hyperfine-{blob['label']}.json")
-        cmds = [("regmirror", self.rm.port, self.blob_path(blob)), ("nginx", self.nginx.port, f"/blob-{blob['label']}"),
-                ("distribution", self.proxy.port, self.blob_path(blob))]
-        argv = ["hyperfine", "-N", "--style", "none", "--warmup", "1", "--runs", str(self.reps), "--export-json", out]
-        for name, port, path in cmds:
-            argv += ["-n", name, f"curl -sSf -o /dev/null http://127.0.0.1:{port}{path}"]
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-        with open(out) as f:
-            res = {r["command"]: r for r in json.load(f)["results"]}
-        gbps = {n: blob["size"] / GB / res[n]["median"] for n, _, _ in cmds}
-        self.raw[f"single_client_{blob['label']}"] = {n: {"seconds": res[n]["times"]} for n, _, _ in cmds}
+        def commands(rep):
+            return ([(side, self.side_proc(side).port, self.blob_path(blob)) for side in self.order(rep)]
+                    + [("nginx", self.nginx.port, f"/blob-{blob['label']}"),
+                       ("distribution", self.proxy.port, self.blob_path(blob))])
+        cmds = commands(0)
+
+        def hyperfine(runs, rep=0):
+            argv = ["hyperfine", "-N", "--style", "none", "--warmup", "1", "--runs", str(runs), "--export-json", out]
+            for name, port, path in commands(rep):
+                argv += ["-n", name, f"curl -sSf -o /dev/null http://127.0.0.1:{port}{path}"]
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                return {r["command"]: r["times"] for r in json.load(f)["results"]}
+
+        if self.args.baseline:
+            # hyperfine runs all of one command's runs before the next: one run of each per
+            # invocation, so that regmirror and the baseline alternate (A B, B A, ...).
+            times = {n: [] for n, _, _ in cmds}
+            for rep in range(self.reps):
+                for n, t in hyperfine(1, rep).items():
+                    times[n] += t
+        else:
+            times = hyperfine(self.reps)
+        gbps = {n: blob["size"] / GB / median(times[n]) for n, _, _ in cmds}
+        self.raw[f"single_client_{blob['label']}"] = {n: {"seconds": times[n]} for n, _, _ in cmds}
+        ab = self.vs_base(times["regmirror"], times.get("baseline"), lambda xs: blob["size"] / GB / median(xs))
         self.add(f"single-client GB/s {blob['label']} (curl-bound)", gbps["regmirror"], gbps["nginx"], "nginx",
-                 gbps["regmirror"] / gbps["nginx"], "report only", None, "GB/s")
+                 gbps["regmirror"] / gbps["nginx"], "report only", None, "GB/s", ab)
 
     def cold_blob(self, blob):
         """Row 2: one cold GET through regmirror (empty data dir, new process) vs straight from the upstream."""
         self.note_load(f"cold_blob_{blob['label']}")
         raw = {"regmirror_s": [], "direct_s": []}
         raw["regmirror_cpu_s"], raw["machine_busy"], raw["direct_cpu_s"] = [], [], []
+        if self.args.baseline:
+            raw["baseline_s"], raw["baseline_cpu_s"], raw["baseline_machine_busy"] = [], [], []
         for rep in range(self.reps):
-            self.restart_regmirror(fresh=True)
-            cpu0 = (self.rm.cpu_seconds(), self.upstream.cpu_seconds(), children_cpu_seconds())
-            t, res = fetch_clients(1, self.rm.port, self.blob_path(blob))
-            cpu = [b - a for a, b in zip(cpu0, (self.rm.cpu_seconds(), self.upstream.cpu_seconds(),
-                                                 children_cpu_seconds()))]
-            check_all(res, blob["size"], "cold GET through regmirror")
-            raw["regmirror_s"].append(t)
-            raw["regmirror_cpu_s"].append(cpu[0])
-            # regmirror + upstream + curl, as a share of every core for the transfer's duration
-            raw["machine_busy"].append(sum(cpu) / (t * (os.cpu_count() or 1)))
+            for side in self.order(rep):
+                _, p = self.restart_side(side, fresh=True)
+                self.quiesce()
+                cpu0 = (p.cpu_seconds(), self.upstream.cpu_seconds(), children_cpu_seconds())
+                t, res = fetch_clients(1, p.port, self.blob_path(blob))
+                cpu = [b - a for a, b in zip(cpu0, (p.cpu_seconds(), self.upstream.cpu_seconds(),
+                                                     children_cpu_seconds()))]
+                check_all(res, blob["size"], f"cold GET through {side}")
+                raw[f"{side}_s"].append(t)
+                raw[f"{side}_cpu_s"].append(cpu[0])
+                # regmirror + upstream + curl, as a share of every core for the transfer's duration
+                raw["machine_busy" if side == "regmirror" else "baseline_machine_busy"].append(
+                    sum(cpu) / (t * (os.cpu_count() or 1)))
             cpu0 = (self.upstream.cpu_seconds(), children_cpu_seconds())
             t, res = fetch_clients(1, self.upstream.port, self.blob_path(blob))
             check_all(res, blob["size"], "GET from the upstream")
@@ -633,7 +724,8 @@ class Bench:
         di, sha = median(raw["distribution_s"]), max(raw["sha256_gbps"])
         gb = blob["size"] / GB
         self.add(f"cold blob GET {blob['label']}, GB/s vs direct", gb / rm, gb / direct, "upstream direct",
-                 direct / rm, ">= 0.85 x direct", direct / rm >= 0.85, "GB/s")
+                 direct / rm, ">= 0.85 x direct", direct / rm >= 0.85, "GB/s",
+                 self.vs_base(raw["regmirror_s"], raw.get("baseline_s"), lambda xs: gb / median(xs)))
         self.add("  same, vs distribution proxy (cold)", gb / rm, gb / di, "distribution", di / rm, "", None, "GB/s")
         # A verified cold GET cannot end before the whole blob is hashed, and one stream's SHA-256
         # runs on one core: the fastest implementation here bounds the row.
@@ -650,24 +742,34 @@ class Bench:
                  gb / direct, "upstream direct", direct / bound_s, "", None, "GB/s")
         self.add("  regmirror vs that bound", gb / rm, gb / bound_s, "bound", bound_s / rm, "", None, "GB/s")
         self.add("  CPU busy during the cold GET (regmirror + upstream + curl, all cores)",
-                 100 * median(raw["machine_busy"]), None, "", None, "", None, "%")
+                 100 * median(raw["machine_busy"]), None, "", None, "", None, "%",
+                 self.vs_base(raw["machine_busy"], raw.get("baseline_machine_busy"), lambda xs: 100 * median(xs)))
         self.add("  regmirror CPU-s per GB, cold", median(raw["regmirror_cpu_s"]) / gb, None, "", None, "", None,
-                 "s/GB")
+                 "s/GB", self.vs_base(raw["regmirror_cpu_s"], raw.get("baseline_cpu_s"), lambda xs: median(xs) / gb))
         return rm
 
     def fifty_cold(self, blob, one_cold_s):
         """Row 3: 50 concurrent cold GETs of one blob: upstream fetches and wall time."""
         self.note_load(f"fifty_cold_{blob['label']}")
         raw = {"fetches": [], "wall_s": [], "peak_rss_kb": [], "nginx_warm_wall_s": []}
+        if self.args.baseline:
+            raw.update({"baseline_fetches": [], "baseline_wall_s": [], "baseline_peak_rss_kb": []})
         for rep in range(self.reps):
-            self.restart_regmirror(fresh=True)
-            offset = os.path.getsize(self.upstream.logfile)
-            wall, res = fetch_clients(50, self.rm.port, self.blob_path(blob))
-            check_all(res, blob["size"], "50 cold GETs through regmirror")
-            time.sleep(0.3)  # the access log line is written when the upstream response ends
-            raw["fetches"].append(self.upstream_fetches(offset, blob, REGMIRROR_AGENT))
-            raw["wall_s"].append(wall)
-            raw["peak_rss_kb"].append(self.rm.status_kb("VmHWM"))
+            for side in self.order(rep):
+                # one after the other, so the upstream's log lines of each are told apart by offset
+                key = "" if side == "regmirror" else "baseline_"
+                _, p = self.restart_side(side, fresh=True)
+                self.quiesce()
+                offset = os.path.getsize(self.upstream.logfile)
+                wall, res = fetch_clients(50, p.port, self.blob_path(blob))
+                check_all(res, blob["size"], f"50 cold GETs through {side}")
+                time.sleep(0.3)  # the access log line is written when the upstream response ends
+                raw[key + "fetches"].append(self.upstream_fetches(offset, blob, REGMIRROR_AGENT))
+                raw[key + "wall_s"].append(wall)
+                raw[key + "peak_rss_kb"].append(p.status_kb("VmHWM"))
+                if side == "baseline":
+                    log(f"50 cold rep {rep + 1}, baseline: {raw['baseline_fetches'][-1]} upstream fetch(es), "
+                        f"{raw['baseline_wall_s'][-1]:.2f}s")
             wall, res = fetch_clients(50, self.nginx.port, f"/blob-{blob['label']}")
             check_all(res, blob["size"], "50 GETs from nginx")
             raw["nginx_warm_wall_s"].append(wall)
@@ -685,27 +787,29 @@ class Bench:
         fetches = max(raw["fetches"])
         wall = median(raw["wall_s"])
         self.add(f"50 concurrent cold GETs {blob['label']}: upstream fetches (max of runs)", fetches,
-                 raw["distribution_fetches_1_run"], "distribution (1 run)", None, "1", fetches == 1)
+                 raw["distribution_fetches_1_run"], "distribution (1 run)", None, "1", fetches == 1, "",
+                 self.vs_base(raw["fetches"], raw.get("baseline_fetches"), max))
         self.add(f"50 concurrent cold GETs {blob['label']}: wall s vs one cold GET", wall, one_cold_s,
-                 "1 cold GET", wall / one_cold_s, "<= 1.5 x", wall / one_cold_s <= 1.5, "s")
+                 "1 cold GET", wall / one_cold_s, "<= 1.5 x", wall / one_cold_s <= 1.5, "s",
+                 self.vs_base(raw["wall_s"], raw.get("baseline_wall_s"), median))
         nginx_wall = median(raw["nginx_warm_wall_s"])
         self.add(f"  floor: nginx serving the same 50 GETs warm, s", wall, nginx_wall, "nginx warm",
                  wall / nginx_wall, "", None, "s")
         self.add(f"  peak RSS during 50 cold GETs {blob['label']}, MB", median(raw["peak_rss_kb"]) / 1024, None, "", None,
-                 "<= 32 MB", median(raw["peak_rss_kb"]) / 1024 <= 32, "MB")
+                 "<= 32 MB", median(raw["peak_rss_kb"]) / 1024 <= 32, "MB",
+                 self.vs_base(raw["peak_rss_kb"], raw.get("baseline_peak_rss_kb"), lambda xs: median(xs) / 1024))
 
     def peak_rss(self, blob):
         """Row 5: VmHWM while 1 and 50 clients stream the (warm) blob, regmirror and distribution."""
         self.note_load(f"peak_rss_{blob['label']}")
-        raw = {f"{s}_{n}": [] for s in ("regmirror", "distribution") for n in (1, 50)}
+        raw = {f"{s}_{n}": [] for s in self.sides + ["distribution"] for n in (1, 50)}
         for rep in range(self.reps):
-            for name in ("regmirror", "distribution"):
+            for name in self.order(rep) + ["distribution"]:
                 for n in (1, 50):
                     # A fresh process each time (warm storage kept): VmHWM is then this run's peak,
                     # not memory an allocator or a garbage collector kept from an earlier run.
-                    if name == "regmirror":
-                        self.restart_regmirror(fresh=False)
-                        p = self.rm
+                    if name in self.sides:
+                        _, p = self.restart_side(name, fresh=False)
                     else:
                         self.proxy.stop()
                         self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
@@ -717,10 +821,13 @@ class Bench:
             log(f"peak RSS {blob['label']} rep {rep + 1}: " + ", ".join(f"{k} {v[-1] / 1024:.1f} MB" for k, v in raw.items()))
         self.raw[f"peak_rss_{blob['label']}_kb"] = raw
         mb = {k: median(v) / 1024 for k, v in raw.items()}
+        ab = {n: self.vs_base(raw[f"regmirror_{n}"], raw.get(f"baseline_{n}"), lambda xs: median(xs) / 1024)
+              for n in (1, 50)}
         self.add(f"peak RSS, 50 clients streaming {blob['label']} (warm), MB", mb["regmirror_50"], mb["distribution_50"],
-                 "distribution", mb["regmirror_50"] / mb["distribution_50"], "<= 32 MB", mb["regmirror_50"] <= 32, "MB")
+                 "distribution", mb["regmirror_50"] / mb["distribution_50"], "<= 32 MB", mb["regmirror_50"] <= 32, "MB",
+                 ab[50])
         self.add(f"  same, 1 client, MB", mb["regmirror_1"], mb["distribution_1"], "distribution",
-                 mb["regmirror_1"] / mb["distribution_1"], "", None, "MB")
+                 mb["regmirror_1"] / mb["distribution_1"], "", None, "MB", ab[1])
 
     def manifests(self):
         """Row 4: warm manifest GETs, wrk -c64, by tag and by digest."""
@@ -728,15 +835,16 @@ class Bench:
         m = self.index
         accept = f"Accept: {m['media_type']}"
         paths = {"tag": f"/v2/{m['repo']}/manifests/{m['tag']}", "digest": f"/v2/{m['repo']}/manifests/{m['digest']}"}
-        for p in (self.rm, self.proxy):
+        servers = [(side, self.side_proc(side)) for side in self.sides] + [("distribution", self.proxy)]
+        for _, p in servers:
             for path in paths.values():
                 status, headers, _ = http_request(p.port, "GET", path, headers={"Accept": m["media_type"]})
                 if status != 200 or headers.get("docker-content-digest") != m["digest"]:
                     raise SystemExit(f"bench: manifest warm-up on {p.name}: {status} {headers}")
-        raw = {f"{s}_{k}": [] for s in ("regmirror", "distribution") for k in paths}
+        raw = {f"{s}_{k}": [] for s, _ in servers for k in paths}
         for rep in range(self.reps):
             for kind, path in paths.items():
-                for name, p in (("regmirror", self.rm), ("distribution", self.proxy)):
+                for name, p in [(side, self.side_proc(side)) for side in self.order(rep)] + [("distribution", self.proxy)]:
                     r = wrk(self.work, p.port, path, 64, 3, [accept])
                     if r["non2xx"] or r["socket_errors"]:
                         raise SystemExit(f"bench: wrk manifests against {name}: {r}")
@@ -747,38 +855,46 @@ class Bench:
         for kind, target in (("tag", 20), ("digest", 10)):
             rm, di = med[f"regmirror_{kind}"], med[f"distribution_{kind}"]
             self.add(f"warm manifest-by-{kind} GET req/s (wrk -c64)", rm, di, "distribution", rm / di,
-                     f">= {target} x distribution", rm / di >= target, "req/s")
+                     f">= {target} x distribution", rm / di >= target, "req/s",
+                     self.vs_base(raw[f"regmirror_{kind}"], raw.get(f"baseline_{kind}"), median))
 
     def startup(self, fake_blobs):
         """Row 6: start-up to the first 200 on /v2/ with many cached blobs; then with the upstream down."""
         self.note_load("startup")
-        self.rm.stop()
-        t = time.perf_counter()
-        make_fake_blobs(self.rm.data_dir, fake_blobs)
-        log(f"created {fake_blobs} fake cached blobs in {time.perf_counter() - t:.1f}s")
         raw = {"regmirror_s": [], "distribution_s": [], "fake_blobs": fake_blobs}
+        for side in self.sides:
+            p = self.side_proc(side)
+            p.stop()
+            t = time.perf_counter()
+            make_fake_blobs(p.data_dir, fake_blobs)
+            log(f"created {fake_blobs} fake cached blobs for {side} in {time.perf_counter() - t:.1f}s")
+            raw[f"{side}_s"] = []
         for rep in range(self.reps):
-            raw["regmirror_s"].append(self.restart_regmirror(fresh=False))
+            for side in self.order(rep):
+                raw[f"{side}_s"].append(self.restart_side(side, fresh=False)[0])
             self.proxy.stop()
             self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
             raw["distribution_s"].append(ready(self.proxy, "distribution proxy"))
         rm, di = median(raw["regmirror_s"]), median(raw["distribution_s"])
         self.add(f"start-up to first 200 on /v2/, {fake_blobs // 1000}k cached blobs, s", rm, di, "distribution",
-                 rm / di, "< 1 s", rm < 1.0, "s")
+                 rm / di, "< 1 s", rm < 1.0, "s", self.vs_base(raw["regmirror_s"], raw.get("baseline_s"), median))
 
         # Every upstream down: the upstream registry stops for good.
         blob = self.blobs[0]
         self.upstream.stop()
         wait_port_closed(self.upstream.port)
         down = {}
-        t = self.restart_regmirror(fresh=False)
-        down["regmirror_start_s"] = t
-        down["regmirror_blob_ok"] = sha256_of_url(self.rm.port, self.blob_path(blob)) == blob["digest"]
         m = self.index
-        status, headers, _ = http_request(self.rm.port, "GET", f"/v2/{m['repo']}/manifests/{m['tag']}",
-                                          headers={"Accept": m["media_type"]})
-        down["regmirror_manifest_by_tag_status"] = status
-        down["regmirror_manifest_ok"] = status == 200 and headers.get("docker-content-digest") == m["digest"]
+        for side in self.sides:
+            # the keys of the current binary keep their names; the baseline's are prefixed
+            key = "regmirror_" if side == "regmirror" else "baseline_"
+            t, p = self.restart_side(side, fresh=False)
+            down[key + "start_s"] = t
+            down[key + "blob_ok"] = sha256_of_url(p.port, self.blob_path(blob)) == blob["digest"]
+            status, headers, _ = http_request(p.port, "GET", f"/v2/{m['repo']}/manifests/{m['tag']}",
+                                              headers={"Accept": m["media_type"]})
+            down[key + "manifest_by_tag_status"] = status
+            down[key + "manifest_ok"] = status == 200 and headers.get("docker-content-digest") == m["digest"]
         self.proxy.stop()
         self.proxy = start_distribution(self.work, "proxy", f"http://127.0.0.1:{self.upstream.port}")
         down["distribution_start_s"] = first_200(self.proxy.port, self.proxy, timeout=10)
@@ -787,13 +903,20 @@ class Bench:
             down["distribution_panicked"] = "panic" in f.read()
         raw["upstream_down"] = down
         self.raw["startup"] = raw
-        rm_ok = down["regmirror_start_s"] is not None and down["regmirror_blob_ok"] and down["regmirror_manifest_ok"]
+        def side_txt(key):
+            ok = down[key + "start_s"] is not None and down[key + "blob_ok"] and down[key + "manifest_ok"]
+            txt = (f"starts in {down[key + 'start_s']:.2f}s, serves blob {'ok' if down[key + 'blob_ok'] else 'FAIL'},"
+                   f" manifest {'ok' if down[key + 'manifest_ok'] else down[key + 'manifest_by_tag_status']}")
+            return ok, txt
+        rm_ok, rm_txt = side_txt("regmirror_")
         di_txt = (f"starts in {down['distribution_start_s']:.2f}s" if down["distribution_start_s"] is not None
                   else "does not start" + (" (panic)" if down["distribution_panicked"] else ""))
-        rm_txt = (f"starts in {down['regmirror_start_s']:.2f}s, serves blob {'ok' if down['regmirror_blob_ok'] else 'FAIL'},"
-                  f" manifest {'ok' if down['regmirror_manifest_ok'] else status}")
+        base = None
+        if self.args.baseline:
+            base_ok, base_txt = side_txt("baseline_")
+            base = {"baseline": base_txt, "baseline_met": base_ok, "after_before": None, "rep_ratios": [], "spread": None}
         self.add("start-up with the upstream down", rm_txt, di_txt, "distribution", None,
-                 "starts, serves cache", rm_ok, "")
+                 "starts, serves cache", rm_ok, "", base)
 
 
 def make_fake_blobs(data_dir, n):
@@ -830,19 +953,35 @@ def fmt(v, unit=""):
     return f"{v:.3f}"
 
 
-def table(rows):
-    header = ["measure", "regmirror", "peer", "ratio", "target", "met?"]
+def table(rows, baseline=False):
+    """The printed table. With a baseline: the baseline's value, after/before (current / baseline)
+    and the min-max of that ratio over the repetitions, next to the current binary's column."""
+    header = ["measure", "regmirror"]
+    if baseline:
+        header += ["baseline", "after/before", "per-rep spread"]
+    header += ["peer", "ratio", "target", "met?"]
     body = []
     for r in rows:
         unit = r["unit"]
         peer = fmt(r["peer"], unit)
         if r["peer_name"] and peer != "-":
             peer = f"{peer} ({r['peer_name']})"
-        rm = fmt(r["regmirror"], unit)
-        if unit and not isinstance(r["regmirror"], str):
-            rm = f"{rm} {unit}"
+
+        def with_unit(v):
+            out = fmt(v, unit)
+            return f"{out} {unit}" if unit and v is not None and not isinstance(v, str) else out
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        body.append([r["measure"], rm, peer, "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], met])
+        line = [r["measure"], with_unit(r["regmirror"])]
+        if baseline:
+            if "baseline" in r:
+                spread = r.get("spread")
+                line += [with_unit(r["baseline"]),
+                         "-" if r.get("after_before") is None else f"{r['after_before']:.3f}",
+                         "-" if not spread else f"{spread[0]:.3f}-{spread[1]:.3f}"]
+            else:
+                line += ["", "", ""]
+        line += [peer, "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", r["target"], met]
+        body.append(line)
     widths = [max(len(str(x[i])) for x in [header] + body) for i in range(len(header))]
     lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(header, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -872,6 +1011,21 @@ def machine():
             "hyperfine": first_line(["hyperfine", "--version"])}
 
 
+def binary_info(path, label=None):
+    """What the JSON says about a measured binary: its path, SHA-256 and a label (the git revision of
+    the checkout it was built in when that can be found, else the label given)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 * MB), b""):
+            h.update(chunk)
+    if label is None:
+        d = os.path.dirname(os.path.realpath(path))
+        while d != os.path.dirname(d) and not os.path.exists(os.path.join(d, ".git")):
+            d = os.path.dirname(d)
+        label = git_rev(d) if os.path.exists(os.path.join(d, ".git")) else None
+    return {"path": os.path.abspath(path), "sha256": h.hexdigest(), "label": label or os.path.basename(path)}
+
+
 def git_rev(repo_root):
     try:
         rev = subprocess.run(["git", "-C", repo_root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -887,6 +1041,11 @@ def git_rev(repo_root):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", required=True, help="the regmirror release binary")
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="a second regmirror binary (say, before a refactor) measured beside --binary in every "
+                         "regmirror row, interleaved per repetition")
+    ap.add_argument("--baseline-label", help="what to call the baseline in the output (default: the git revision "
+                                             "of the checkout holding the binary)")
     ap.add_argument("--results", required=True, help="directory for <timestamp>.json")
     ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")))
     ap.add_argument("--big", action="store_true", default=os.environ.get("BENCH_BIG", "") not in ("", "0"),
@@ -896,6 +1055,14 @@ def main():
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
+    for opt, path in (("--binary", args.binary), ("--baseline", args.baseline)):
+        if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            ap.error(f"{opt} {path}: not an executable file")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    binaries = {"regmirror": binary_info(args.binary)}
+    if args.baseline:
+        binaries["baseline"] = binary_info(args.baseline, args.baseline_label)
+        log(f"baseline {binaries['baseline']['label']} ({args.baseline}) beside {binaries['regmirror']['label']}")
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     atexit.register(stop_all)
@@ -914,6 +1081,8 @@ def main():
         for blob in b.blobs:
             b.fifty_cold(blob, b.cold_blob(blob))
         b.restart_regmirror(fresh=False)
+        if args.baseline:
+            b.restart_baseline(fresh=False)
         for blob in b.blobs:
             b.warm_up(blob)
             b.peak_rss(blob)
@@ -929,7 +1098,7 @@ def main():
 
     finished = datetime.datetime.now(datetime.timezone.utc)
     out = {"started": started.isoformat(timespec="seconds"), "seconds": round((finished - started).total_seconds()),
-           "git": git_rev(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "reps": args.reps,
+           "git": git_rev(repo_root), "reps": args.reps, "binaries": binaries,
            "machine": machine(), "rows": b.rows, "raw": b.raw}
     os.makedirs(args.results, exist_ok=True)
     path = os.path.join(args.results, started.strftime("%Y%m%dT%H%M%SZ") + ".json")
@@ -938,9 +1107,18 @@ def main():
     m = out["machine"]
     loads = out["raw"].get("loadavg_1min_at_start", {}).values()
     load_txt = f" | load avg {min(loads):.1f}-{max(loads):.1f}" if loads else ""
-    print(f"\nregmirror {out['git']} | {started:%Y-%m-%d %H:%M} UTC | {m['cpus']} CPUs ({m['cpu_model']}), "
+    what = f"regmirror {out['git']}"
+    if args.baseline:
+        bi = binaries["baseline"]
+        same = " (the same binary)" if bi["sha256"] == binaries["regmirror"]["sha256"] else ""
+        what = f"regmirror {binaries['regmirror']['label']} vs baseline {bi['label']}{same}"
+    print(f"\n{what} | {started:%Y-%m-%d %H:%M} UTC | {m['cpus']} CPUs ({m['cpu_model']}), "
           f"{m['mem_gib']} GiB, {m['os']} | median of {args.reps} | {out['seconds']} s{load_txt}\n")
-    print(table(b.rows))
+    print(table(b.rows, baseline=bool(args.baseline)))
+    if args.baseline:
+        print("\nafter/before: regmirror / baseline of the row's value; per-rep spread: min-max of that ratio "
+              f"over the {args.reps} repetitions, each measuring both binaries back to back, in alternating order "
+              "(run-to-run noise)")
     print(f"\nraw results: {path}")
     missed = [r["measure"].strip() for r in b.rows if r["met"] is False]
     print("targets missed: " + ("; ".join(missed) if missed else "none"))

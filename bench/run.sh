@@ -5,6 +5,23 @@
 #   BENCH_BIG=1 bench/run.sh   also measure a 1 GB blob (warm, cold, 50 cold clients, peak RSS)
 #   BENCH_REPS=N               repetitions per measurement (default 5; the median is reported)
 #
+# Before/after (say, around a refactor): measure a baseline regmirror beside the working tree's in
+# the same run. Every regmirror row is then taken for both in each repetition (order alternating:
+# A B, B A, ...), and the table adds the baseline's value, the after/before ratio and its min-max
+# over the repetitions.
+#
+#   BENCH_BASELINE=<git rev> bench/run.sh
+#       builds <rev> (anything `git rev-parse` takes: 77633a5, main~3, v0.1.0) in release mode with
+#       --locked, in a detached git worktree bench/.baseline/worktree with its own target dir
+#       bench/.baseline/target (both git-ignored, kept for the next run), keeps the binary as
+#       bench/.baseline/regmirror-<full sha> (built once per revision) and passes it as --baseline.
+#       The first build of a revision takes as long as a clean release build (minutes on 2 cores).
+#   BENCH_BASELINE_BIN=/path/to/regmirror bench/run.sh
+#       uses that prebuilt binary as the baseline instead (BENCH_BASELINE is then ignored).
+#   With a baseline every regmirror row is taken twice: the default run takes about 8-10 min on 2
+#   cores instead of 4-6 (plus that first build). The "per-rep spread" column is the run-to-run
+#   noise; on a busy machine it is wide, and more repetitions (BENCH_REPS=9) narrow the medians.
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -39,5 +56,36 @@ fi
 echo "bench: building regmirror (release)" >&2
 cargo build --release --quiet
 
+baseline_args=()
+if [[ -n ${BENCH_BASELINE_BIN:-} ]]; then
+  [[ -x $BENCH_BASELINE_BIN ]] || { echo "bench: BENCH_BASELINE_BIN=$BENCH_BASELINE_BIN is not an executable" >&2; exit 1; }
+  [[ -z ${BENCH_BASELINE:-} ]] || echo "bench: BENCH_BASELINE_BIN given; ignoring BENCH_BASELINE=$BENCH_BASELINE" >&2
+  baseline_args=(--baseline "$(realpath "$BENCH_BASELINE_BIN")")
+elif [[ -n ${BENCH_BASELINE:-} ]]; then
+  base_sha="$(git rev-parse --verify --quiet "${BENCH_BASELINE}^{commit}")" ||
+    { echo "bench: BENCH_BASELINE=$BENCH_BASELINE is not a commit of this repository" >&2; exit 1; }
+  base_short="$(git rev-parse --short "$base_sha")"
+  base_dir="$repo_root/bench/.baseline"
+  base_bin="$base_dir/regmirror-$base_sha"
+  if [[ ! -x $base_bin ]]; then
+    wt="$base_dir/worktree"
+    mkdir -p "$base_dir"
+    git worktree prune  # a bench/.baseline deleted by hand leaves a stale registration behind
+    if git -C "$wt" rev-parse --git-dir >/dev/null 2>&1 &&
+       [[ "$(git -C "$wt" rev-parse --show-toplevel)" == "$(realpath "$wt")" ]]; then
+      # our own worktree from an earlier run: move it to the revision (it holds no work of anyone's)
+      git -C "$wt" checkout --quiet --force --detach "$base_sha"
+    else
+      rm -rf "$wt"
+      git worktree add --quiet --detach "$wt" "$base_sha"
+    fi
+    echo "bench: building baseline $base_short (release) in $wt" >&2
+    (cd "$wt" && CARGO_TARGET_DIR="$base_dir/target" cargo build --release --locked --quiet)
+    cp "$base_dir/target/release/regmirror" "$base_bin.tmp"
+    mv "$base_bin.tmp" "$base_bin"
+  fi
+  baseline_args=(--baseline "$base_bin" --baseline-label "$base_short")
+fi
+
 exec python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror" \
-  --results "$repo_root/bench/results" "$@"
+  --results "$repo_root/bench/results" "${baseline_args[@]}" "$@"
