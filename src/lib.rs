@@ -2,22 +2,35 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command line (`serve`, `config check`, `client-config`); process set-up only.
+//! - [`cli`]: command line (`serve`, `config check`, `cache`, `client-config`); process set-up only.
 //! - [`config`]: the TOML configuration, embedded defaults, environment overrides, validation.
-//! - [`oci`]: pure OCI types: digests, names, references, media types. No I/O.
+//! - [`oci`]: pure OCI types: digests, names, references, media types, byte ranges. No I/O.
 //! - [`routing`]: (listener, Host, `?ns=`, path) -> (upstream, repository). Pure, table-tested.
-//! - [`upstream`]: HTTP client to one registry: auth challenges, token cache, redirects, retries.
-//! - [`storage`]: the one storage trait for committed objects, and its backends (local disk).
-//! - [`cache`]: the pull-through logic: hit / miss / in-flight, one fill per digest, tag freshness.
-//!   A blob body is a stream or a file region (a committed blob or a fill's spool file).
-//! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], dispatch to the cache, errors -> OCI JSON.
-//! - [`metrics`]: names of every Prometheus series and the exporter.
-//! - [`server`]: listeners (shared and per-upstream), graceful shutdown, and the HTTP/1.1 front that
+//! - [`upstream`]: HTTP client to one registry: typed calls (`get_blob`, `head_manifest`, `tags`,
+//!   ...), auth challenges, token cache, redirects, the one retry helper.
+//! - `storage`: the one storage trait for committed objects, `storage::open` (the only place
+//!   a backend is named) and its backends (local disk), with one conformance suite.
+//! - `staging`: local files a fill streams through (spool writer and tailing readers, file
+//!   regions, page-cache-aware reads), usable in front of any backend.
+//! - `cache`: the pull-through logic, a facade over `BlobCache` (hits, fills through the
+//!   `FillTable` single-flight, ranges) and `ManifestCache` (digests, tags and their freshness,
+//!   stale serving, tags lists), with access tracking and eviction.
+//! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], one function per endpoint,
+//!   errors -> OCI JSON in one place.
+//! - `metrics`: names of every Prometheus series and the exporter.
+//! - `server`: listeners (shared and per-upstream), graceful shutdown, and the HTTP/1.1 front that
 //!   sends blob bodies with `sendfile(2)` (hyper serves everything it does not take).
-//! - [`client_config`]: generates docker / containerd / podman / kubeadm / kubespray configuration.
+//! - `client_config`: generates docker / containerd / podman / kubeadm / kubespray configuration.
+//! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
+//!   Linux-gated, each with its SAFETY argument.
 //!
-//! Calls go one way: `api` -> `cache` -> (`upstream`, `storage`). Only `api` knows HTTP statuses
-//! and OCI error codes. `server` calls `api`'s router for every request, whichever side parsed it.
+//! Calls go one way: `api` -> `cache` -> (`upstream`, `storage`, `staging`); `storage` and
+//! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
+//! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
+//! every request, whichever side parsed it.
+//!
+//! The public items are what the binary (`cli::main`) and the black-box tests (the parsers they
+//! fuzz) use; everything else is `pub(crate)`.
 
 #![warn(unreachable_pub, missing_docs)]
 

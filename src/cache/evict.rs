@@ -150,12 +150,8 @@ mod tests {
 
     #[tokio::test]
     async fn evicts_least_recently_used_until_under_size_and_skips_readers() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::open(dir.path(), crate::storage::Role::Server)
-            .await
-            .unwrap()
-            .storage;
-        let s = s.as_ref();
+        let (dir, opened) = crate::storage::temporary().await;
+        let s = opened.storage.as_ref();
         for (i, key) in [
             "blobs/sha256/aa/a1",
             "blobs/sha256/bb/b2",

@@ -209,12 +209,8 @@ mod tests {
 
     #[tokio::test]
     async fn list_and_remove_keep_shared_blobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = crate::storage::open(dir.path(), crate::storage::Role::Server)
-            .await
-            .unwrap()
-            .storage;
-        let s = s.as_ref();
+        let (_dir, opened) = crate::storage::temporary().await;
+        let s = opened.storage.as_ref();
         put_image(s, "docker.io", "library/a", "1", &[b"shared", b"only-a"]).await;
         put_image(s, "docker.io", "library/b", "1", &[b"shared", b"only-b"]).await;
         put_image(s, "ghcr.io", "o/c", "v2", &[b"only-c"]).await;

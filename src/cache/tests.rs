@@ -159,7 +159,7 @@ async fn harness(tag_ttl_secs: u64) -> Harness {
     config.validate().unwrap();
     let opened = crate::storage::open(dir.path(), crate::storage::Role::Server)
         .await
-        .unwrap();
+        .expect("open the store");
     let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap());
     Harness {
         cache,

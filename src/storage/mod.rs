@@ -140,6 +140,14 @@ pub(crate) trait Storage: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
 }
 
+/// A store in a fresh temporary directory (removed when the guard drops), for tests.
+#[cfg(test)]
+pub(crate) async fn temporary() -> (tempfile::TempDir, Opened) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let opened = open(dir.path(), Role::Server).await.expect("open the store");
+    (dir, opened)
+}
+
 /// Reject keys that could escape the store: absolute, `..`, empty segments, odd characters.
 pub(crate) fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
