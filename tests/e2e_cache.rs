@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use reqwest::Method;
 use support::client::RegistryClient;
-use support::faults::{wait_for, Extra, Mirror};
+use support::faults::wait_for;
 use support::image::{Image, MultiImage};
-use support::mirror::{MirrorConfig, UpstreamEntry};
+use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
 use support::seed::{seed, Seeded};
 use support::skopeo::{self, CopyOptions, DirImage};
@@ -25,8 +25,7 @@ const ALIAS: &str = "up";
 struct Setup {
     registry: Registry,
     seeded: Seeded,
-    mirror: Mirror,
-    _root: tempfile::TempDir,
+    mirror: Regmirror,
 }
 
 async fn setup(tag_ttl_secs: u64) -> Setup {
@@ -37,14 +36,12 @@ async fn setup(tag_ttl_secs: u64) -> Setup {
     ]);
     config.no_builtin_upstreams = true;
     config.default_upstream = String::new();
-    let root = tempfile::tempdir().unwrap();
-    let extra = Extra::default().upstream("tag_ttl_secs", tag_ttl_secs as i64);
-    let mirror = Mirror::start(root.path(), &root.path().join("data"), config, &extra).await;
+    config.extra = Extra::default().upstream("tag_ttl_secs", tag_ttl_secs as i64);
+    let mirror = Regmirror::start(config).await;
     Setup {
         registry,
         seeded,
         mirror,
-        _root: root,
     }
 }
 

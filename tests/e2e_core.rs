@@ -888,7 +888,7 @@ async fn bad_input_is_rejected_and_nothing_is_written_outside_the_data_dir() {
         .manifest(Method::GET, "busybox", "v1")
         .await;
     assert_eq!(warm.status, 200);
-    let root = w.mirror.root.path().to_path_buf();
+    let root = w.mirror.root.clone();
     let sentinel = root.join("sentinel.txt");
     std::fs::write(&sentinel, b"untouched").unwrap();
     let before = support::env::snapshot_tree(&root, &[&w.mirror.data_dir]);

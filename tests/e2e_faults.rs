@@ -16,10 +16,10 @@ use reqwest::Method;
 use support::client::RegistryClient;
 use support::faults::{
     blob_path, fd_count, manifest_path, metric, raw_exchange, rss_kib, sized_image, sockets_to,
-    tmp_files, wait_for, Behaviour, Extra, FaultyUpstream, Mirror, RawOutcome, Tmpfs,
+    tmp_files, wait_for, Behaviour, FaultyUpstream, RawOutcome, Tmpfs,
 };
 use support::image::Image;
-use support::mirror::{MirrorConfig, UpstreamEntry};
+use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
 use support::skopeo::{self, CopyOptions, DirImage};
 
@@ -28,11 +28,18 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
 /// A regmirror in front of one upstream (`name` fetched from `url`, alias `up`), data in `data_dir`.
-async fn mirror_for(name: &str, url: &str, root: &Path, data_dir: &Path, extra: &Extra) -> Mirror {
+async fn mirror_for(
+    name: &str,
+    url: &str,
+    root: &Path,
+    data_dir: &Path,
+    extra: &Extra,
+) -> Regmirror {
     let mut config = MirrorConfig::new(vec![UpstreamEntry::new(name, url).alias(ALIAS)]);
     config.no_builtin_upstreams = true;
     config.default_upstream = String::new();
-    Mirror::start(root, data_dir, config, extra).await
+    config.extra = extra.clone();
+    Regmirror::start_in(root, data_dir, config).await
 }
 
 fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {

@@ -14,9 +14,9 @@ use std::process::Stdio;
 
 use std::time::Duration;
 use support::client::RegistryClient;
-use support::faults::{self, random_bytes, wait_for, Extra, Mirror};
+use support::faults::{self, random_bytes, wait_for};
 use support::image::Blob;
-use support::mirror::{MirrorConfig, UpstreamEntry};
+use support::mirror::{MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
 
 /// Path prefix (an alias) under which the mirror serves the upstream.
@@ -78,14 +78,7 @@ async fn rounds(registry: &Registry, blob: &Blob) -> Peaks {
     ]);
     config.no_builtin_upstreams = true;
     config.default_upstream = String::new();
-    let root = tempfile::tempdir().unwrap();
-    let mut mirror = Mirror::start(
-        root.path(),
-        &root.path().join("data"),
-        config,
-        &Extra::default(),
-    )
-    .await;
+    let mut mirror = Regmirror::start(config).await;
     let url = format!("{}/v2/{ALIAS}/{REPO}/blobs/{}", mirror.url, blob.digest);
     let size = blob.size() / MIB;
     let idle_kib = status_kib(mirror.pid(), "VmRSS");

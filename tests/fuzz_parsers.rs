@@ -1,5 +1,7 @@
 //! Property-based fuzzing of everything that parses untrusted input: request paths, repository
 //! names, references, digests, `WWW-Authenticate` challenges, `Accept` headers and routing.
+//! The HTTP/1.1 head classifier is private to the crate: its properties live next to it, in the
+//! tests of `src/server/http1.rs`, with the same `PROPTEST_CASES` setting.
 //!
 //! Runs in CI for a bounded number of cases (`PROPTEST_CASES`, default 4096 per property). cargo-fuzz
 //! needs a nightly toolchain, which this project's machines do not have; proptest gives the same

@@ -4,12 +4,14 @@
 //! Every process started here is stopped by its own PID when its owner is dropped (SIGTERM first
 //! so dockerd and containerd unmount what they mounted, SIGKILL after a grace period).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::env::{free_port, ChildGuard};
+use super::mirror::run;
 
 /// Tools the client tests need besides the core harness tools.
 pub const DOCKER_TOOLS: &[&str] = &[
@@ -24,36 +26,28 @@ pub const DOCKER_TOOLS: &[&str] = &[
 pub const CONTAINERD_TOOLS: &[&str] = &["containerd", "ctr"];
 pub const PODMAN_TOOLS: &[&str] = &["podman", "runc"];
 
-/// Run `regmirror client-config ARGS --write DIR`; returns stderr (the notes). Panics on failure.
-pub fn client_config_write(args: &[&str], dir: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-        .arg("client-config")
-        .args(args)
-        .arg("--write")
-        .arg(dir)
-        .output()
-        .expect("run regmirror client-config");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "client-config {args:?} failed: {stderr}"
-    );
-    stderr
-}
-
-/// Run `regmirror client-config ARGS` and return what it printed on stdout.
-pub fn client_config_print(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-        .arg("client-config")
-        .args(args)
-        .output()
-        .expect("run regmirror client-config");
+/// Run `regmirror client-config ARGS`; panics (showing its stderr) on failure.
+fn client_config(args: &[&OsStr]) -> Output {
+    let out = run(std::iter::once(OsStr::new("client-config")).chain(args.iter().copied()));
     assert!(
         out.status.success(),
         "client-config {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
+}
+
+/// Run `regmirror client-config ARGS --write DIR`; returns stderr (the notes). Panics on failure.
+pub fn client_config_write(args: &[&str], dir: &Path) -> String {
+    let mut argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    argv.extend([OsStr::new("--write"), dir.as_os_str()]);
+    String::from_utf8_lossy(&client_config(&argv).stderr).into_owned()
+}
+
+/// Run `regmirror client-config ARGS` and return what it printed on stdout.
+pub fn client_config_print(args: &[&str]) -> String {
+    let argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    String::from_utf8_lossy(&client_config(&argv).stdout).into_owned()
 }
 
 /// Run a command to completion with a time limit; the child is killed (by PID) when it overruns.

@@ -1,14 +1,15 @@
 //! Fault injection for the end-to-end tests: an in-process upstream whose blobs misbehave on
-//! purpose (stall, get cut off, carry wrong bytes; oversized manifests; an outage switch), a
-//! regmirror process that is killed with SIGKILL and restarted on the same data directory (also
-//! one on a tmpfs), raw sockets for limit tests, `/metrics` parsing and `/proc` readings.
+//! purpose (stall, get cut off, carry wrong bytes; oversized manifests; an outage switch), paths
+//! into regmirror's data directory, a small tmpfs to put that directory on (disk full), raw
+//! sockets for limit tests, `/metrics` parsing and `/proc` readings. The regmirror that is killed
+//! with SIGKILL and restarted on the same data directory is [`super::mirror::Regmirror`].
 //!
-//! Everything started here is stopped by its own PID (or unmounted) when dropped.
+//! Everything started here is stopped (or unmounted) when dropped.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,11 +18,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode};
 
 use super::background::BackgroundServer;
-use super::env::{sha256_digest, wait_http_ready, ChildGuard};
+use super::env::sha256_digest;
 use super::image::{
     layer, Blob, Entry, Format, Image, Platform, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST,
 };
-use super::mirror::{parse_listening, parse_request_record, MirrorConfig, RequestRecord};
 
 // ---------------------------------------------------------------------------------------------
 // Images with incompressible layers
@@ -375,202 +375,6 @@ fn blob_body(
 }
 
 // ---------------------------------------------------------------------------------------------
-// A regmirror process that can be killed and restarted on the same data directory
-
-/// Extra configuration keys the harness's `MirrorConfig` does not model.
-#[derive(Debug, Clone, Default)]
-pub struct Extra {
-    /// Top-level keys, e.g. `max_size`, `gc_interval_secs`, `header_timeout_secs`.
-    pub top: toml::Table,
-    /// Keys added to every `[[upstream]]`, e.g. `tag_ttl_secs`, `read_timeout_secs`.
-    pub upstream: toml::Table,
-}
-
-impl Extra {
-    pub fn top(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
-        self.top.insert(key.into(), value.into());
-        self
-    }
-
-    pub fn upstream(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
-        self.upstream.insert(key.into(), value.into());
-        self
-    }
-}
-
-/// A `regmirror serve` whose config and data directory outlive the process.
-pub struct Mirror {
-    guard: Option<ChildGuard>,
-    pub data_dir: PathBuf,
-    pub config_path: PathBuf,
-    pub log_path: PathBuf,
-    /// `http://ADDR` of the shared listener of the current process.
-    pub url: String,
-    config_text: String,
-}
-
-impl Mirror {
-    /// Write the config into `root` (data in `data_dir`, which may be a mount point) and start.
-    pub async fn start(
-        root: &Path,
-        data_dir: &Path,
-        mut config: MirrorConfig,
-        extra: &Extra,
-    ) -> Mirror {
-        config.data_dir = data_dir.to_path_buf();
-        let mut value = toml::Value::try_from(&config).expect("config to toml");
-        let table = value.as_table_mut().expect("table");
-        for (k, v) in &extra.top {
-            table.insert(k.clone(), v.clone());
-        }
-        if let Some(toml::Value::Array(ups)) = table.get_mut("upstream") {
-            for u in ups.iter_mut().filter_map(toml::Value::as_table_mut) {
-                for (k, v) in &extra.upstream {
-                    u.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        let config_text = toml::to_string(&value).expect("serialise config");
-        let config_path = root.join("regmirror.toml");
-        std::fs::write(&config_path, &config_text).expect("write config");
-        let mut m = Mirror {
-            guard: None,
-            data_dir: data_dir.to_path_buf(),
-            config_path,
-            log_path: root.join("regmirror.log"),
-            url: String::new(),
-            config_text,
-        };
-        m.spawn().await;
-        m
-    }
-
-    /// Start the process (again) with the same config and data directory; its log is appended.
-    pub async fn spawn(&mut self) {
-        assert!(self.guard.is_none(), "regmirror is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .env_remove("REGMIRROR_CONFIG")
-            .env_remove("REGMIRROR_DATA_DIR")
-            .env_remove("REGMIRROR_LISTEN")
-            .env("REGMIRROR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn regmirror");
-        let mut guard = ChildGuard::new(child, "regmirror");
-        let stdout = guard.child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            if let Some(status) = guard.exited() {
-                panic!(
-                    "regmirror exited with {status}\n--- config ---\n{}\n--- log ---\n{}",
-                    self.config_text,
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "regmirror printed no listener line in 20 s\n{}",
-                self.log()
-            );
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-                if let Some((url, None)) = parse_listening(&line) {
-                    break url;
-                }
-            }
-        };
-        if let Err(e) = wait_http_ready(
-            &format!("{url}/v2/"),
-            &[200],
-            &mut guard,
-            Duration::from_secs(20),
-        )
-        .await
-        {
-            panic!("regmirror not ready: {e}\n{}", self.log());
-        }
-        self.url = url;
-        self.guard = Some(guard);
-    }
-
-    /// SIGKILL the process (by its PID) and reap it.
-    pub fn kill9(&mut self) {
-        let mut g = self.guard.take().expect("regmirror running");
-        g.child.kill().expect("SIGKILL regmirror");
-        let _ = g.child.wait();
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.guard.as_ref().expect("regmirror running").pid()
-    }
-
-    /// `127.0.0.1:PORT` of the shared listener.
-    pub fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        self.log()
-            .lines()
-            .filter_map(parse_request_record)
-            .collect()
-    }
-
-    /// Run `regmirror cache ARGS... --config <this config>`; returns (success, stdout, stderr).
-    pub fn cache_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("cache")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .env_remove("REGMIRROR_CONFIG")
-            .env_remove("REGMIRROR_DATA_DIR")
-            .output()
-            .expect("run regmirror cache");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- regmirror log (last 40 lines of {}) ---\n{}",
-                self.log_path.display(),
-                tail(&self.log(), 40)
-            );
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // tmpfs
 
 /// Whether this process runs as root (mounting a tmpfs needs it). Without root the calling test
@@ -763,12 +567,6 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// sha256 of a file's contents, or None if it cannot be read.

@@ -1,18 +1,62 @@
-//! The real `regmirror` binary with a generated config in a temp dir; killed on drop.
+//! The real `regmirror` binary: `regmirror serve` on a generated config, killed on drop and
+//! restartable on the same data directory, and one-shot `regmirror <args>` commands
+//! (`client-config`, `cache`).
 //!
 //! The binary prints one stdout line per listener (`regmirror: listening on http://ADDR (all
-//! upstreams)` / `(upstream NAME)`); logs go to stderr, captured to `regmirror.log`. With
-//! `log_format = "json"` each HTTP request is one JSON line with `fields.message == "request"`.
+//! upstreams)` / `(upstream NAME)`), copied to `stdout.log`; logs go to stderr, captured to
+//! `regmirror.log` (both appended to across restarts). With `log_format = "json"` each HTTP
+//! request is one JSON line with `fields.message == "request"`. Every run clears the environment
+//! variables regmirror reads configuration from, so the config file alone decides.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
+use std::ffi::OsStr;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::env::{wait_http_ready, ChildGuard};
+
+/// The environment variables regmirror takes configuration from (`src/cli`, `src/config.rs`).
+const CONFIG_ENV: &[&str] = &[
+    "REGMIRROR_CONFIG",
+    "REGMIRROR_LISTEN",
+    "REGMIRROR_DATA_DIR",
+    "REGMIRROR_DEFAULT_UPSTREAM",
+    "REGMIRROR_LOG_FORMAT",
+    "REGMIRROR_ALLOW_ANY_UPSTREAM",
+];
+
+/// How long a start may take to print its listener lines, and then to answer `GET /v2/`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `regmirror ARGS...` with stdin closed and the configuration environment cleared.
+fn command<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regmirror"));
+    cmd.args(args).stdin(Stdio::null());
+    for var in CONFIG_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Run the one-shot command `regmirror ARGS...` to completion, stdout and stderr captured.
+pub fn run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let mut cmd = command(args);
+    cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+}
+
+/// `path` opened for appending, created if missing.
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
 
 /// One `[[upstream]]` table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -73,6 +117,27 @@ impl UpstreamEntry {
     }
 }
 
+/// Configuration keys [`MirrorConfig`] does not model, merged into the file it writes.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Top-level keys, e.g. `max_size`, `gc_interval_secs`, `header_timeout_secs`.
+    pub top: toml::Table,
+    /// Keys added to every `[[upstream]]`, e.g. `tag_ttl_secs`, `read_timeout_secs`.
+    pub upstream: toml::Table,
+}
+
+impl Extra {
+    pub fn top(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.top.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn upstream(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.upstream.insert(key.into(), value.into());
+        self
+    }
+}
+
 /// The config file regmirror is started with.
 #[derive(Debug, Clone, Serialize)]
 pub struct MirrorConfig {
@@ -83,14 +148,14 @@ pub struct MirrorConfig {
     pub log_format: String,
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamEntry>,
-    /// Raw TOML appended to the file (for keys this struct does not know yet).
+    /// Keys this struct does not know, merged into the file.
     #[serde(skip)]
-    pub extra_toml: String,
+    pub extra: Extra,
 }
 
 impl MirrorConfig {
     /// Listen on 127.0.0.1:0, json logs, only the given upstreams; `data_dir` is set by
-    /// [`Regmirror::start`].
+    /// [`Regmirror::start`] or [`Regmirror::start_in`].
     pub fn new(upstreams: Vec<UpstreamEntry>) -> MirrorConfig {
         MirrorConfig {
             listen: "127.0.0.1:0".into(),
@@ -99,8 +164,25 @@ impl MirrorConfig {
             no_builtin_upstreams: false,
             log_format: "json".into(),
             upstreams,
-            extra_toml: String::new(),
+            extra: Extra::default(),
         }
+    }
+
+    /// The file's TOML, and how many listeners it opens (the shared one and each dedicated one).
+    fn render(&self) -> (String, usize) {
+        let mut table = toml::Table::try_from(self).expect("config to toml");
+        table.extend(self.extra.top.clone());
+        let mut listeners = 1;
+        if let Some(toml::Value::Array(ups)) = table.get_mut("upstream") {
+            for u in ups.iter_mut().filter_map(toml::Value::as_table_mut) {
+                u.extend(self.extra.upstream.clone());
+                listeners += usize::from(u.contains_key("listen"));
+            }
+        }
+        (
+            toml::to_string(&table).expect("serialise config"),
+            listeners,
+        )
     }
 }
 
@@ -117,86 +199,134 @@ pub struct RequestRecord {
     pub raw: serde_json::Value,
 }
 
-/// A running regmirror.
+/// A `regmirror serve` process and the files it runs on. The config, the logs and the data
+/// directory outlive the process: [`Regmirror::kill9`] then [`Regmirror::spawn`] restarts it on
+/// the same data. The process is killed (by its PID) when this drops.
 pub struct Regmirror {
-    guard: ChildGuard,
-    /// Temp dir holding `regmirror.toml`, the logs and `data/` (the data_dir).
-    pub root: tempfile::TempDir,
+    /// Declared first: dropped (killed) before `tmp` is removed.
+    process: Option<ChildGuard>,
+    /// The temp dir `root` is, when [`Regmirror::start`] made it.
+    tmp: Option<tempfile::TempDir>,
+    /// Holds `regmirror.toml`, `regmirror.log` and `stdout.log` (and `data/` after
+    /// [`Regmirror::start`]).
+    pub root: PathBuf,
     pub data_dir: PathBuf,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
-    /// `http://ADDR` of the shared listener.
+    /// `http://ADDR` of the shared listener of the current process.
     pub url: String,
-    /// Dedicated listeners: upstream label as printed -> `http://ADDR`.
+    /// Dedicated listeners of the current process: upstream label as printed -> `http://ADDR`.
     pub dedicated: BTreeMap<String, String>,
+    config_text: String,
+    /// Listener lines a start waits for.
+    listeners: usize,
 }
 
 impl Regmirror {
-    /// Write the config (with `data_dir` = `<root>/data`), start `regmirror serve`, wait for every
-    /// listener line and for `GET /v2/` to answer 200 on each.
-    pub async fn start(mut config: MirrorConfig) -> Regmirror {
-        let root = tempfile::tempdir().expect("tempdir");
-        let data_dir = root.path().join("data");
-        config.data_dir = data_dir.clone();
-        let expected = 1 + config
-            .upstreams
-            .iter()
-            .filter(|u| u.listen.is_some())
-            .count();
-        let mut text = toml::to_string(&config).expect("serialise config");
-        text.push_str(&config.extra_toml);
-        let config_path = root.path().join("regmirror.toml");
-        std::fs::write(&config_path, &text).expect("write config");
-        let log_path = root.path().join("regmirror.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_regmirror"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env_remove("REGMIRROR_CONFIG")
+    /// Start on `config` in a new temp dir, with `data_dir` = `<root>/data`.
+    pub async fn start(config: MirrorConfig) -> Regmirror {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let mut m = Regmirror::start_in(&root, &root.join("data"), config).await;
+        m.tmp = Some(tmp);
+        m
+    }
+
+    /// Write `config` (data in `data_dir`, which may be a mount point) to `root/regmirror.toml`
+    /// and start. `root` must outlive the returned value.
+    pub async fn start_in(root: &Path, data_dir: &Path, mut config: MirrorConfig) -> Regmirror {
+        config.data_dir = data_dir.to_path_buf();
+        let (config_text, listeners) = config.render();
+        let config_path = root.join("regmirror.toml");
+        std::fs::write(&config_path, &config_text).expect("write config");
+        let mut m = Regmirror {
+            process: None,
+            tmp: None,
+            root: root.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            config_path,
+            log_path: root.join("regmirror.log"),
+            url: String::new(),
+            dedicated: BTreeMap::new(),
+            config_text,
+            listeners,
+        };
+        m.spawn().await;
+        m
+    }
+
+    /// Start the process (again) on the same config and data directory: wait for every listener
+    /// line, then for `GET /v2/` to answer 200 on each listener.
+    pub async fn spawn(&mut self) {
+        assert!(self.process.is_none(), "regmirror is already running");
+        let (mut guard, lines) = self.spawn_serve();
+        let (url, dedicated) = match self.read_listeners(&mut guard, &lines) {
+            Ok(listeners) => listeners,
+            Err(why) => self.fail(why),
+        };
+        for u in std::iter::once(&url).chain(dedicated.values()) {
+            let ready = format!("{u}/v2/");
+            if let Err(e) = wait_http_ready(&ready, &[200], &mut guard, START_TIMEOUT).await {
+                self.fail(e);
+            }
+        }
+        self.url = url;
+        self.dedicated = dedicated;
+        self.process = Some(guard);
+    }
+
+    /// `regmirror serve --config <config>`: stderr appended to the log, each stdout line
+    /// appended to `stdout.log` and sent to the returned channel.
+    fn spawn_serve(&self) -> (ChildGuard, Receiver<String>) {
+        let child = command(["serve", "--config"])
+            .arg(&self.config_path)
             .env("REGMIRROR_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log_path).expect("log file"))
+            .stderr(append(&self.log_path))
             .spawn()
-            .expect("spawn regmirror");
+            .expect("spawn regmirror serve");
         let mut guard = ChildGuard::new(child, "regmirror");
-        let stdout = guard.child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stdout_copy = root.path().join("stdout.log");
+        let stdout = guard.child.stdout.take().expect("stdout is piped");
+        let mut copy = append(&self.root.join("stdout.log"));
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut copy = std::fs::File::create(stdout_copy).ok();
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
-                if let Some(f) = copy.as_mut() {
-                    use std::io::Write;
-                    let _ = writeln!(f, "{line}");
-                }
+                let _ = writeln!(copy, "{line}");
                 let _ = tx.send(line);
             }
         });
-        let fail = |why: String, log_path: &Path, text: &str| -> ! {
-            panic!(
-                "regmirror did not start: {why}\n--- config ---\n{text}\n--- stderr ---\n{}",
-                std::fs::read_to_string(log_path).unwrap_or_default()
-            )
-        };
-        let mut url = None;
+        (guard, rx)
+    }
+
+    /// The shared and the dedicated listeners, once every line the config promises is printed.
+    fn read_listeners(
+        &self,
+        guard: &mut ChildGuard,
+        lines: &Receiver<String>,
+    ) -> Result<(String, BTreeMap<String, String>), String> {
+        let mut url: Option<String> = None;
         let mut dedicated = BTreeMap::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while url.is_none() || dedicated.len() + 1 < expected {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match &url {
+                Some(url) if dedicated.len() + 1 >= self.listeners => {
+                    return Ok((url.clone(), dedicated))
+                }
+                _ => {}
+            }
             if let Some(status) = guard.exited() {
-                fail(format!("exited with {status}"), &log_path, &text);
+                return Err(format!("exited with {status}"));
             }
-            if std::time::Instant::now() > deadline {
-                fail(
-                    format!("no listener lines after 20 s (wanted {expected})"),
-                    &log_path,
-                    &text,
-                );
+            if Instant::now() > deadline {
+                let wanted = self.listeners;
+                return Err(format!(
+                    "no listener lines after {START_TIMEOUT:?} (wanted {wanted})"
+                ));
             }
-            match rx.recv_timeout(Duration::from_millis(50)) {
+            match lines.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => match parse_listening(&line) {
                     Some((addr, None)) => url = Some(addr),
                     Some((addr, Some(upstream))) => {
@@ -204,35 +334,41 @@ impl Regmirror {
                     }
                     None => {}
                 },
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the exit check above reports it on the next turn.
-                    std::thread::sleep(Duration::from_millis(20));
+                Err(RecvTimeoutError::Timeout) => {}
+                // stdout closed: the exit check above reports it on the next turn.
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(20))
                 }
             }
         }
-        let url = url.expect("shared listener");
-        for u in std::iter::once(&url).chain(dedicated.values()) {
-            if let Err(e) = wait_http_ready(
-                &format!("{u}/v2/"),
-                &[200],
-                &mut guard,
-                Duration::from_secs(20),
-            )
-            .await
-            {
-                fail(e, &log_path, &text);
-            }
-        }
-        Regmirror {
-            guard,
-            root,
-            data_dir,
-            config_path,
-            log_path,
-            url,
-            dedicated,
-        }
+    }
+
+    fn fail(&self, why: String) -> ! {
+        panic!(
+            "regmirror did not start: {why}\n--- config ---\n{}\n--- stderr ---\n{}",
+            self.config_text,
+            self.log()
+        )
+    }
+
+    /// SIGKILL the process (by its PID) and reap it; the files stay for [`Regmirror::spawn`].
+    pub fn kill9(&mut self) {
+        let mut g = self.process.take().expect("regmirror running");
+        g.child.kill().expect("SIGKILL regmirror");
+        let _ = g.child.wait();
+    }
+
+    /// Run `regmirror cache ARGS... --config <this config>`; returns (success, stdout, stderr).
+    pub fn cache_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut argv = vec![OsStr::new("cache")];
+        argv.extend(args.iter().map(OsStr::new));
+        argv.extend([OsStr::new("--config"), self.config_path.as_os_str()]);
+        let out = run(argv);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// `127.0.0.1:PORT` of the shared listener (for skopeo references and raw requests).
@@ -254,26 +390,32 @@ impl Regmirror {
             })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.guard.pid()
+    fn guard(&self) -> &ChildGuard {
+        self.process.as_ref().expect("regmirror running")
     }
 
-    /// The exit status once the process has ended.
+    pub fn pid(&self) -> u32 {
+        self.guard().pid()
+    }
+
+    /// The exit status once the process has ended (None also after [`Regmirror::kill9`]).
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.guard.exited()
+        self.process.as_mut()?.exited()
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.guard.exited().is_none()
+        self.process.as_mut().is_some_and(|g| g.exited().is_none())
     }
 
-    /// Whether the process is still running (probing with signal 0, no reaping).
+    /// Whether the process is still running (read from `/proc`, no reaping).
     pub fn is_running_ref(&self) -> bool {
-        std::path::Path::new(&format!("/proc/{}", self.guard.pid())).exists()
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.guard.pid()))
-                .map(|s| s.split(' ').nth(2) == Some("Z"))
-                .unwrap_or(true)
+        let Some(g) = self.process.as_ref() else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", g.pid()))
+            .map(|s| s.split(' ').nth(2) != Some("Z"))
+            .unwrap_or(false)
     }
 
     /// The captured stderr.

@@ -15,7 +15,12 @@
 //! - [`seed`]: push the standard set of images to an upstream and return their digests.
 //! - [`ledger`]: the answers a test sent, checked against regmirror's request log and its
 //!   bytes-served counter.
-//! - [`mirror`]: spawn `regmirror serve` with a generated config, read its listeners and request log.
+//! - [`mirror`]: the real `regmirror` binary: `regmirror serve` on a generated config (listeners,
+//!   request log, SIGKILL and restart on the same data directory) and one-shot `regmirror <args>`.
+//! - [`faults`]: a misbehaving in-process upstream, paths into the data directory, a tmpfs for
+//!   disk-full tests, raw sockets, `/metrics` and `/proc` readings.
+//! - [`clients`]: dockerd (in a loopback-only network namespace), containerd and podman, configured
+//!   with `regmirror client-config`.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
 //! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
 //!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
