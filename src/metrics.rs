@@ -23,6 +23,9 @@ pub(crate) const EVICTIONS: &str = "regmirror_evictions_total";
 pub(crate) const EVICTED_BYTES: &str = "regmirror_evicted_bytes_total";
 pub(crate) const RATELIMIT_REMAINING: &str = "regmirror_upstream_ratelimit_remaining";
 pub(crate) const STALE_SERVED: &str = "regmirror_stale_served_total";
+pub(crate) const UPSTREAM_UP: &str = "regmirror_upstream_up";
+pub(crate) const REVALIDATIONS: &str = "regmirror_revalidations_total";
+pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -85,6 +88,18 @@ fn describe() {
     describe_gauge!(
         CACHE_OBJECTS,
         "Blobs and manifests in the cache (as of the last scan)"
+    );
+    describe_gauge!(
+        UPSTREAM_UP,
+        "1 while the upstream is reachable, 0 while it is down (requests fail fast, a probe runs)"
+    );
+    describe_counter!(
+        REVALIDATIONS,
+        "Background revalidations of expired tags by upstream and outcome (same, changed, failed)"
+    );
+    describe_counter!(
+        NEGATIVE_HITS,
+        "Requests answered \"not found\" from the short-lived negative cache, by kind"
     );
     describe_counter!(EVICTIONS, "Objects removed by eviction");
     describe_counter!(EVICTED_BYTES, Unit::Bytes, "Bytes removed by eviction");

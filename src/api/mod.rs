@@ -234,11 +234,25 @@ async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Optio
     Ok((status, resp))
 }
 
+/// `200 ready` when storage works, whatever the upstreams do (a mirror with its cache is still
+/// useful); the body lists every upstream that is down.
 async fn ready(cache: &Cache) -> Result<Response, Error> {
-    match cache.check_ready().await {
-        Ok(()) => Ok((StatusCode::OK, "ready\n").into_response()),
-        Err(e) => Err(Error::Unavailable(format!("not ready: {e}"))),
+    cache
+        .check_ready()
+        .await
+        .map_err(|e| Error::Unavailable(format!("not ready: {e}")))?;
+    let mut body = String::from("ready\n");
+    for h in cache.upstream_health() {
+        if let Some((since, at, reason)) = h.down {
+            body.push_str(&format!(
+                "upstream {} down since {} (last failure at {}: {reason})\n",
+                h.upstream,
+                httpdate::fmt_http_date(since),
+                httpdate::fmt_http_date(at),
+            ));
+        }
     }
+    Ok((StatusCode::OK, body).into_response())
 }
 
 fn metrics_response() -> Response {
@@ -249,6 +263,11 @@ fn metrics_response() -> Response {
     );
     resp
 }
+
+/// The `Warning` header on answers served from cache past their TTL while a background request
+/// revalidates them.
+const REVALIDATING_WARNING: &str =
+    "110 regmirror \"Response is stale: the tag is being revalidated with the upstream registry\"";
 
 /// The `Warning` header on answers served from cache during an upstream outage.
 const STALE_WARNING: &str =
@@ -288,9 +307,14 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
         &m.media_type,
         m.size,
     );
-    if m.status == CacheStatus::Stale {
+    let warning = match m.status {
+        CacheStatus::Stale => Some(STALE_WARNING),
+        CacheStatus::Revalidating => Some(REVALIDATING_WARNING),
+        _ => None,
+    };
+    if let Some(w) = warning {
         resp.headers_mut()
-            .insert(header::WARNING, HeaderValue::from_static(STALE_WARNING));
+            .insert(header::WARNING, HeaderValue::from_static(w));
     }
     resp
 }

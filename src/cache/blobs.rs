@@ -14,6 +14,8 @@ use futures::StreamExt;
 use super::access::Access;
 use super::evict::Evictor;
 use super::flight::{Fill, FillPermit, FillTable, Flight, LocalFills};
+use super::negative::NotFound;
+use super::tags::Policies;
 use super::upstreams::Upstreams;
 use super::{keys, CacheStatus, Error, Result};
 use crate::config::Config;
@@ -65,6 +67,9 @@ pub(crate) struct BlobCache {
     fill_timeout: Duration,
     access: Arc<Access>,
     evictor: Arc<Evictor>,
+    policies: Arc<Policies>,
+    /// Blobs an upstream said it does not have, for a short time.
+    not_found: Arc<NotFound>,
 }
 
 impl BlobCache {
@@ -74,6 +79,8 @@ impl BlobCache {
         staging_dir: PathBuf,
         access: Arc<Access>,
         evictor: Arc<Evictor>,
+        policies: Arc<Policies>,
+        not_found: Arc<NotFound>,
     ) -> BlobCache {
         BlobCache {
             storage,
@@ -83,6 +90,8 @@ impl BlobCache {
             fill_timeout: Duration::from_secs(config.fill_timeout_secs.max(1)),
             access,
             evictor,
+            policies,
+            not_found,
         }
     }
 
@@ -106,9 +115,31 @@ impl BlobCache {
             return Ok(hit);
         }
         let up = upstreams.get(upstream)?;
+        let missing = format!("blob {upstream}/{repo}@{digest}");
+        if self.not_found.contains(&missing) {
+            metrics::counter!(crate::metrics::NEGATIVE_HITS, "kind" => "blob").increment(1);
+            return Err(Error::BlobUnknown);
+        }
+        let answer = self.blob_upstream(&up, repo, digest, range, head).await;
+        if matches!(answer, Err(Error::BlobUnknown)) {
+            let ttl = self.policies.get(upstream).negative_ttl;
+            self.not_found.insert(missing, ttl);
+        }
+        answer
+    }
+
+    /// A blob that is not in storage: join its fill, start one, or ask the upstream (HEAD).
+    async fn blob_upstream(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &str,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<Blob> {
         if let Some(fill) = self.fills.join(digest) {
             return self
-                .serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
+                .serve_fill(up, repo, fill, range, head, CacheStatus::Joined)
                 .await;
         }
         if head {
@@ -123,7 +154,7 @@ impl BlobCache {
         }
         match self.fills.start_or_join(digest) {
             Flight::Join(fill) => {
-                self.serve_fill(&up, repo, fill, range, head, CacheStatus::Joined)
+                self.serve_fill(up, repo, fill, range, head, CacheStatus::Joined)
                     .await
             }
             Flight::Start(fill, permit) => {
@@ -139,7 +170,7 @@ impl BlobCache {
                         .run_fill(task_up, task_repo, task_digest, permit)
                         .await
                 });
-                self.serve_fill(&up, repo, fill, range, head, CacheStatus::Miss)
+                self.serve_fill(up, repo, fill, range, head, CacheStatus::Miss)
                     .await
             }
         }

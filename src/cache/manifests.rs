@@ -12,7 +12,8 @@ use tokio::sync::OnceCell;
 
 use super::access::Access;
 use super::hot::Hot;
-use super::tags::{TagPolicies, TagRecord, TagTtl};
+use super::negative::NotFound;
+use super::tags::{Policies, TagRecord, TagTtl};
 use super::{decode_manifest, encode_manifest, keys, CacheStatus, Error, Result};
 use crate::config::Config;
 use crate::oci::{media, Digest, Reference};
@@ -36,14 +37,27 @@ type Flights = Mutex<HashMap<FlightKey, Arc<OnceCell<Result<Manifest>>>>>;
 
 /// The manifest side of the cache: manifests by digest and by tag, tag freshness, tags lists.
 pub(crate) struct ManifestCache {
-    storage: Arc<dyn Storage>,
+    pub(super) storage: Arc<dyn Storage>,
     access: Arc<Access>,
     flights: Flights,
-    tag_ttl: TagTtl,
-    policies: TagPolicies,
+    /// Background revalidations running, one per tag (see `revalidate.rs`).
+    pub(super) revalidating: super::revalidate::Revalidations,
+    pub(super) tag_ttl: TagTtl,
+    pub(super) policies: Arc<Policies>,
     hot: Hot,
-    max_manifest_bytes: u64,
+    /// Names the upstream said it does not have, for a short time.
+    not_found: Arc<NotFound>,
+    /// What the upstream answered a client whose Accept list excludes a tag's cached type:
+    /// (upstream, repository, tag, Accept list) -> digest, with when it was asked.
+    exact: Mutex<HashMap<(String, String, String, String), (Digest, tokio::time::Instant)>>,
+    /// Whole tags lists, by (upstream, repository), with when they were fetched.
+    pub(super) lists: Mutex<HashMap<(String, String), (Bytes, tokio::time::Instant)>>,
+    pub(super) list_flights: Mutex<HashMap<(String, String), Arc<OnceCell<Result<TagsPage>>>>>,
+    pub(super) max_manifest_bytes: u64,
 }
+
+/// Most entries of the exact-Accept memo and the tags-list cache before they are cleared.
+pub(super) const MAX_MEMO_ENTRIES: usize = 10_000;
 
 /// A tags list page from the upstream.
 #[derive(Debug, Clone)]
@@ -57,24 +71,35 @@ pub(crate) struct TagsPage {
 }
 
 impl ManifestCache {
-    pub(crate) fn new(config: &Config, storage: Arc<dyn Storage>, access: Arc<Access>) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        access: Arc<Access>,
+        policies: Arc<Policies>,
+        not_found: Arc<NotFound>,
+    ) -> Self {
         ManifestCache {
             storage,
             access,
             flights: Flights::default(),
+            revalidating: Default::default(),
             tag_ttl: TagTtl::default(),
-            policies: TagPolicies::from_config(config),
+            policies,
             hot: Hot::new(
                 usize::try_from(config.hot_manifest_bytes.0).unwrap_or(usize::MAX),
                 config.hot_tag_entries,
             ),
+            not_found,
+            exact: Mutex::default(),
+            lists: Mutex::default(),
+            list_flights: Mutex::default(),
             max_manifest_bytes: config.max_manifest_bytes,
         }
     }
 
     /// GET or HEAD a manifest by tag or digest.
     pub(crate) async fn manifest(
-        &self,
+        self: &Arc<Self>,
         up: &Arc<Upstream>,
         repo: &str,
         reference: &Reference,
@@ -82,43 +107,69 @@ impl ManifestCache {
         head: bool,
     ) -> Result<Manifest> {
         let upstream = up.name();
+        let missing = format!("manifest {upstream}/{repo}:{reference}");
         match reference {
             Reference::Digest(d) => {
                 // A digest names exact bytes: they are the answer whatever the client accepts.
                 if let Some((media_type, body)) = self.stored_manifest(d).await? {
                     return Ok(manifest(d.clone(), media_type, body, CacheStatus::Hit));
                 }
-                if head {
-                    return self
-                        .head_manifest_upstream(up, repo, reference, accept)
-                        .await;
-                }
             }
             Reference::Tag(tag) => {
-                if self
-                    .tag_ttl
-                    .is_fresh(self.policies.get(upstream), upstream, repo, tag)
-                {
-                    if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
-                        if media::client_accepts(accept, &m.media_type) {
+                if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
+                    let fresh =
+                        self.tag_ttl
+                            .is_fresh(self.policies.get(upstream), upstream, repo, tag);
+                    if media::client_accepts(accept, &m.media_type) {
+                        return match fresh {
+                            true => Ok(m),
+                            false => self.expired(up, repo, tag, m, accept).await,
+                        };
+                    }
+                    if fresh {
+                        if let Some(m) = self.remembered_exact(upstream, repo, tag, accept).await? {
                             return Ok(m);
                         }
                     }
                 }
             }
         }
-        let m = self.manifest_shared(up, repo, reference, accept).await?;
-        if matches!(reference, Reference::Digest(_)) || media::client_accepts(accept, &m.media_type)
-        {
+        if self.not_found.contains(&missing) {
+            metrics::counter!(crate::metrics::NEGATIVE_HITS, "kind" => "manifest").increment(1);
+            return Err(Error::ManifestUnknown);
+        }
+        let fetched = match (reference, head) {
+            (Reference::Digest(_), true) => {
+                self.head_manifest_upstream(up, repo, reference, accept)
+                    .await
+            }
+            _ => self.manifest_shared(up, repo, reference, accept).await,
+        };
+        let m = match fetched {
+            Err(Error::ManifestUnknown) => {
+                self.not_found
+                    .insert(missing, self.policies.get(upstream).negative_ttl);
+                return Err(Error::ManifestUnknown);
+            }
+            other => other?,
+        };
+        let Reference::Tag(tag) = reference else {
+            return Ok(m);
+        };
+        if media::client_accepts(accept, &m.media_type) {
             return Ok(m);
         }
         // The cached (or shared) answer is a type this client did not ask for, e.g. an OCI index
-        // for a client that only takes Docker schema2: ask the upstream with exactly its Accept.
+        // for a client that only takes Docker schema2: ask the upstream with exactly its Accept,
+        // and remember its answer for the tag's TTL.
         match self
             .get_manifest_exact(up, repo, reference, accept, head)
             .await
         {
-            Ok(exact) => Ok(exact),
+            Ok(exact) => {
+                self.remember_exact(upstream, repo, tag, accept, &exact.digest);
+                Ok(exact)
+            }
             Err(e) => {
                 tracing::debug!(upstream = %up.name(), %repo, %reference, error = %e, "no manifest of an accepted type; serving the cached one");
                 Ok(m)
@@ -126,8 +177,49 @@ impl ManifestCache {
         }
     }
 
+    /// The manifest the upstream gave this Accept list for `tag` within the tag's TTL, if stored.
+    async fn remembered_exact(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        accept: &[String],
+    ) -> Result<Option<Manifest>> {
+        let key = exact_key(upstream, repo, tag, accept);
+        let ttl = self.policies.get(upstream).ttl;
+        let digest = {
+            let map = self.exact.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some((d, at)) if at.elapsed() < ttl => d.clone(),
+                _ => return Ok(None),
+            }
+        };
+        Ok(self
+            .stored_manifest(&digest)
+            .await?
+            .map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
+    }
+
+    fn remember_exact(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        accept: &[String],
+        digest: &Digest,
+    ) {
+        let mut map = self.exact.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            exact_key(upstream, repo, tag, accept),
+            (digest.clone(), tokio::time::Instant::now()),
+        );
+    }
+
     /// The coalesced fetch: one upstream request per (upstream, repository, reference).
-    async fn manifest_shared(
+    pub(super) async fn manifest_shared(
         &self,
         up: &Arc<Upstream>,
         repo: &str,
@@ -164,7 +256,7 @@ impl ManifestCache {
     }
 
     /// Fetch (or revalidate) from the upstream; the one call per flight.
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         up: &Upstream,
         repo: &str,
@@ -205,13 +297,13 @@ impl ManifestCache {
         }
     }
 
-    fn stale(
+    pub(super) fn stale(
         &self,
         up: &Upstream,
         repo: &str,
         tag: &str,
         mut cached: Manifest,
-        e: &upstream::Error,
+        e: &dyn std::fmt::Display,
     ) -> Manifest {
         tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
         cached.status = CacheStatus::Stale;
@@ -285,6 +377,15 @@ impl ManifestCache {
             .await
             .map_err(manifest_error)?;
         let body = got.body;
+        if media::is_schema1(&body, got.content_type.as_deref()) {
+            // Its Docker-Content-Digest covers the signed payload, not the bytes: never a "digest
+            // mismatch", but a clear refusal.
+            return Err(Error::Invalid(format!(
+                "the upstream answered {reference} with a Docker schema 1 manifest, which regmirror \
+                 does not mirror (its digest is not the digest of its bytes); registries send schema \
+                 1 when the Accept header was lost, e.g. by a proxy in between"
+            )));
+        }
         let claimed = match reference {
             Reference::Digest(d) => Some(d.clone()),
             Reference::Tag(_) => got.digest,
@@ -380,48 +481,6 @@ impl ManifestCache {
             .await?
             .map(|(mt, body)| manifest(digest, mt, body, CacheStatus::Hit)))
     }
-
-    /// One page of an upstream's tags list. The unpaginated list is kept, and served (status
-    /// `Stale`, paginated by the API) when the upstream is unreachable.
-    pub(crate) async fn tags_list(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        query: Option<String>,
-    ) -> Result<TagsPage> {
-        let upstream = up.name();
-        let key = keys::tags_list(upstream, repo);
-        let whole = query.as_deref().is_none_or(str::is_empty);
-        let list = match up.tags(repo, query, self.max_manifest_bytes).await {
-            Ok(l) => l,
-            Err(e) if e.is_outage() => {
-                return match self.storage.get(&key).await {
-                    Ok(body) => {
-                        tracing::warn!(%upstream, %repo, error = %e, "upstream unavailable; serving the cached tags list");
-                        Ok(TagsPage {
-                            body,
-                            content_type: Some("application/json".into()),
-                            link: None,
-                            status: CacheStatus::Stale,
-                        })
-                    }
-                    Err(_) => Err(Error::Upstream(e)),
-                };
-            }
-            Err(e) => return Err(manifest_error(e)),
-        };
-        if whole && list.link.is_none() {
-            if let Err(e) = self.storage.put(&key, list.body.clone()).await {
-                tracing::debug!(%upstream, %repo, error = %e, "cannot keep the tags list");
-            }
-        }
-        Ok(TagsPage {
-            body: list.body,
-            content_type: list.content_type,
-            link: list.link,
-            status: CacheStatus::Passthrough,
-        })
-    }
 }
 
 fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus) -> Manifest {
@@ -453,7 +512,24 @@ fn head_answer(h: ManifestHead, reference: &Reference) -> Option<Manifest> {
     })
 }
 
-fn manifest_error(e: upstream::Error) -> Error {
+/// The key of the exact-Accept memo.
+fn exact_key(
+    upstream: &str,
+    repo: &str,
+    tag: &str,
+    accept: &[String],
+) -> (String, String, String, String) {
+    let mut types = accept.to_vec();
+    types.sort();
+    (
+        upstream.to_string(),
+        repo.to_string(),
+        tag.to_string(),
+        types.join(","),
+    )
+}
+
+pub(super) fn manifest_error(e: upstream::Error) -> Error {
     match e {
         upstream::Error::NotFound => Error::ManifestUnknown,
         upstream::Error::TooLarge { limit } => Error::ManifestTooLarge { limit },

@@ -21,7 +21,10 @@ pub(crate) mod evict;
 mod flight;
 mod hot;
 pub(crate) mod inventory;
+mod lists;
 mod manifests;
+mod negative;
+mod revalidate;
 mod tags;
 mod upstreams;
 
@@ -131,6 +134,8 @@ pub(crate) enum CacheStatus {
     Joined,
     /// Served from the cache because the upstream could not be reached.
     Stale,
+    /// Served from the cache past its TTL while a background request revalidates it.
+    Revalidating,
     /// Answered by the upstream without caching (HEAD of uncached content, tags list).
     Passthrough,
 }
@@ -142,6 +147,7 @@ impl CacheStatus {
             CacheStatus::Miss => "miss",
             CacheStatus::Joined => "joined",
             CacheStatus::Stale => "stale",
+            CacheStatus::Revalidating => "revalidating",
             CacheStatus::Passthrough => "passthrough",
         }
     }
@@ -153,7 +159,7 @@ pub(crate) struct Cache {
     storage: Arc<dyn Storage>,
     upstreams: Arc<upstreams::Upstreams>,
     blobs: Arc<BlobCache>,
-    manifests: ManifestCache,
+    manifests: Arc<ManifestCache>,
     evictor: Arc<evict::Evictor>,
 }
 
@@ -171,14 +177,24 @@ impl Cache {
             access.in_use().clone(),
             evict::Policy::from_config(config),
         ));
+        let policies = Arc::new(tags::Policies::from_config(config));
+        let not_found = Arc::new(negative::NotFound::default());
         let blobs = Arc::new(BlobCache::new(
             config,
             storage.clone(),
             staging_dir,
             access.clone(),
             evictor.clone(),
+            policies.clone(),
+            not_found.clone(),
         ));
-        let manifests = ManifestCache::new(config, storage.clone(), access);
+        let manifests = Arc::new(ManifestCache::new(
+            config,
+            storage.clone(),
+            access,
+            policies,
+            not_found,
+        ));
         Ok(Cache {
             storage,
             upstreams,
@@ -246,6 +262,11 @@ impl Cache {
         self.evictor.evict(policy).await
     }
 
+    /// The health of every upstream client made so far.
+    pub(crate) fn upstream_health(&self) -> Vec<upstream::HealthReport> {
+        self.upstreams.health()
+    }
+
     /// Ready to serve: storage accepts a write and a delete.
     pub(crate) async fn check_ready(&self) -> Result<()> {
         self.storage
@@ -303,3 +324,5 @@ fn decode_manifest(stored: Bytes) -> Option<(String, Bytes)> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_freshness;

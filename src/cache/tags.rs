@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::{Revalidate, UpstreamConfig};
 use tokio::time::{Duration, Instant};
 
 /// The stored record of what a tag pointed to.
@@ -22,11 +24,32 @@ pub(super) struct TagRecord {
 /// Per-upstream freshness settings.
 #[derive(Debug, Clone)]
 pub(super) struct TagPolicy {
-    pub ttl: Duration,
-    pub immutable: Vec<String>,
+    /// How long a confirmed tag is trusted.
+    pub(super) ttl: Duration,
+    /// Tag patterns never revalidated once cached.
+    pub(super) immutable: Vec<String>,
+    /// How an expired tag is revalidated.
+    pub(super) revalidate: Revalidate,
+    /// The bound of a synchronous revalidation.
+    pub(super) revalidate_timeout: Duration,
+    /// How long "not found" is remembered.
+    pub(super) negative_ttl: Duration,
+    /// How long a tags list is served from cache.
+    pub(super) tags_list_ttl: Duration,
 }
 
 impl TagPolicy {
+    fn from_config(u: &UpstreamConfig) -> TagPolicy {
+        TagPolicy {
+            ttl: u.tag_ttl(),
+            immutable: u.immutable_tags.clone(),
+            revalidate: u.revalidate(),
+            revalidate_timeout: u.revalidate_timeout(),
+            negative_ttl: u.negative_ttl(),
+            tags_list_ttl: u.tags_list_ttl(),
+        }
+    }
+
     pub(super) fn is_immutable(&self, tag: &str) -> bool {
         self.immutable.iter().any(|p| glob_match(p, tag))
     }
@@ -34,30 +57,21 @@ impl TagPolicy {
 
 /// The freshness settings of every upstream.
 #[derive(Debug, Clone)]
-pub(crate) struct TagPolicies {
+pub(crate) struct Policies {
     by_upstream: HashMap<String, TagPolicy>,
     default: TagPolicy,
 }
 
-impl TagPolicies {
-    pub(crate) fn from_config(config: &crate::config::Config) -> TagPolicies {
+impl Policies {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Policies {
         let by_upstream = config
             .upstreams
             .iter()
-            .map(|u| {
-                let policy = TagPolicy {
-                    ttl: u.tag_ttl(),
-                    immutable: u.immutable_tags.clone(),
-                };
-                (u.name.clone(), policy)
-            })
+            .map(|u| (u.name.clone(), TagPolicy::from_config(u)))
             .collect();
-        TagPolicies {
+        Policies {
             by_upstream,
-            default: TagPolicy {
-                ttl: crate::config::DEFAULT_TAG_TTL,
-                immutable: Vec::new(),
-            },
+            default: TagPolicy::from_config(&UpstreamConfig::default()),
         }
     }
 
@@ -148,6 +162,7 @@ mod tests {
         let policy = TagPolicy {
             ttl: Duration::from_secs(300),
             immutable: vec!["v*".into()],
+            ..TagPolicy::from_config(&UpstreamConfig::default())
         };
         assert!(!t.is_fresh(&policy, "u", "r", "latest"), "never confirmed");
         t.confirm("u", "r", "latest");

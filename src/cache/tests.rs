@@ -18,26 +18,28 @@ use crate::oci::RangeSpec;
 use crate::oci::{Digest, Reference};
 
 #[derive(Default)]
-struct Fake {
-    blobs: HashMap<String, Bytes>,
-    manifests: HashMap<String, Bytes>,
+pub(super) struct Fake {
+    pub(super) blobs: HashMap<String, Bytes>,
+    pub(super) manifests: HashMap<String, Bytes>,
     /// Flip one byte in the middle of every blob body.
-    corrupt: bool,
+    pub(super) corrupt: bool,
     /// Close blob bodies after half the bytes.
-    truncate: bool,
+    pub(super) truncate: bool,
     /// Answer every request with this status.
-    fail_with: Option<u16>,
-    chunk_delay_ms: u64,
+    pub(super) fail_with: Option<u16>,
+    pub(super) chunk_delay_ms: u64,
+    /// Pause before answering any manifest or tags request.
+    pub(super) manifest_delay_ms: u64,
     /// Served instead of the manifest to clients whose Accept lacks the OCI index type.
-    schema2_alternative: Option<Bytes>,
+    pub(super) schema2_alternative: Option<Bytes>,
 }
 
 #[derive(Default)]
-struct Counts {
-    blob_get: AtomicUsize,
-    blob_head: AtomicUsize,
-    manifest_get: AtomicUsize,
-    manifest_head: AtomicUsize,
+pub(super) struct Counts {
+    pub(super) blob_get: AtomicUsize,
+    pub(super) blob_head: AtomicUsize,
+    pub(super) manifest_get: AtomicUsize,
+    pub(super) manifest_head: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -49,6 +51,10 @@ struct FakeUpstream {
 async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let head = req.method() == http::Method::HEAD;
+    let pause = up.fake.lock().unwrap().manifest_delay_ms;
+    if pause > 0 && !path.contains("/blobs/") {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
     let (status, body, delay, corrupt, truncate) = {
         let f = up.fake.lock().unwrap();
         if let Some(s) = f.fail_with {
@@ -132,14 +138,19 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
     resp
 }
 
-struct Harness {
-    cache: Arc<Cache>,
-    fake: Arc<Mutex<Fake>>,
-    counts: Arc<Counts>,
+pub(super) struct Harness {
+    pub(super) cache: Arc<Cache>,
+    pub(super) fake: Arc<Mutex<Fake>>,
+    pub(super) counts: Arc<Counts>,
     dir: tempfile::TempDir,
 }
 
-async fn harness(tag_ttl_secs: u64) -> Harness {
+pub(super) async fn harness(tag_ttl_secs: u64) -> Harness {
+    harness_with(tag_ttl_secs, "").await
+}
+
+/// A harness whose upstream table also has the TOML lines `extra`.
+pub(super) async fn harness_with(tag_ttl_secs: u64, extra: &str) -> Harness {
     let up = FakeUpstream {
         fake: Arc::default(),
         counts: Arc::default(),
@@ -152,7 +163,7 @@ async fn harness(tag_ttl_secs: u64) -> Harness {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "no_builtin_upstreams = true\ndefault_upstream = \"\"\n[[upstream]]\nname = \"up\"\nurl = \"http://{addr}\"\ntag_ttl_secs = {tag_ttl_secs}\nread_timeout_secs = 5\n"
+        "no_builtin_upstreams = true\ndefault_upstream = \"\"\n[[upstream]]\nname = \"up\"\nurl = \"http://{addr}\"\ntag_ttl_secs = {tag_ttl_secs}\nread_timeout_secs = 5\n{extra}\n"
     );
     let mut config = Config::from_toml(&text).unwrap();
     config.merge_builtins();
@@ -395,7 +406,7 @@ async fn ranges_on_miss_and_hit_and_head_without_fill() {
     ));
 }
 
-fn manifest_body(n: u8) -> Bytes {
+pub(super) fn manifest_body(n: u8) -> Bytes {
     Bytes::from(format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{}},"layers":[],"n":{n}}}"#
     ))
@@ -403,7 +414,8 @@ fn manifest_body(n: u8) -> Bytes {
 
 #[tokio::test(flavor = "current_thread")]
 async fn tag_ttl_revalidates_with_head_and_serves_stale_through_outages() {
-    let h = harness(300).await;
+    // Synchronous revalidation: the expired request itself waits for the HEAD.
+    let h = harness_with(300, "revalidate = \"sync\"").await;
     let tag = Reference::Tag("latest".into());
     h.fake
         .lock()
@@ -450,7 +462,8 @@ async fn tag_ttl_revalidates_with_head_and_serves_stale_through_outages() {
         "changed digest: HEAD then GET"
     );
 
-    for status in [503, 429] {
+    // 429 first: a rate-limited upstream answers, so it is not marked down; the 503 then is.
+    for status in [429, 503] {
         h.fake.lock().unwrap().fail_with = Some(status);
         tokio::time::pause();
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -565,7 +578,8 @@ async fn a_client_that_cannot_take_the_cached_type_gets_what_it_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_list_is_served_stale_during_an_outage() {
-    let h = harness(300).await;
+    // No tags-list TTL: every request asks the upstream, so the outage path is reached.
+    let h = harness_with(300, "tags_list_ttl_secs = 0").await;
     let list = Bytes::from_static(br#"{"name":"r","tags":["a","b"]}"#);
     h.fake
         .lock()

@@ -43,6 +43,14 @@ impl Upstreams {
         Ok(map.entry(name.to_string()).or_insert(u).clone())
     }
 
+    /// The health of every client, by name.
+    pub(crate) fn health(&self) -> Vec<crate::upstream::HealthReport> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.values().map(|u| u.health()).collect();
+        all.sort_by(|a, b| a.upstream.cmp(&b.upstream));
+        all
+    }
+
     /// The client for `name` if one exists already (never makes one).
     pub(crate) fn existing(&self, name: &str) -> Option<Arc<Upstream>> {
         self.map

@@ -30,6 +30,12 @@ enum Command {
         /// TOML configuration file; without one the embedded defaults are used.
         #[arg(long, env = "REGMIRROR_CONFIG")]
         config: Option<PathBuf>,
+        /// Address of the shared listener (overrides `listen` and REGMIRROR_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The cache directory (overrides `data_dir` and REGMIRROR_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Configuration tools.
     Config {
@@ -60,7 +66,18 @@ enum ConfigCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
+            let data_dir = data_dir.map(|d| d.display().to_string());
+            serve(config, move |k| match k {
+                "REGMIRROR_LISTEN" => listen.clone(),
+                "REGMIRROR_DATA_DIR" => data_dir.clone(),
+                _ => None,
+            })
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => match Config::load(config.as_deref()) {
@@ -95,8 +112,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
-    let config = match Config::load(path.as_deref()) {
+fn serve(path: Option<PathBuf>, flags: impl Fn(&str) -> Option<String>) -> ExitCode {
+    let config = match Config::load_with(path.as_deref(), flags) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -118,8 +135,12 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -5,9 +5,15 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod upstream;
+
+pub use upstream::{
+    builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
+    DEFAULT_TAG_TTL,
+};
 
 /// A configuration mistake, phrased so the operator knows which key to change.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +44,7 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
@@ -117,174 +123,19 @@ impl Default for Config {
     }
 }
 
-/// One upstream registry. Fields left out of the file keep the built-in value (for a built-in name)
-/// or the documented default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// The registry host clients name, e.g. "docker.io", "registry.k8s.io", "127.0.0.1:5101".
-    pub name: String,
-    /// Where regmirror fetches from. Default `https://<name>`.
-    pub url: Option<String>,
-    /// Extra path-prefix names (`/v2/<alias>/repo/...`).
-    pub aliases: Vec<String>,
-    /// `Host` header values (with or without port) that route to this upstream.
-    pub hosts: Vec<String>,
-    /// Optional dedicated listener serving only this upstream.
-    pub listen: Option<String>,
-    /// Optional credentials for the upstream.
-    pub username: Option<String>,
-    /// Password for `username`.
-    pub password: Option<String>,
-    /// File holding the password (trailing newline trimmed).
-    pub password_file: Option<PathBuf>,
-    /// Environment variable holding the password.
-    pub password_env: Option<String>,
-    /// Outbound proxy for this upstream: "http://host:port", "https://..." or "socks5://host:port".
-    pub proxy: Option<String>,
-    /// Seconds a cached tag -> digest record is trusted before it is revalidated with a HEAD.
-    pub tag_ttl_secs: Option<u64>,
-    /// Tag patterns (`*` wildcard) that are never revalidated once cached, e.g. "v*" for immutable releases.
-    pub immutable_tags: Vec<String>,
-    /// Seconds to wait for a TCP/TLS connection to the upstream.
-    pub connect_timeout_secs: Option<u64>,
-    /// Seconds without any byte from the upstream before a call is abandoned.
-    pub read_timeout_secs: Option<u64>,
-    /// Accept invalid TLS certificates from this upstream (testing only).
-    pub insecure_skip_verify: Option<bool>,
-    /// PEM file of extra CA certificates to trust for this upstream (a private registry's CA).
-    pub ca_file: Option<PathBuf>,
-}
-
-/// Defaults used when an upstream does not set them.
-pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
-/// Connect timeout of an upstream that sets none.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read timeout of an upstream that sets none.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-impl UpstreamConfig {
-    /// The URL regmirror fetches from, without a trailing slash.
-    pub fn base_url(&self) -> String {
-        let url = self
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("https://{}", self.name));
-        url.trim_end_matches('/').to_string()
-    }
-
-    /// How long a tag is trusted without asking the upstream.
-    pub fn tag_ttl(&self) -> Duration {
-        self.tag_ttl_secs
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_TAG_TTL)
-    }
-
-    /// The connect timeout in effect.
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
-    }
-
-    /// The read timeout in effect.
-    pub fn read_timeout(&self) -> Duration {
-        self.read_timeout_secs
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_READ_TIMEOUT)
-    }
-
-    /// The password from `password`, `password_file` or `password_env`, in that order.
-    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    format!("upstream.{}.password_file", self.name),
-                    format!("{}: {e}", path.display()),
-                )
-            })?;
-            return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        if let Some(var) = &self.password_env {
-            return std::env::var(var).map(Some).map_err(|_| {
-                invalid(
-                    format!("upstream.{}.password_env", self.name),
-                    format!("environment variable {var} is not set"),
-                )
-            });
-        }
-        Ok(None)
-    }
-
-    /// Overlay the fields `other` sets onto `self` (used when a file entry names a built-in upstream).
-    fn overlay(&mut self, other: UpstreamConfig) {
-        let d = UpstreamConfig::default();
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f != d.$f { self.$f = other.$f; } )* };
-        }
-        take!(
-            url,
-            aliases,
-            hosts,
-            listen,
-            username,
-            password,
-            password_file,
-            password_env,
-            proxy,
-            tag_ttl_secs,
-            immutable_tags,
-            connect_timeout_secs,
-            read_timeout_secs,
-            insecure_skip_verify,
-            ca_file
-        );
-    }
-}
-
-/// The public registries regmirror mirrors with no configuration at all: (name, url, aliases).
-const BUILTIN: &[(&str, &str, &[&str])] = &[
-    (
-        "docker.io",
-        "https://registry-1.docker.io",
-        &["dockerhub", "index.docker.io", "registry-1.docker.io"],
-    ),
-    ("registry.k8s.io", "https://registry.k8s.io", &["k8s"]),
-    ("k8s.gcr.io", "https://k8s.gcr.io", &["k8s-gcr"]),
-    ("gcr.io", "https://gcr.io", &["gcr"]),
-    ("ghcr.io", "https://ghcr.io", &["ghcr"]),
-    ("quay.io", "https://quay.io", &["quay"]),
-    (
-        "docker.elastic.co",
-        "https://docker.elastic.co",
-        &["elastic"],
-    ),
-    ("mcr.microsoft.com", "https://mcr.microsoft.com", &["mcr"]),
-    ("nvcr.io", "https://nvcr.io", &["nvcr"]),
-    ("cr.l5d.io", "https://cr.l5d.io", &["l5d"]),
-    ("public.ecr.aws", "https://public.ecr.aws", &["ecr"]),
-];
-
-/// The built-in upstream list.
-pub fn builtin_upstreams() -> Vec<UpstreamConfig> {
-    BUILTIN
-        .iter()
-        .map(|(name, url, aliases)| UpstreamConfig {
-            name: name.to_string(),
-            url: Some(url.to_string()),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            ..Default::default()
-        })
-        .collect()
-}
-
 impl Config {
     /// Load from a file (or the embedded defaults when `path` is None), apply environment overrides,
     /// merge with the built-in upstreams and validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(path, |_| None)
+    }
+
+    /// [`Config::load`] with command-line overrides: `flag(NAME)` is consulted before the
+    /// environment variable NAME (e.g. `serve --listen` before REGMIRROR_LISTEN).
+    pub fn load_with(
+        path: Option<&Path>,
+        flag: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -298,7 +149,7 @@ impl Config {
             }
             None => Config::default(),
         };
-        config.apply_env(|k| std::env::var(k).ok())?;
+        config.apply_env(|k| flag(k).or_else(|| std::env::var(k).ok()))?;
         config.merge_builtins();
         config.validate()?;
         Ok(config)
@@ -448,6 +299,16 @@ impl Config {
                 ));
             }
             u.resolved_password()?;
+            for (field, v) in [
+                ("request_deadline_secs", u.request_deadline_secs),
+                ("revalidate_timeout_secs", u.revalidate_timeout_secs),
+                ("probe_max_interval_secs", u.probe_max_interval_secs),
+                ("connect_timeout_secs", u.connect_timeout_secs),
+            ] {
+                if v == Some(0) {
+                    return Err(invalid(key(field), "must be at least 1 second"));
+                }
+            }
             if let Some(ca) = &u.ca_file {
                 let pem = std::fs::read(ca)
                     .map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
@@ -690,6 +551,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn hot_cache_sizes_are_keys_with_units() {
+        let c = Config::from_toml("hot_manifest_bytes = \"1MiB\"\nhot_tag_entries = 0\n").unwrap();
+        assert_eq!((c.hot_manifest_bytes.0, c.hot_tag_entries), (1 << 20, 0));
+        let d = Config::default();
+        assert_eq!(
+            (d.hot_manifest_bytes.0, d.hot_tag_entries),
+            (32 << 20, 100_000)
+        );
+        let bad = Config::from_toml("hot_manifest_bytes = \"lots\"\n").unwrap_err();
+        assert!(bad.to_string().contains("hot_manifest_bytes"), "{bad}");
     }
 
     #[test]

@@ -53,6 +53,21 @@ pub fn upstream_accept(client: &[String]) -> Vec<String> {
     out
 }
 
+/// Whether a manifest is Docker schema 1 (signed or not), by its declared type or its
+/// `schemaVersion`.
+pub fn is_schema1(body: &[u8], declared: Option<&str>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+    }
+    let declared = declared.map(|d| d.split(';').next().unwrap_or(d).trim());
+    matches!(
+        declared,
+        Some(DOCKER_MANIFEST_V1_SIGNED | DOCKER_MANIFEST_V1)
+    ) || serde_json::from_slice::<Peek>(body).is_ok_and(|p| p.schema_version == Some(1))
+}
+
 /// The media type of a manifest body: its `mediaType` field, else inferred from its shape
 /// (an OCI manifest may omit `mediaType`), else the type the upstream declared.
 pub fn manifest_media_type(body: &[u8], declared: Option<&str>) -> Option<String> {
@@ -104,6 +119,21 @@ pub fn client_accepts(accepted: &[String], media_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema1_is_recognised_by_type_or_version() {
+        let v1 = br#"{"schemaVersion":1,"name":"a","tag":"b","fsLayers":[],"signatures":[]}"#;
+        let v2 = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+        assert!(is_schema1(v1, None));
+        assert!(is_schema1(v1, Some("application/json")));
+        assert!(is_schema1(b"{}", Some(DOCKER_MANIFEST_V1_SIGNED)));
+        assert!(is_schema1(
+            b"not json",
+            Some("application/vnd.docker.distribution.manifest.v1+json; charset=utf-8")
+        ));
+        assert!(!is_schema1(v2, Some(OCI_MANIFEST)));
+        assert!(!is_schema1(b"not json", None));
+    }
 
     #[test]
     fn accept_headers_are_merged_not_lost() {

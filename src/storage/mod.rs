@@ -144,7 +144,9 @@ pub(crate) trait Storage: Send + Sync + 'static {
 #[cfg(test)]
 pub(crate) async fn temporary() -> (tempfile::TempDir, Opened) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let opened = open(dir.path(), Role::Server).await.expect("open the store");
+    let opened = open(dir.path(), Role::Server)
+        .await
+        .expect("open the store");
     (dir, opened)
 }
 

@@ -173,7 +173,7 @@ impl Upstream {
     }
 }
 
-/// A manifest request with exactly these `Accept` values.
+/// A manifest request asking for exactly these media types.
 fn manifest_request(
     method: Method,
     repo: &str,
@@ -181,10 +181,13 @@ fn manifest_request(
     accept: &[String],
 ) -> Result<Request> {
     let mut req = Request::new(method, repo, format!("manifests/{reference}"));
-    for t in accept {
-        let v =
-            HeaderValue::from_str(t).map_err(|_| Error::Invalid(format!("Accept value {t:?}")))?;
-        req.headers.append(http::header::ACCEPT, v);
+    // One comma-joined header: proxies such as tinyproxy keep only one line of a repeated header,
+    // and a registry that sees no manifest type it knows answers with schema 1.
+    let joined = accept.join(", ");
+    if !joined.is_empty() {
+        let v = HeaderValue::from_str(&joined)
+            .map_err(|_| Error::Invalid(format!("Accept value {joined:?}")))?;
+        req.headers.insert(http::header::ACCEPT, v);
     }
     Ok(req)
 }

@@ -8,8 +8,9 @@
 
 pub mod auth;
 mod calls;
+mod health;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Duration;
@@ -17,6 +18,8 @@ use tokio::time::Duration;
 use crate::config::UpstreamConfig;
 use auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
 pub(crate) use calls::ManifestHead;
+use health::Health;
+pub(crate) use health::Report as HealthReport;
 
 /// An upstream failure, by what the cache needs to decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +83,9 @@ const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The client to one upstream registry.
 pub(crate) struct Upstream {
     name: String,
+    health: Arc<Health>,
+    /// Whole deadline of one call on a client's path (connect, retries, answer head).
+    deadline: Duration,
     base: String,
     client: reqwest::Client,
     basic: Option<(String, String)>,
@@ -132,6 +138,8 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(32)
             .user_agent(concat!("regmirror/", env!("CARGO_PKG_VERSION")))
+            // A redirect to a blob CDN must not tell it which registry (and repository) asked.
+            .referer(false)
             .redirect(reqwest::redirect::Policy::limited(10));
         if let Some(p) = &cfg.proxy {
             let proxy =
@@ -167,6 +175,8 @@ impl Upstream {
             basic,
             tokens: TokenCache::default(),
             rate_limit: Mutex::new(RateLimit::default()),
+            health: Arc::new(Health::new(&cfg.name, cfg.probe_max_interval())),
+            deadline: cfg.request_deadline(),
         })
     }
 
@@ -182,9 +192,47 @@ impl Upstream {
             .clone()
     }
 
+    /// Whether the upstream is known to be unreachable now (then the cache answers from what it
+    /// has without waiting).
+    pub(crate) fn is_down(&self) -> bool {
+        self.health.is_down()
+    }
+
+    /// The upstream's health, for `/readyz` and operators.
+    pub(crate) fn health(&self) -> HealthReport {
+        self.health.report()
+    }
+
+    /// Send `req` within the request deadline, unless the upstream is known to be down (then it
+    /// fails at once). A failure to reach the upstream marks it down and starts the probe.
+    async fn send(&self, req: &Request) -> Result<reqwest::Response> {
+        self.health.check()?;
+        let outcome = match tokio::time::timeout(self.deadline, self.send_authorized(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable(format!(
+                "{} did not answer within {} s",
+                self.name,
+                self.deadline.as_secs()
+            ))),
+        };
+        match &outcome {
+            Err(Error::Unavailable(reason)) => {
+                if self.health.failed(reason) {
+                    let probe = self
+                        .health
+                        .clone()
+                        .probe(self.client.clone(), self.base.clone());
+                    tokio::spawn(probe);
+                }
+            }
+            _ => self.health.succeeded(),
+        }
+        outcome
+    }
+
     /// Send `req` with authentication and retries. Success means a 2xx (or 206); every other
     /// status becomes an [`Error`].
-    async fn send(&self, req: &Request) -> Result<reqwest::Response> {
+    async fn send_authorized(&self, req: &Request) -> Result<reqwest::Response> {
         let scope = format!("repository:{}:pull", req.repository);
         let mut refreshed = false;
         loop {

@@ -1,0 +1,106 @@
+//! Stale-while-revalidate (RFC 5861, nginx's `proxy_cache_use_stale updating` with
+//! `proxy_cache_background_update`): a cached tag past its TTL is answered from the cache at once
+//! and revalidated behind the client's back, once per tag however many clients ask. The answer
+//! changes for later requests only after the upstream confirmed a new digest.
+//!
+//! With `revalidate = "sync"` the client waits for that revalidation, for at most
+//! `revalidate_timeout_secs`, then gets the cached copy. Either way, an upstream known to be down
+//! costs no wait at all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::manifests::{Manifest, ManifestCache};
+use super::{CacheStatus, Result};
+use crate::config::Revalidate;
+use crate::oci::Reference;
+use crate::upstream::Upstream;
+
+/// A revalidation in flight, which any number of clients may wait on.
+type Revalidation = Shared<BoxFuture<'static, Result<Manifest>>>;
+
+/// The revalidations in flight, by (upstream, repository, tag).
+pub(crate) type Revalidations = Mutex<HashMap<(String, String, String), Revalidation>>;
+
+impl ManifestCache {
+    /// Answer a cached tag whose TTL has passed: `cached` is what the cache holds.
+    pub(super) async fn expired(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &str,
+        tag: &str,
+        cached: Manifest,
+        accept: &[String],
+    ) -> Result<Manifest> {
+        if up.is_down() {
+            return Ok(self.stale(up, repo, tag, cached, &"the upstream is unreachable"));
+        }
+        let policy = self.policies.get(up.name());
+        let revalidation = self.revalidate(up, repo, tag, &cached, accept);
+        let mut served = cached;
+        match policy.revalidate {
+            Revalidate::Background => {
+                served.status = CacheStatus::Revalidating;
+                Ok(served)
+            }
+            Revalidate::Sync => {
+                match tokio::time::timeout(policy.revalidate_timeout, revalidation).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(self.stale(
+                        up,
+                        repo,
+                        tag,
+                        served,
+                        &format!(
+                            "no answer within revalidate_timeout_secs ({} s)",
+                            policy.revalidate_timeout.as_secs()
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The revalidation of `tag` in flight, started now if there is none. It runs in its own
+    /// task, so it finishes whether or not anyone waits for it.
+    fn revalidate(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        repo: &str,
+        tag: &str,
+        cached: &Manifest,
+        accept: &[String],
+    ) -> Revalidation {
+        let key = (up.name().to_string(), repo.to_string(), tag.to_string());
+        let mut running = self.revalidating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.get(&key) {
+            return r.clone();
+        }
+        let (cache, up, accept) = (self.clone(), up.clone(), accept.to_vec());
+        let (task_key, before) = (key.clone(), cached.digest.clone());
+        let work = async move {
+            let (_, repo, tag) = &task_key;
+            let reference = Reference::Tag(tag.clone());
+            let answer = cache.manifest_shared(&up, repo, &reference, &accept).await;
+            let outcome = match &answer {
+                Ok(m) if m.status == CacheStatus::Stale => "failed",
+                Ok(m) if m.digest == before => "same",
+                Ok(_) => "changed",
+                Err(_) => "failed",
+            };
+            metrics::counter!(crate::metrics::REVALIDATIONS, "upstream" => up.name().to_string(), "outcome" => outcome).increment(1);
+            cache
+                .revalidating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&task_key);
+            answer
+        };
+        let shared = work.boxed().shared();
+        running.insert(key, shared.clone());
+        tokio::spawn(shared.clone());
+        shared
+    }
+}
