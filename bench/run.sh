@@ -22,6 +22,14 @@
 #   cores instead of 4-6 (plus that first build). The "per-rep spread" column is the run-to-run
 #   noise; on a busy machine it is wide, and more repetitions (BENCH_REPS=9) narrow the medians.
 #
+# WAN section (bench/wan.py, needs root, about 25 min): the same image pulled straight from a far
+# upstream, through regmirror and through distribution's proxy, over two shaped links between
+# network namespaces that wan.py makes and removes (no host interface is touched).
+#
+#   BENCH_WAN=1 bench/run.sh      the loopback benchmark, then the WAN section
+#   BENCH_WAN=only bench/run.sh   the WAN section alone (extra arguments then go to wan.py)
+#   BENCH_REPS=N                  also sets the WAN section's repetitions (its default is 3)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -40,14 +48,21 @@ declare -A tools=(
   [jq]=jq
   [python3]=python3
 )
+wan=${BENCH_WAN:-}
+case $wan in
+  ""|0) wan="" ;;
+  1|only) tools+=([skopeo]=skopeo [ctr]=containerd [containerd]=containerd [ip]=iproute2 [tc]=iproute2
+                  [nsenter]=util-linux) ;;
+  *) echo "bench: BENCH_WAN=$wan: use 1 (loopback, then WAN) or only (WAN alone)" >&2; exit 1 ;;
+esac
+sudo_cmd=()
+[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
 missing=()
 for cmd in "${!tools[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
 done
 if ((${#missing[@]})); then
   echo "bench: installing ${missing[*]}" >&2
-  sudo_cmd=()
-  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -87,5 +102,14 @@ elif [[ -n ${BENCH_BASELINE:-} ]]; then
   baseline_args=(--baseline "$base_bin" --baseline-label "$base_short")
 fi
 
-exec python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror" \
-  --results "$repo_root/bench/results" "${baseline_args[@]}" "$@"
+loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results" "${baseline_args[@]}")
+[[ -n $wan ]] || exec "${loopback[@]}" "$@"
+wan_args=()
+if [[ $wan == only ]]; then
+  wan_args=("$@")
+else
+  "${loopback[@]}" "$@"
+fi
+exec "${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror" \
+  --results "$repo_root/bench/results" "${wan_args[@]}"

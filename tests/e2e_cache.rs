@@ -223,12 +223,15 @@ async fn upstream_stopped_cached_tag_still_pulls_and_uncached_tag_fails_with_oci
         .await
         .expect("pull of a cached tag with the upstream down");
     assert_single_copy(&copy, &s.seeded.oci, "pull with the upstream down");
+    // Past its TTL the tag is answered from cache at once: "revalidating" while the upstream is
+    // still being asked, "stale" once it is known to be down.
     assert!(
         s.mirror
             .requests()
             .iter()
-            .any(|r| r.cache == "stale" && r.path.ends_with("/manifests/oci")),
-        "the request log marks the stale answer"
+            .any(|r| matches!(r.cache.as_str(), "stale" | "revalidating")
+                && r.path.ends_with("/manifests/oci")),
+        "the request log marks the answer served from cache past its TTL"
     );
 
     // An uncached tag: a clear OCI error, and skopeo fails.
@@ -263,6 +266,26 @@ async fn upstream_stopped_cached_tag_still_pulls_and_uncached_tag_fails_with_oci
     assert!(
         err.contains("503") || err.to_lowercase().contains("unavailable"),
         "skopeo's error names the cause: {err}"
+    );
+    // Known down now: the cached tag is served stale without asking, and /readyz says why.
+    let r = c.manifest(Method::GET, &path, "oci").await;
+    assert_eq!(r.status, 200);
+    let last = s.mirror.requests();
+    let last = last
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/manifests/oci"))
+        .expect("the request is logged");
+    assert_eq!(
+        last.cache, "stale",
+        "a known-down upstream: stale, not revalidating"
+    );
+    let ready = c.get("/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "a mirror with its cache stays ready");
+    assert!(
+        ready.text().contains("down since"),
+        "/readyz names the down upstream: {}",
+        ready.text()
     );
 }
 

@@ -298,8 +298,10 @@ impl BlobCache {
     ) {
         let in_flight = metrics::gauge!(crate::metrics::FILLS_IN_FLIGHT);
         in_flight.set(self.fills.in_flight() as f64);
-        let mut announced = None;
-        let work = self.fill(&up, &repo, &digest, &permit, &mut announced);
+        // The spool outlives the attempt, so that a fill cut short by its deadline still ends
+        // its readers with the real reason.
+        let mut spool = None;
+        let work = self.fill(&up, &repo, &digest, &permit, &mut spool);
         let outcome = match tokio::time::timeout(self.fill_timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(Error::Upstream(upstream::Error::Unavailable(format!(
@@ -307,7 +309,22 @@ impl BlobCache {
                 self.fill_timeout.as_secs()
             )))),
         };
-        // Joiners learn the outcome at once; a request after this starts a fresh fill.
+        match &outcome {
+            Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
+            Err(e) => {
+                tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
+            }
+        }
+        let label = if outcome.is_ok() { "ok" } else { "failed" };
+        metrics::counter!(crate::metrics::FILLS_TOTAL, "outcome" => label).increment(1);
+        let announced = spool.as_ref().and_then(SpoolWriter::size);
+        // Readers may now send the last byte (or end with the error, and the spool is removed);
+        // joiners learn the outcome, and a request after this starts a fresh fill.
+        match (spool, &outcome) {
+            (Some(w), Ok(())) => w.verified(),
+            (Some(w), Err(e)) => w.fail(&e.to_string()),
+            (None, _) => {}
+        }
         match &outcome {
             Ok(()) => permit.finish(),
             Err(e) => permit.fail(e.clone()),
@@ -322,24 +339,17 @@ impl BlobCache {
                 }
             });
         }
-        match &outcome {
-            Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
-            Err(e) => {
-                tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
-            }
-        }
-        let label = if outcome.is_ok() { "ok" } else { "failed" };
-        metrics::counter!(crate::metrics::FILLS_TOTAL, "outcome" => label).increment(1);
     }
 
-    /// The fill itself: wait for a slot, fetch, spool and verify, commit.
+    /// The fill itself: wait for a slot, fetch, spool and verify, commit. The spool writer is
+    /// left in `spool` for the caller to end.
     async fn fill(
         &self,
         up: &Upstream,
         repo: &str,
         digest: &Digest,
         permit: &FillPermit,
-        announced: &mut Option<u64>,
+        spool: &mut Option<SpoolWriter>,
     ) -> Result<()> {
         // Wait for a download slot; the wait counts against the fill deadline.
         let _slot = self
@@ -348,30 +358,13 @@ impl BlobCache {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let blob = up.get_blob(repo, digest).await.map_err(blob_error)?;
-        *announced = blob.size;
-        let (mut writer, spool) =
+        let (writer, reader) =
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
-        permit.started(Arc::new(spool));
-        if let Err(e) = writer.write(blob.body, digest).await {
-            let e = write_error(e);
-            writer.fail(&e.to_string());
-            return Err(e);
-        }
-        let committed = match writer.path() {
-            Some(path) => self.storage.put_file(&keys::blob(digest), path).await,
-            None => return Err(Error::Abandoned),
-        };
-        match committed {
-            Ok(()) => {
-                writer.verified();
-                Ok(())
-            }
-            Err(e) => {
-                let e = Error::from(e);
-                writer.fail(&e.to_string());
-                Err(e)
-            }
-        }
+        permit.started(Arc::new(reader));
+        let writer = spool.insert(writer);
+        writer.write(blob.body, digest).await.map_err(write_error)?;
+        let path = writer.path().ok_or(Error::Abandoned)?;
+        Ok(self.storage.put_file(&keys::blob(digest), path).await?)
     }
 }
 

@@ -5,12 +5,14 @@
 //!
 //! With `revalidate = "sync"` the client waits for that revalidation, for at most
 //! `revalidate_timeout_secs`, then gets the cached copy. Either way, an upstream known to be down
-//! costs no wait at all.
+//! costs no wait at all, and a tag whose revalidation just failed (5xx, 429) is served stale for
+//! a few seconds before it is tried again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::time::{Duration, Instant};
 
 use super::manifests::{Manifest, ManifestCache};
 use super::{CacheStatus, Result};
@@ -21,8 +23,44 @@ use crate::upstream::Upstream;
 /// A revalidation in flight, which any number of clients may wait on.
 type Revalidation = Shared<BoxFuture<'static, Result<Manifest>>>;
 
-/// The revalidations in flight, by (upstream, repository, tag).
-pub(crate) type Revalidations = Mutex<HashMap<(String, String, String), Revalidation>>;
+type Key = (String, String, String);
+
+/// After a revalidation failed (the upstream answered 5xx, 429, or could not be reached), the
+/// tag is served stale without another attempt for this long.
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// The revalidations of one cache, by (upstream, repository, tag): those in flight, and when the
+/// last one of a tag failed.
+#[derive(Default)]
+pub(crate) struct Revalidations {
+    running: Mutex<HashMap<Key, Revalidation>>,
+    failed: Mutex<HashMap<Key, Instant>>,
+}
+
+impl Revalidations {
+    fn failed_recently(&self, key: &Key) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(key)
+            .is_some_and(|at| at.elapsed() < AFTER_FAILURE)
+    }
+
+    fn finished(&self, key: &Key, ok: bool) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failed.remove(key);
+        } else {
+            if failed.len() >= 10_000 {
+                failed.retain(|_, at| at.elapsed() < AFTER_FAILURE);
+            }
+            failed.insert(key.clone(), Instant::now());
+        }
+    }
+}
 
 impl ManifestCache {
     /// Answer a cached tag whose TTL has passed: `cached` is what the cache holds.
@@ -36,6 +74,10 @@ impl ManifestCache {
     ) -> Result<Manifest> {
         if up.is_down() {
             return Ok(self.stale(up, repo, tag, cached, &"the upstream is unreachable"));
+        }
+        let key = (up.name().to_string(), repo.to_string(), tag.to_string());
+        if self.revalidating.failed_recently(&key) {
+            return Ok(self.stale(up, repo, tag, cached, &"its last revalidation failed"));
         }
         let policy = self.policies.get(up.name());
         let revalidation = self.revalidate(up, repo, tag, &cached, accept);
@@ -74,7 +116,11 @@ impl ManifestCache {
         accept: &[String],
     ) -> Revalidation {
         let key = (up.name().to_string(), repo.to_string(), tag.to_string());
-        let mut running = self.revalidating.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self
+            .revalidating
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(r) = running.get(&key) {
             return r.clone();
         }
@@ -91,11 +137,7 @@ impl ManifestCache {
                 Err(_) => "failed",
             };
             metrics::counter!(crate::metrics::REVALIDATIONS, "upstream" => up.name().to_string(), "outcome" => outcome).increment(1);
-            cache
-                .revalidating
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&task_key);
+            cache.revalidating.finished(&task_key, outcome != "failed");
             answer
         };
         let shared = work.boxed().shared();

@@ -43,9 +43,9 @@ pub(super) struct Counts {
 }
 
 #[derive(Clone)]
-struct FakeUpstream {
-    fake: Arc<Mutex<Fake>>,
-    counts: Arc<Counts>,
+pub(super) struct FakeUpstream {
+    pub(super) fake: Arc<Mutex<Fake>>,
+    pub(super) counts: Arc<Counts>,
 }
 
 async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response {
@@ -151,16 +151,46 @@ pub(super) async fn harness(tag_ttl_secs: u64) -> Harness {
 
 /// A harness whose upstream table also has the TOML lines `extra`.
 pub(super) async fn harness_with(tag_ttl_secs: u64, extra: &str) -> Harness {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    harness_on(listener, tag_ttl_secs, extra).await
+}
+
+/// A harness whose fake upstream answers on `listener`.
+pub(super) async fn harness_on(
+    listener: tokio::net::TcpListener,
+    tag_ttl_secs: u64,
+    extra: &str,
+) -> Harness {
+    let addr = listener.local_addr().unwrap();
+    let (cache, dir) = cache_for(addr, tag_ttl_secs, extra).await;
+    let up = serve_fake(listener);
+    Harness {
+        cache,
+        fake: up.fake,
+        counts: up.counts,
+        dir,
+    }
+}
+
+/// Serve a fresh fake upstream on `listener`.
+pub(super) fn serve_fake(listener: tokio::net::TcpListener) -> FakeUpstream {
     let up = FakeUpstream {
         fake: Arc::default(),
         counts: Arc::default(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum::Router::new()
         .fallback(fake_handler)
         .with_state(up.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    up
+}
+
+/// A cache (in a fresh data directory) whose one upstream, "up", is fetched from `addr`.
+pub(super) async fn cache_for(
+    addr: std::net::SocketAddr,
+    tag_ttl_secs: u64,
+    extra: &str,
+) -> (Arc<Cache>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "no_builtin_upstreams = true\ndefault_upstream = \"\"\n[[upstream]]\nname = \"up\"\nurl = \"http://{addr}\"\ntag_ttl_secs = {tag_ttl_secs}\nread_timeout_secs = 5\n{extra}\n"
@@ -172,12 +202,7 @@ pub(super) async fn harness_with(tag_ttl_secs: u64, extra: &str) -> Harness {
         .await
         .expect("open the store");
     let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap());
-    Harness {
-        cache,
-        fake: up.fake,
-        counts: up.counts,
-        dir,
-    }
+    (cache, dir)
 }
 
 fn random_blob(len: usize) -> (Digest, Bytes) {

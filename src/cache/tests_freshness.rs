@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::tests::{harness, harness_with, manifest_body, Harness};
+use super::tests::{cache_for, harness, harness_with, manifest_body, serve_fake, Harness};
 use super::{CacheStatus, Error};
 use crate::oci::{Digest, Reference};
 
@@ -242,15 +242,16 @@ async fn a_tags_list_is_fetched_once_per_ttl_however_many_ask() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_failing_upstream_is_marked_down_fails_fast_serves_the_cache_and_is_probed_back() {
-    let h = harness_with(1, "probe_max_interval_secs = 1").await;
-    cached(&h, manifest_body(1)).await;
-    h.fake.lock().unwrap().fail_with = Some(503);
-    skip(2).await;
-    // The first failure costs the retries; it marks the upstream down.
+async fn an_unreachable_upstream_is_marked_down_fails_fast_serves_the_cache_and_is_probed_back() {
+    // A port nothing listens on (connections refused); the upstream is started there later.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (cache, _dir) = cache_for(addr, 1, "probe_max_interval_secs = 1").await;
     let other = Reference::Tag("other".into());
-    let e = h
-        .cache
+    // The first failure costs the connect attempts and retries; it marks the upstream down.
+    let e = cache
         .manifest("up", "r", &other, &[], false)
         .await
         .unwrap_err();
@@ -258,16 +259,14 @@ async fn a_failing_upstream_is_marked_down_fails_fast_serves_the_cache_and_is_pr
         matches!(e, Error::Upstream(ref u) if u.is_outage()),
         "{e:?}"
     );
-    let down = h.cache.upstream_health();
+    let down = cache.upstream_health();
     assert!(
         down.iter().any(|r| r.upstream == "up" && r.down.is_some()),
         "{down:?}"
     );
     // Known down: an uncached pull fails at once, naming the upstream and its last failure.
-    let before = h.counts.manifest_get.load(Ordering::SeqCst) + heads(&h);
     let started = Instant::now();
-    let e = h
-        .cache
+    let e = cache
         .manifest("up", "r", &other, &[], false)
         .await
         .unwrap_err();
@@ -281,35 +280,60 @@ async fn a_failing_upstream_is_marked_down_fails_fast_serves_the_cache_and_is_pr
         text.contains("up") && text.contains("unreachable since"),
         "{text}"
     );
-    // The cached, expired tag is served without asking.
+    // Back: the probe notices within its interval, and requests go through again.
+    let up = serve_fake(tokio::net::TcpListener::bind(addr).await.unwrap());
+    up.fake
+        .lock()
+        .unwrap()
+        .manifests
+        .insert("other".into(), manifest_body(3));
+    until("the probe to see the upstream back", || {
+        cache.upstream_health().iter().all(|r| r.down.is_none())
+    })
+    .await;
+    let m = cache.manifest("up", "r", &other, &[], false).await.unwrap();
+    assert_eq!(m.body, manifest_body(3));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_upstream_that_never_answers_is_bounded_by_the_deadline_then_costs_no_wait() {
+    let h = harness_with(1, "probe_max_interval_secs = 30\nrequest_deadline_secs = 1").await;
+    cached(&h, manifest_body(1)).await;
+    // The upstream accepts but does not answer (for 5 s, past the 1 s deadline).
+    h.fake.lock().unwrap().manifest_delay_ms = 5000;
+    skip(2).await;
+    let started = Instant::now();
+    let e = h
+        .cache
+        .manifest("up", "r", &Reference::Tag("x".into()), &[], false)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(e, Error::Upstream(ref u) if u.is_outage()),
+        "{e:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "the first failure took {waited:?}; the deadline is 1 s"
+    );
+    // Known down now: the expired tag is served stale without a request or a wait.
+    let before = gets(&h) + heads(&h);
     let started = Instant::now();
     let m = h
         .cache
         .manifest("up", "r", &tag(), &[], false)
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!((m.status, m.body), (CacheStatus::Stale, manifest_body(1)));
     assert_eq!(
-        h.counts.manifest_get.load(Ordering::SeqCst) + heads(&h),
+        gets(&h) + heads(&h),
         before,
         "nothing was sent to a known-down upstream"
     );
-    // Back: the probe notices within its interval, and requests go through again.
-    h.fake.lock().unwrap().fail_with = None;
-    h.fake
-        .lock()
-        .unwrap()
-        .manifests
-        .insert("other".into(), manifest_body(3));
-    until("the probe to see the upstream back", || {
-        h.cache.upstream_health().iter().all(|r| r.down.is_none())
-    })
-    .await;
-    let m = h
-        .cache
-        .manifest("up", "r", &other, &[], false)
-        .await
-        .unwrap();
-    assert_eq!(m.body, manifest_body(3));
 }

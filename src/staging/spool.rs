@@ -182,6 +182,11 @@ impl SpoolWriter {
         Ok((writer, spool))
     }
 
+    /// The blob's size: announced, or counted once the body ended.
+    pub(crate) fn size(&self) -> Option<u64> {
+        self.tx.borrow().size
+    }
+
     /// The spool file's path (until it is removed).
     pub(crate) fn path(&self) -> Option<&Path> {
         self.path.as_deref()

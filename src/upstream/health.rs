@@ -1,10 +1,12 @@
 //! Upstream health: a circuit breaker in front of every request to one registry.
 //!
-//! A request on a client's path that could not reach the upstream (no connection, a timeout, or
-//! its whole deadline spent, after its retries) marks the upstream down. While it is down, requests
+//! A request on a client's path that could not reach the upstream (no connection or a timeout
+//! after its retries, or its whole deadline spent) marks the upstream down; an answer, even a
+//! 5xx, or a connection closed mid-answer does not (the upstream is there, and the cache serves
+//! stale content for such outages anyway). While it is down, requests
 //! fail at once with the time and reason of the last failure (cached content is still served by the
 //! cache, which asks [`Health::is_down`] before it waits on the upstream), and one background
-//! probe (`GET /v2/`, any answer but a server error counts) decides when it is back: after 1 s, then twice as
+//! probe (`GET /v2/`, any answer counts) decides when it is back: after 1 s, then twice as
 //! long each time up to the configured maximum, each pause with ±20 % jitter so that many
 //! replicas do not probe in step. Each transition is logged once and shown on `/metrics`.
 
@@ -146,12 +148,11 @@ impl Health {
                 .send()
                 .await;
             let reason = match answer {
-                // Any answer but a server error (401 included) means the registry is back.
-                Ok(r) if !r.status().is_server_error() => {
+                // Any answer (a 401, even a 503) means the registry can be reached again.
+                Ok(_) => {
                     self.succeeded();
                     return;
                 }
-                Ok(r) => format!("probe answered {}", r.status()),
                 Err(e) => describe(&e),
             };
             tracing::debug!(upstream = %self.name, error = %reason, "probe failed");

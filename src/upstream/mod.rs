@@ -204,30 +204,33 @@ impl Upstream {
     }
 
     /// Send `req` within the request deadline, unless the upstream is known to be down (then it
-    /// fails at once). A failure to reach the upstream marks it down and starts the probe.
+    /// fails at once). A failure to reach the upstream (no connection or no answer after the
+    /// retries, or the deadline spent) marks it down and starts the probe.
     async fn send(&self, req: &Request) -> Result<reqwest::Response> {
         self.health.check()?;
-        let outcome = match tokio::time::timeout(self.deadline, self.send_authorized(req)).await {
+        match tokio::time::timeout(self.deadline, self.send_authorized(req)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Unavailable(format!(
-                "{} did not answer within {} s",
-                self.name,
-                self.deadline.as_secs()
-            ))),
-        };
-        match &outcome {
-            Err(Error::Unavailable(reason)) => {
-                if self.health.failed(reason) {
-                    let probe = self
-                        .health
-                        .clone()
-                        .probe(self.client.clone(), self.base.clone());
-                    tokio::spawn(probe);
-                }
+            Err(_) => {
+                let reason = format!(
+                    "{} did not answer within {} s",
+                    self.name,
+                    self.deadline.as_secs()
+                );
+                self.unreachable(&reason);
+                Err(Error::Unavailable(reason))
             }
-            _ => self.health.succeeded(),
         }
-        outcome
+    }
+
+    /// The upstream could not be reached: mark it down (and start the probe if this did).
+    fn unreachable(&self, reason: &str) {
+        if self.health.failed(reason) {
+            let probe = self
+                .health
+                .clone()
+                .probe(self.client.clone(), self.base.clone());
+            tokio::spawn(probe);
+        }
     }
 
     /// Send `req` with authentication and retries. Success means a 2xx (or 206); every other
@@ -312,6 +315,13 @@ impl Upstream {
                 Err(e) => e.is_connect() || e.is_timeout(),
             };
             if !retryable || attempt >= RETRY_BACKOFF.len() {
+                // Health: any answer means reachable; a failed connection or a timeout after
+                // the retries means not (a connection closed mid-answer or a 5xx does not).
+                match &outcome {
+                    Ok(_) => self.health.succeeded(),
+                    Err(e) if e.is_connect() || e.is_timeout() => self.unreachable(&describe(e)),
+                    Err(_) => {}
+                }
                 return outcome;
             }
             tracing::debug!(upstream = %self.name, attempt, "retrying upstream request");
