@@ -11,11 +11,10 @@ use std::time::Duration;
 use reqwest::Method;
 use support::client::RegistryClient;
 use support::faults::wait_for;
-use support::image::{Image, MultiImage};
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
 use support::seed::{seed, Seeded};
-use support::skopeo::{self, CopyOptions, DirImage};
+use support::skopeo::{self, assert_multi_copy, assert_single_copy, blob_digests_of, CopyOptions};
 
 /// Path prefix (an alias) under which the mirror serves the upstream.
 const ALIAS: &str = "up";
@@ -50,49 +49,6 @@ fn all() -> CopyOptions {
         all: true,
         ..Default::default()
     }
-}
-
-/// Assert a `--all` copy of `multi` is byte-identical: top manifest, every instance, every blob.
-fn assert_multi_copy(copy: &DirImage, multi: &MultiImage, what: &str) {
-    assert_eq!(
-        copy.manifest(),
-        multi.manifest.bytes.as_slice(),
-        "{what}: top-level manifest bytes"
-    );
-    let mut want_instances: Vec<String> = multi
-        .children
-        .iter()
-        .map(|c| c.manifest.digest.clone())
-        .collect();
-    want_instances.sort();
-    assert_eq!(
-        copy.instance_digests(),
-        want_instances,
-        "{what}: instance manifests"
-    );
-    assert_eq!(copy.blob_digests(), blob_digests_of(multi), "{what}: blobs");
-}
-
-fn blob_digests_of(multi: &MultiImage) -> Vec<String> {
-    let mut want: Vec<String> = multi
-        .children
-        .iter()
-        .flat_map(|c| c.blobs().into_iter().map(|b| b.digest.clone()))
-        .collect();
-    want.sort();
-    want.dedup();
-    want
-}
-
-fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
-    assert_eq!(
-        copy.manifest(),
-        img.manifest.bytes.as_slice(),
-        "{what}: manifest bytes"
-    );
-    let mut want: Vec<String> = img.blobs().iter().map(|b| b.digest.clone()).collect();
-    want.sort();
-    assert_eq!(copy.blob_digests(), want, "{what}: blobs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,11 +9,11 @@ mod support;
 use reqwest::Method;
 use support::client::{raw_request, RegistryClient};
 use support::fake_upstream::{fake_upstream, get_blob, Transfer};
-use support::image::{Image, MultiImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use support::image::{MultiImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use support::mirror::Regmirror;
 use support::registry::Registry;
 use support::seed::{seed, Seeded};
-use support::skopeo::{self, CopyOptions, DirImage};
+use support::skopeo::{self, assert_multi_copy, assert_single_copy, CopyOptions};
 use support::world::{Forwarder, World, TOK_ALIAS, TOK_HOST};
 
 fn tags_of(r: &support::client::Reply) -> Vec<String> {
@@ -38,56 +38,6 @@ fn arch(a: &str) -> CopyOptions {
         arch: Some(a.into()),
         ..Default::default()
     }
-}
-
-/// Assert a `--all` copy of `multi` is byte-identical: top manifest, every instance, every blob.
-fn assert_multi_copy(copy: &DirImage, multi: &MultiImage, what: &str) {
-    assert_eq!(
-        copy.manifest_digest(),
-        multi.manifest.digest,
-        "{what}: top-level manifest digest"
-    );
-    assert_eq!(
-        copy.manifest(),
-        multi.manifest.bytes.as_slice(),
-        "{what}: top-level manifest bytes"
-    );
-    let mut want_instances: Vec<String> = multi
-        .children
-        .iter()
-        .map(|c| c.manifest.digest.clone())
-        .collect();
-    want_instances.sort();
-    assert_eq!(
-        copy.instance_digests(),
-        want_instances,
-        "{what}: instance manifests"
-    );
-    let mut want_blobs: Vec<String> = multi
-        .children
-        .iter()
-        .flat_map(|c| c.blobs().into_iter().map(|b| b.digest.clone()))
-        .collect();
-    want_blobs.sort();
-    want_blobs.dedup();
-    assert_eq!(copy.blob_digests(), want_blobs, "{what}: blobs");
-}
-
-/// Assert a single-platform copy got exactly `img`.
-fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
-    assert_eq!(
-        copy.manifest_digest(),
-        img.manifest.digest,
-        "{what}: manifest digest"
-    );
-    assert_eq!(
-        copy.manifest(),
-        img.manifest.bytes.as_slice(),
-        "{what}: manifest bytes"
-    );
-    let mut want: Vec<String> = img.blobs().iter().map(|b| b.digest.clone()).collect();
-    want.sort();
-    assert_eq!(copy.blob_digests(), want, "{what}: blobs");
 }
 
 /// Copy the index, the manifest list and both single images of `seed` through `prefix`

@@ -21,7 +21,7 @@ use support::faults::{
 use support::image::Image;
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
-use support::skopeo::{self, CopyOptions, DirImage};
+use support::skopeo::{self, assert_single_copy, CopyOptions};
 
 const ALIAS: &str = "up";
 const KIB: usize = 1024;
@@ -40,17 +40,6 @@ async fn mirror_for(
     config.default_upstream = String::new();
     config.extra = extra.clone();
     Regmirror::start_in(root, data_dir, config).await
-}
-
-fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
-    assert_eq!(
-        copy.manifest(),
-        img.manifest.bytes.as_slice(),
-        "{what}: manifest bytes"
-    );
-    let mut want: Vec<String> = img.blobs().iter().map(|b| b.digest.clone()).collect();
-    want.sort();
-    assert_eq!(copy.blob_digests(), want, "{what}: blobs");
 }
 
 use support::fake_upstream::{get_blob_with as get_blob, Transfer};

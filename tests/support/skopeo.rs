@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::env::sha256_digest;
+use super::image::{Image, MultiImage};
 
 /// Options of one copy.
 #[derive(Debug, Default, Clone)]
@@ -127,4 +128,59 @@ pub async fn copy(reference: &str, work: &Path, opts: &CopyOptions) -> Result<Di
         files.insert(name, std::fs::read(e.path()).map_err(|e| e.to_string())?);
     }
     Ok(DirImage { path: dest, files })
+}
+
+/// Assert a `--all` copy of `multi` is byte-identical: top manifest, every instance, every blob.
+pub fn assert_multi_copy(copy: &DirImage, multi: &MultiImage, what: &str) {
+    assert_eq!(
+        copy.manifest_digest(),
+        multi.manifest.digest,
+        "{what}: top-level manifest digest"
+    );
+    assert_eq!(
+        copy.manifest(),
+        multi.manifest.bytes.as_slice(),
+        "{what}: top-level manifest bytes"
+    );
+    let mut want_instances: Vec<String> = multi
+        .children
+        .iter()
+        .map(|c| c.manifest.digest.clone())
+        .collect();
+    want_instances.sort();
+    assert_eq!(
+        copy.instance_digests(),
+        want_instances,
+        "{what}: instance manifests"
+    );
+    assert_eq!(copy.blob_digests(), blob_digests_of(multi), "{what}: blobs");
+}
+
+/// Assert a single-platform copy got exactly `img`.
+pub fn assert_single_copy(copy: &DirImage, img: &Image, what: &str) {
+    assert_eq!(
+        copy.manifest_digest(),
+        img.manifest.digest,
+        "{what}: manifest digest"
+    );
+    assert_eq!(
+        copy.manifest(),
+        img.manifest.bytes.as_slice(),
+        "{what}: manifest bytes"
+    );
+    let mut want: Vec<String> = img.blobs().iter().map(|b| b.digest.clone()).collect();
+    want.sort();
+    assert_eq!(copy.blob_digests(), want, "{what}: blobs");
+}
+
+/// Every blob digest of `multi`'s instances, sorted, each once.
+pub fn blob_digests_of(multi: &MultiImage) -> Vec<String> {
+    let mut want: Vec<String> = multi
+        .children
+        .iter()
+        .flat_map(|c| c.blobs().into_iter().map(|b| b.digest.clone()))
+        .collect();
+    want.sort();
+    want.dedup();
+    want
 }
