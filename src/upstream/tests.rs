@@ -18,6 +18,8 @@ struct Seen {
     requests: AtomicUsize,
     token_requests: AtomicUsize,
     auth_headers: Mutex<Vec<Option<String>>>,
+    /// `Referer` of each request (a CDN must not learn which registry sent the client).
+    referers: Mutex<Vec<Option<String>>>,
     /// Tokens the registry accepts; clearing it simulates expiry.
     valid_tokens: Mutex<Vec<String>>,
     fail_first: AtomicUsize,
@@ -183,6 +185,11 @@ static CDN: Mutex<String> = Mutex::new(String::new());
 
 fn cdn(seen: Arc<Seen>, _base: String, req: Request) -> Response {
     seen.auth_headers.lock().unwrap().push(auth_of(&req));
+    let referer = req
+        .headers()
+        .get("referer")
+        .map(|v| v.to_str().unwrap().to_string());
+    seen.referers.lock().unwrap().push(referer);
     status(200, "blob bytes")
 }
 
@@ -204,6 +211,26 @@ async fn redirects_to_another_host_drop_authorization() {
         vec![None],
         "the CDN never sees the registry credentials"
     );
+    assert_eq!(
+        *cdn_seen.referers.lock().unwrap(),
+        vec![None],
+        "nor which registry (and repository) sent the client"
+    );
+}
+
+#[tokio::test]
+async fn host_names_resolve_through_the_caching_resolver_and_the_hosts_file() {
+    // "localhost" comes from /etc/hosts through the (TTL-caching) hickory resolver.
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), cdn)
+        .await
+        .replace("127.0.0.1", "localhost");
+    let up = upstream(&base, false);
+    for _ in 0..3 {
+        let r = up.send(&get("blobs/sha256:x")).await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "blob bytes");
+    }
+    assert_eq!(seen.auth_headers.lock().unwrap().len(), 3);
 }
 
 fn flaky_registry(seen: Arc<Seen>, _base: String, _req: Request) -> Response {
