@@ -1187,3 +1187,51 @@ async fn sigterm_finishes_the_transfer_in_progress_and_exits_cleanly() {
         w.mirror.log()
     );
 }
+
+/// `serve --listen --data-dir` without a config file: the flags win over the defaults, and text
+/// logs written to a file (not a terminal) carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_override_the_defaults_and_file_logs_have_no_colour() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flag-data");
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("REGMIRROR_CONFIG")
+        .env_remove("REGMIRROR_LISTEN")
+        .env_remove("REGMIRROR_DATA_DIR")
+        .env_remove("REGMIRROR_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let guard = support::env::ChildGuard::new(child, "regmirror serve with flags");
+    let (url, _) = support::mirror::parse_listening(&line)
+        .unwrap_or_else(|| panic!("no listener line: {line:?}"));
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "--listen was used: {url}"
+    );
+    let c = RegistryClient::new(&url, None);
+    assert_eq!(c.get("/healthz", &[]).await.status, 200);
+    assert_eq!(c.get("/v2/", &[]).await.status, 200);
+    assert!(
+        data.join("tmp").is_dir(),
+        "--data-dir was used: {}",
+        data.display()
+    );
+    drop(guard);
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(stderr.contains("request"), "text request log: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI escape codes in a log file: {stderr:?}"
+    );
+}
