@@ -552,6 +552,7 @@ tag_ttl_secs = 300
 
     def new_dest(self, what):
         self.pull_n += 1
+        os.makedirs(os.path.join(self.work, "pulls"), exist_ok=True)
         return os.path.join(self.work, "pulls", f"{self.pull_n:03d}-{what}")
 
     def check_dir(self, dest, what):

@@ -95,7 +95,7 @@ fn describe() {
     );
     describe_counter!(
         REVALIDATIONS,
-        "Background revalidations of expired tags by upstream and outcome (same, changed, failed)"
+        "Background revalidations of expired tags by upstream and outcome (same, changed, gone, failed)"
     );
     describe_counter!(
         NEGATIVE_HITS,

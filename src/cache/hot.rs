@@ -35,6 +35,13 @@ impl<K: Eq + Hash + Clone, V: Clone> Bounded<K, V> {
         self.map.get(k).map(|(v, _)| v.clone())
     }
 
+    fn remove(&mut self, k: &K) {
+        if let Some((_, w)) = self.map.remove(k) {
+            self.weight -= w;
+            self.order.retain(|o| o != k);
+        }
+    }
+
     fn insert(&mut self, k: K, v: V, w: usize) {
         if w > self.max_weight {
             return;
@@ -92,6 +99,14 @@ impl Hot {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+    }
+
+    pub(super) fn remove_tag(&self, upstream: &str, repo: &str, tag: &str) {
+        let key = (upstream.to_string(), repo.to_string(), tag.to_string());
+        self.tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
 
     pub(super) fn put_tag(&self, upstream: &str, repo: &str, tag: &str, record: TagRecord) {

@@ -177,6 +177,16 @@ impl ManifestCache {
         }
     }
 
+    /// The upstream no longer has `tag`: drop its record, so that the next request asks (and
+    /// gets "not found"). The manifest itself stays, content-addressed, for other references.
+    pub(super) async fn forget_tag(&self, upstream: &str, repo: &str, tag: &str) {
+        self.hot.remove_tag(upstream, repo, tag);
+        if let Err(e) = self.storage.delete(&keys::tag(upstream, repo, tag)).await {
+            tracing::warn!(%upstream, %repo, %tag, error = %e, "cannot remove the record of a tag the upstream deleted");
+        }
+        tracing::info!(%upstream, %repo, %tag, "the upstream no longer has this tag; its record is removed");
+    }
+
     /// The manifest the upstream gave this Accept list for `tag` within the tag's TTL, if stored.
     async fn remembered_exact(
         &self,

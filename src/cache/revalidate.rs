@@ -15,7 +15,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::{Duration, Instant};
 
 use super::manifests::{Manifest, ManifestCache};
-use super::{CacheStatus, Result};
+use super::{CacheStatus, Error, Result};
 use crate::config::Revalidate;
 use crate::oci::Reference;
 use crate::upstream::Upstream;
@@ -134,6 +134,10 @@ impl ManifestCache {
                 Ok(m) if m.status == CacheStatus::Stale => "failed",
                 Ok(m) if m.digest == before => "same",
                 Ok(_) => "changed",
+                Err(Error::ManifestUnknown) => {
+                    cache.forget_tag(up.name(), repo, tag).await;
+                    "gone"
+                }
                 Err(_) => "failed",
             };
             metrics::counter!(crate::metrics::REVALIDATIONS, "upstream" => up.name().to_string(), "outcome" => outcome).increment(1);

@@ -337,3 +337,35 @@ async fn an_upstream_that_never_answers_is_bounded_by_the_deadline_then_costs_no
         "nothing was sent to a known-down upstream"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tag_deleted_upstream_is_served_once_more_then_not_found() {
+    let h = harness(300).await;
+    cached(&h, manifest_body(1)).await;
+    skip(301).await;
+    h.fake.lock().unwrap().manifests.remove("latest");
+    // Answered from cache while the background HEAD learns that the tag is gone...
+    let m = h
+        .cache
+        .manifest("up", "r", &tag(), &[], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (m.status, m.body),
+        (CacheStatus::Revalidating, manifest_body(1))
+    );
+    // ...after which the record is dropped and the tag is unknown, as upstream.
+    let start = Instant::now();
+    loop {
+        match h.cache.manifest("up", "r", &tag(), &[], false).await {
+            Err(Error::ManifestUnknown) => break,
+            Ok(m) => assert_eq!(m.body, manifest_body(1)),
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still served after the tag was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
