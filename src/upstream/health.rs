@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{describe, Error};
+use super::{describe_send, Error};
 
 /// The health of one upstream, shared by its client and its probe.
 pub(crate) struct Health {
@@ -133,8 +133,14 @@ impl Health {
         }
     }
 
-    /// Probe `base/v2/` until the upstream answers, then mark it up. Runs in its own task.
-    pub(crate) async fn probe(self: Arc<Self>, client: reqwest::Client, base: String) {
+    /// Probe `base/v2/` (through `proxy`, which `client` is set up with) until the upstream
+    /// answers, then mark it up. Runs in its own task.
+    pub(crate) async fn probe(
+        self: Arc<Self>,
+        client: reqwest::Client,
+        base: String,
+        proxy: Option<String>,
+    ) {
         let url = format!("{base}/v2/");
         let mut pause = Duration::from_secs(1);
         loop {
@@ -153,7 +159,7 @@ impl Health {
                     self.succeeded();
                     return;
                 }
-                Err(e) => describe(&e),
+                Err(e) => describe_send(&e, proxy.as_deref()),
             };
             tracing::debug!(upstream = %self.name, error = %reason, "probe failed");
             self.failed(&reason);

@@ -88,6 +88,8 @@ pub(crate) struct Upstream {
     deadline: Duration,
     base: String,
     client: reqwest::Client,
+    /// The outbound proxy without its credentials, for messages.
+    proxy: Option<String>,
     basic: Option<(String, String)>,
     tokens: TokenCache,
     rate_limit: Mutex<RateLimit>,
@@ -172,6 +174,7 @@ impl Upstream {
             name: cfg.name.clone(),
             base: cfg.base_url(),
             client,
+            proxy: cfg.proxy.as_deref().map(redacted),
             basic,
             tokens: TokenCache::default(),
             rate_limit: Mutex::new(RateLimit::default()),
@@ -225,10 +228,11 @@ impl Upstream {
     /// The upstream could not be reached: mark it down (and start the probe if this did).
     fn unreachable(&self, reason: &str) {
         if self.health.failed(reason) {
-            let probe = self
-                .health
-                .clone()
-                .probe(self.client.clone(), self.base.clone());
+            let probe = self.health.clone().probe(
+                self.client.clone(),
+                self.base.clone(),
+                self.proxy.clone(),
+            );
             tokio::spawn(probe);
         }
     }
@@ -291,9 +295,10 @@ impl Upstream {
             }
             rb
         };
-        self.retrying(Retry::Registry, build)
-            .await
-            .map_err(|e| Error::Unavailable(format!("{}: {}", self.name, describe(&e))))
+        self.retrying(Retry::Registry, build).await.map_err(|e| {
+            let why = describe_send(&e, self.proxy.as_deref());
+            Error::Unavailable(format!("{}: {why}", self.name))
+        })
     }
 
     /// Send what `build` makes, again after each pause of [`RETRY_BACKOFF`] while the attempt
@@ -319,7 +324,9 @@ impl Upstream {
                 // the retries means not (a connection closed mid-answer or a 5xx does not).
                 match &outcome {
                     Ok(_) => self.health.succeeded(),
-                    Err(e) if e.is_connect() || e.is_timeout() => self.unreachable(&describe(e)),
+                    Err(e) if e.is_connect() || e.is_timeout() => {
+                        self.unreachable(&describe_send(e, self.proxy.as_deref()))
+                    }
                     Err(_) => {}
                 }
                 return outcome;
@@ -375,10 +382,10 @@ impl Upstream {
             }
             rb
         };
-        let resp = self
-            .retrying(Retry::Token, build)
-            .await
-            .map_err(|e| Error::Unavailable(format!("token server {realm}: {}", describe(&e))))?;
+        let resp = self.retrying(Retry::Token, build).await.map_err(|e| {
+            let why = describe_send(&e, self.proxy.as_deref());
+            Error::Unavailable(format!("token server {realm}: {why}"))
+        })?;
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED => {
@@ -504,6 +511,30 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         src = c.source();
     }
     s
+}
+
+/// [`describe`] for a request that failed; when no connection could be made and it went through
+/// `proxy`, the message names the proxy: with a proxy, regmirror opens connections only to the
+/// proxy, so "connection refused" there is about the proxy, not the registry the URL names.
+fn describe_send(e: &reqwest::Error, proxy: Option<&str>) -> String {
+    match proxy {
+        Some(p) if e.is_connect() => format!("connecting through proxy {p}: {}", describe(e)),
+        _ => describe(e),
+    }
+}
+
+/// A proxy URL without its user and password (reqwest sends them as `Proxy-Authorization`).
+fn redacted(proxy: &str) -> String {
+    match url::Url::parse(proxy) {
+        Ok(mut u) => {
+            // Both only fail for URLs that cannot have credentials, which then have none.
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_string()
+        }
+        // Config validation refuses an unparsable proxy URL before a client is built.
+        Err(_) => "(invalid proxy URL)".to_string(),
+    }
 }
 
 #[cfg(test)]

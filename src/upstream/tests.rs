@@ -324,3 +324,48 @@ async fn outbound_proxy_is_used() {
     assert_eq!(proxy_seen.requests.load(Ordering::SeqCst), 1);
     assert_eq!(reg_seen.requests.load(Ordering::SeqCst), 1);
 }
+
+/// With a proxy nobody listens on, the error names the proxy (without its credentials), not just
+/// the registry URL that was never reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_proxy_is_named_in_the_error() {
+    let reg_seen = Arc::new(Seen::default());
+    let base = serve(reg_seen.clone(), flaky_registry).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for scheme in ["http", "socks5"] {
+        let cfg = UpstreamConfig {
+            name: "fake".into(),
+            url: Some(base.clone()),
+            proxy: Some(format!("{scheme}://user:hunter2@{dead}")),
+            ..Default::default()
+        };
+        let up = Upstream::new(&cfg).unwrap();
+        let Err(Error::Unavailable(msg)) = up.send(&get("manifests/x")).await else {
+            panic!("{scheme}: a dead proxy must make the upstream unavailable");
+        };
+        assert!(
+            msg.contains(&format!("connecting through proxy {scheme}://{dead}: ")),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2") && !msg.contains("user"), "{msg}");
+    }
+    assert_eq!(reg_seen.requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn proxy_credentials_are_left_out_of_messages() {
+    for (url, shown) in [
+        ("http://127.0.0.1:3128", "http://127.0.0.1:3128"),
+        (
+            "http://u:p@proxy.example:3128/",
+            "http://proxy.example:3128",
+        ),
+        ("socks5h://u:p@127.0.0.1:1080", "socks5h://127.0.0.1:1080"),
+        ("https://u@proxy.example", "https://proxy.example"),
+    ] {
+        assert_eq!(super::redacted(url), shown, "{url}");
+    }
+}
