@@ -111,10 +111,26 @@ pub async fn wait_http_ready(
     guard: &mut ChildGuard,
     timeout: std::time::Duration,
 ) -> Result<(), String> {
-    let client = reqwest::Client::builder()
+    wait_http_ready_with(&probe_client(), url, ok_statuses, guard, timeout).await
+}
+
+/// A client for readiness probes: no proxy, each attempt given 500 ms.
+pub fn probe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
         .timeout(std::time::Duration::from_millis(500))
         .build()
-        .map_err(|e| e.to_string())?;
+        .expect("probe client")
+}
+
+/// [`wait_http_ready`] with `client` (e.g. one trusting a test CA).
+pub async fn wait_http_ready_with(
+    client: &reqwest::Client,
+    url: &str,
+    ok_statuses: &[u16],
+    guard: &mut ChildGuard,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
     let deadline = std::time::Instant::now() + timeout;
     let mut last;
     loop {

@@ -80,6 +80,9 @@ pub struct UpstreamEntry {
     /// PEM CA bundle to trust for an https upstream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Outbound proxy: `http://`, `https://`, `socks5://` or `socks5h://` `HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 impl UpstreamEntry {
@@ -107,6 +110,12 @@ impl UpstreamEntry {
 
     pub fn host(mut self, h: &str) -> Self {
         self.hosts.push(h.into());
+        self
+    }
+
+    /// Reach the upstream through the outbound proxy `url`.
+    pub fn proxy(mut self, url: &str) -> Self {
+        self.proxy = Some(url.into());
         self
     }
 

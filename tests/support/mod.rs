@@ -6,7 +6,11 @@
 //! - [`background`]: run an axum router on its own thread and runtime (token server, fake upstreams).
 //! - [`fake_upstream`]: an in-process upstream serving a blob with wrong bytes and paginated tags.
 //! - [`token`]: RS256 token server that distribution's `auth.token` accepts.
-//! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth), count its access log.
+//! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth, or an https
+//!   twin on the same storage), count its access log.
+//! - [`tls`]: a private CA and a server certificate for 127.0.0.1, and the `openssl` runner.
+//! - [`proxies`]: outbound proxies on loopback (tinyproxy, squid, microsocks), each with its own
+//!   config and log, and the requests their logs show.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
 //! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
 //!   HTTP/1.1 request for paths no URL library would leave alone.
@@ -21,7 +25,8 @@
 //!   disk-full tests, raw sockets, `/metrics` and `/proc` readings.
 //! - [`clients`]: dockerd (in a loopback-only network namespace), containerd and podman, configured
 //!   with `regmirror client-config`.
-//! - [`skopeo`]: `skopeo copy` into a `dir:` layout and read it back.
+//! - [`skopeo`]: `skopeo copy` into a `dir:` layout, read it back and compare it with what was
+//!   pushed.
 //! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
 //!   and dedicated listener) behind one regmirror; a socat forwarder for Host-header routing.
 //!
@@ -52,9 +57,11 @@ pub mod faults;
 pub mod image;
 pub mod ledger;
 pub mod mirror;
+pub mod proxies;
 pub mod raw_http;
 pub mod registry;
 pub mod seed;
 pub mod skopeo;
+pub mod tls;
 pub mod token;
 pub mod world;

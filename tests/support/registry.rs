@@ -4,11 +4,12 @@
 //! distribution writes its access log (one combined-log line per request) to stdout and its
 //! application log to stderr; both are captured to files in the registry's temp dir.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::env::{free_port, wait_http_ready, ChildGuard};
+use super::env::{free_port, probe_client, wait_http_ready_with, ChildGuard};
+use super::tls::Certs;
 use super::token::TokenServer;
 
 /// How the registry authenticates clients.
@@ -30,6 +31,8 @@ pub enum RegistryAuth {
 pub struct Registry {
     guard: ChildGuard,
     pub port: u16,
+    /// `http`, or `https` for a [`Registry::tls_twin`].
+    pub scheme: &'static str,
     pub dir: tempfile::TempDir,
     pub access_log: PathBuf,
     pub app_log: PathBuf,
@@ -58,7 +61,7 @@ impl Registry {
         .await
     }
 
-    /// Start with a free port (retrying with another port if the one picked was taken meanwhile).
+    /// Start with a free port.
     pub async fn start(auth: RegistryAuth) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let (auth_yaml, token_server, credentials) = match &auth {
@@ -94,51 +97,38 @@ impl Registry {
                 (yaml, Some(ts), Some((user.clone(), password.clone())))
             }
         };
-        let mut last_err = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: regmirror-e2e-fixed-secret\n{auth_yaml}",
-                    dir.path().join("storage").display()
-                ),
-            )
-            .expect("write registry config");
-            let access_log = dir.path().join("access.log");
-            let app_log = dir.path().join("registry.log");
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&access_log).expect("access log"))
-                .stderr(std::fs::File::create(&app_log).expect("app log"))
-                .spawn()
-                .expect("spawn docker-registry");
-            let mut guard = ChildGuard::new(child, format!("docker-registry on port {port}"));
-            let url = format!("http://127.0.0.1:{port}/v2/");
-            match wait_http_ready(&url, &[200, 401], &mut guard, Duration::from_secs(20)).await {
-                Ok(()) => {
-                    return Registry {
-                        guard,
-                        port,
-                        dir,
-                        access_log,
-                        app_log,
-                        token_server,
-                        credentials,
-                    };
-                }
-                Err(e) => {
-                    last_err = format!(
-                        "{e}\n{}",
-                        std::fs::read_to_string(&app_log).unwrap_or_default()
-                    );
-                }
-            }
+        let storage = dir.path().join("storage");
+        let (guard, port, access_log, app_log) =
+            launch(dir.path(), &storage, &auth_yaml, None).await;
+        Registry {
+            guard,
+            port,
+            scheme: "http",
+            dir,
+            access_log,
+            app_log,
+            token_server,
+            credentials,
         }
-        panic!("docker-registry did not start: {last_err}");
+    }
+
+    /// A second registry serving this one's storage over https with `certs` (no auth), with its
+    /// own config and logs. Serving a stopped registry's storage works too.
+    pub async fn tls_twin(&self, certs: &Certs) -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = self.dir.path().join("storage");
+        let (guard, port, access_log, app_log) =
+            launch(dir.path(), &storage, "", Some(certs)).await;
+        Registry {
+            guard,
+            port,
+            scheme: "https",
+            dir,
+            access_log,
+            app_log,
+            token_server: None,
+            credentials: None,
+        }
     }
 
     /// Kill the registry now (by PID) and wait until its port refuses connections, so later
@@ -165,8 +155,9 @@ impl Registry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://...` for a [`Registry::tls_twin`].
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn pid(&self) -> u32 {
@@ -214,6 +205,64 @@ impl Registry {
             .filter(|l| l.contains(&needle))
             .count()
     }
+}
+
+/// Spawn `docker-registry serve` with its config and logs in `dir`, `storage` as its root,
+/// `auth_yaml` (a top-level `auth:` block, or empty) and, with `tls`, https. Retries with another
+/// port if the one picked was taken meanwhile; returns the process, its port and its logs.
+async fn launch(
+    dir: &Path,
+    storage: &Path,
+    auth_yaml: &str,
+    tls: Option<&Certs>,
+) -> (ChildGuard, u16, PathBuf, PathBuf) {
+    let tls_yaml = tls.map_or(String::new(), |c| {
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            c.cert.display(),
+            c.key.display()
+        )
+    });
+    let (scheme, probe) = match tls {
+        Some(c) => ("https", c.client()),
+        None => ("http", probe_client()),
+    };
+    let mut last_err = String::new();
+    for _attempt in 0..5 {
+        let port = free_port();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: regmirror-e2e-fixed-secret\n{tls_yaml}{auth_yaml}",
+                storage.display()
+            ),
+        )
+        .expect("write registry config");
+        let access_log = dir.join("access.log");
+        let app_log = dir.join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&access_log).expect("access log"))
+            .stderr(std::fs::File::create(&app_log).expect("app log"))
+            .spawn()
+            .expect("spawn docker-registry");
+        let mut guard = ChildGuard::new(child, format!("docker-registry on port {port}"));
+        let url = format!("{scheme}://127.0.0.1:{port}/v2/");
+        let ready = Duration::from_secs(20);
+        match wait_http_ready_with(&probe, &url, &[200, 401], &mut guard, ready).await {
+            Ok(()) => return (guard, port, access_log, app_log),
+            Err(e) => {
+                last_err = format!(
+                    "{e}\n{}",
+                    std::fs::read_to_string(&app_log).unwrap_or_default()
+                );
+            }
+        }
+    }
+    panic!("docker-registry did not start: {last_err}");
 }
 
 impl Drop for Registry {

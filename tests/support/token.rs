@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 
 use super::background::BackgroundServer;
+use super::tls::{openssl, self_signed};
 
 /// The RSA key and certificate, generated once per test process with the openssl CLI.
 pub struct SigningKey {
@@ -28,22 +29,8 @@ pub fn signing_key() -> &'static SigningKey {
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
         let spki = dir.path().join("pub.der");
-        run_openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=regmirror-test-token",
-            "-keyout",
-            path_str(&key),
-            "-out",
-            path_str(&cert),
-        ]);
-        run_openssl(&[
+        self_signed("/CN=regmirror-test-token", &key, &cert);
+        openssl(&[
             "pkey",
             "-in",
             path_str(&key),
@@ -64,18 +51,6 @@ pub fn signing_key() -> &'static SigningKey {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
-}
-
-fn run_openssl(args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// libtrust key id: base32 of the first 30 bytes of sha256(SPKI DER), in groups of 4 joined by ':'.
