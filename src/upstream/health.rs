@@ -4,9 +4,10 @@
 //! its whole deadline spent, after its retries) marks the upstream down. While it is down, requests
 //! fail at once with the time and reason of the last failure (cached content is still served by the
 //! cache, which asks [`Health::is_down`] before it waits on the upstream), and one background
-//! probe (`GET /v2/`, any answer but a server error counts) decides when it is back: after 1 s, then twice as
-//! long each time up to the configured maximum, each pause with ±20 % jitter so that many
-//! replicas do not probe in step. Each transition is logged once and shown on `/metrics`.
+//! probe (`GET /v2/`; any whole answer, head and body, but a server error counts) decides when it
+//! is back: after 1 s, then twice as long each time up to the configured maximum, each pause with
+//! ±20 % jitter so that many replicas do not probe in step. Each transition is logged once and
+//! shown on `/metrics`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -146,11 +147,15 @@ impl Health {
                 .send()
                 .await;
             let reason = match answer {
-                // Any answer but a server error (401 included) means the registry is back.
-                Ok(r) if !r.status().is_server_error() => {
-                    self.succeeded();
-                    return;
-                }
+                // Any whole answer but a server error (401 included) means the registry is back;
+                // a head whose body never comes is a registry that cannot serve yet.
+                Ok(r) if !r.status().is_server_error() => match r.bytes().await {
+                    Ok(_) => {
+                        self.succeeded();
+                        return;
+                    }
+                    Err(e) => format!("probe answer broke off: {}", describe(&e)),
+                },
                 Ok(r) => format!("probe answered {}", r.status()),
                 Err(e) => describe(&e),
             };
