@@ -43,7 +43,8 @@ pub struct UpstreamConfig {
     /// Seconds a synchronous revalidation may take before the cached tag is served.
     pub revalidate_timeout_secs: Option<u64>,
     /// Seconds the upstream work on a client's path may take in all (connect, retries, the
-    /// answer's head); a flowing blob body is bounded by `read_timeout_secs` instead.
+    /// answer's head, and the whole body of a manifest or tags list); a flowing blob body is
+    /// bounded by `read_timeout_secs` instead.
     pub request_deadline_secs: Option<u64>,
     /// Seconds a "not found" answer (unknown tag, manifest or blob) is remembered.
     pub negative_ttl_secs: Option<u64>,
@@ -76,7 +77,8 @@ pub enum Revalidate {
 pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 /// Connect timeout of an upstream that sets none: a black-holed address costs this per attempt.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Whole deadline of the upstream work on a client's path (connect, retries, answer head).
+/// Whole deadline of the upstream work on a client's path (connect, retries, answer head, the
+/// body of a manifest or tags list).
 pub(super) const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(8);
 /// How long a synchronous revalidation may hold a client.
 pub(super) const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(3);

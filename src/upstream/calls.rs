@@ -140,10 +140,9 @@ impl Upstream {
         limit: u64,
     ) -> Result<ManifestBody> {
         let req = manifest_request(Method::GET, repo, reference, accept)?;
-        let resp = self.send(&req).await?;
-        let digest = header_digest(resp.headers());
-        let content_type = header(resp.headers(), http::header::CONTENT_TYPE);
-        let body = read_limited(resp, limit).await?;
+        let (headers, body) = self.send_whole(&req, limit).await?;
+        let digest = header_digest(&headers);
+        let content_type = header(&headers, http::header::CONTENT_TYPE);
         Ok(ManifestBody {
             digest,
             content_type,
@@ -161,10 +160,9 @@ impl Upstream {
     ) -> Result<TagsList> {
         let mut req = Request::new(Method::GET, repo, "tags/list".into());
         req.query = query;
-        let resp = self.send(&req).await?;
-        let content_type = header(resp.headers(), http::header::CONTENT_TYPE);
-        let link = header(resp.headers(), http::header::LINK);
-        let body = read_limited(resp, limit).await?;
+        let (headers, body) = self.send_whole(&req, limit).await?;
+        let content_type = header(&headers, http::header::CONTENT_TYPE);
+        let link = header(&headers, http::header::LINK);
         Ok(TagsList {
             body,
             content_type,
@@ -221,7 +219,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// Read a whole response body, refusing more than `limit` bytes.
-async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
+pub(super) async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
     if content_length(resp.headers()).is_some_and(|n| n > limit) {
         return Err(Error::TooLarge { limit });
     }

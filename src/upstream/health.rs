@@ -6,14 +6,15 @@
 //! stale content for such outages anyway). While it is down, requests
 //! fail at once with the time and reason of the last failure (cached content is still served by the
 //! cache, which asks [`Health::is_down`] before it waits on the upstream), and one background
-//! probe (`GET /v2/`, any answer counts) decides when it is back: after 1 s, then twice as
-//! long each time up to the configured maximum, each pause with ±20 % jitter so that many
-//! replicas do not probe in step. Each transition is logged once and shown on `/metrics`.
+//! probe (`GET /v2/`; any whole answer, head and body, counts: a 401 or even a 503 means the
+//! registry can be reached) decides when it is back: after 1 s, then twice as long each time up
+//! to the configured maximum, each pause with ±20 % jitter so that many replicas do not probe in
+//! step. Each transition is logged once and shown on `/metrics`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::{describe_send, Error};
+use super::{describe, describe_send, Error};
 
 /// The health of one upstream, shared by its client and its probe.
 pub(crate) struct Health {
@@ -154,11 +155,15 @@ impl Health {
                 .send()
                 .await;
             let reason = match answer {
-                // Any answer (a 401, even a 503) means the registry can be reached again.
-                Ok(_) => {
-                    self.succeeded();
-                    return;
-                }
+                // Any whole answer (a 401, even a 503) means the registry can be reached again;
+                // a head whose body never comes is a registry that cannot serve yet.
+                Ok(r) => match r.bytes().await {
+                    Ok(_) => {
+                        self.succeeded();
+                        return;
+                    }
+                    Err(e) => format!("probe answer broke off: {}", describe(&e)),
+                },
                 Err(e) => describe_send(&e, proxy.as_deref()),
             };
             tracing::debug!(upstream = %self.name, error = %reason, "probe failed");

@@ -84,7 +84,8 @@ const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct Upstream {
     name: String,
     health: Arc<Health>,
-    /// Whole deadline of one call on a client's path (connect, retries, answer head).
+    /// Whole deadline of one call on a client's path (connect, retries, answer head, and the
+    /// whole body of a manifest or tags list).
     deadline: Duration,
     base: String,
     client: reqwest::Client,
@@ -210,8 +211,35 @@ impl Upstream {
     /// fails at once). A failure to reach the upstream (no connection or no answer after the
     /// retries, or the deadline spent) marks it down and starts the probe.
     async fn send(&self, req: &Request) -> Result<reqwest::Response> {
+        self.guarded(self.send_authorized(req)).await
+    }
+
+    /// Send `req` and read its whole body (at most `limit` bytes) within the request deadline:
+    /// a small answer (manifest, tags list) whose body stalls or breaks off is a failure to reach
+    /// the upstream like one whose head never comes.
+    async fn send_whole(&self, req: &Request, limit: u64) -> Result<(HeaderMap, bytes::Bytes)> {
+        self.guarded(async {
+            let resp = self.send_authorized(req).await?;
+            let headers = resp.headers().clone();
+            let body = calls::read_limited(resp, limit)
+                .await
+                .map_err(|e| match e {
+                    Error::Unavailable(why) => {
+                        Error::Unavailable(format!("{}: reading the answer: {why}", self.name))
+                    }
+                    e => e,
+                })?;
+            Ok((headers, body))
+        })
+        .await
+    }
+
+    /// Run `work` (a call to the upstream) within the request deadline, unless the upstream is
+    /// known to be down (then it fails at once). Spending the whole deadline marks it down (the
+    /// retry helper records the other ways of not reaching it).
+    async fn guarded<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         self.health.check()?;
-        match tokio::time::timeout(self.deadline, self.send_authorized(req)).await {
+        match tokio::time::timeout(self.deadline, work).await {
             Ok(r) => r,
             Err(_) => {
                 let reason = format!(

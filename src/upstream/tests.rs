@@ -369,3 +369,61 @@ fn proxy_credentials_are_left_out_of_messages() {
         assert_eq!(super::redacted(url), shown, "{url}");
     }
 }
+
+/// A registry whose every answer sends its head (announcing 100 bytes) and never its body.
+fn stalled_bodies(seen: Arc<Seen>, _base: String, _req: Request) -> Response {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let never = futures::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let mut r = Response::new(Body::from_stream(never));
+    r.headers_mut()
+        .insert("content-length", "100".parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn a_manifest_whose_body_stalls_fails_within_the_deadline_and_marks_the_upstream_down() {
+    let base = serve(Arc::new(Seen::default()), stalled_bodies).await;
+    let cfg = UpstreamConfig {
+        name: "fake".into(),
+        url: Some(base),
+        request_deadline_secs: Some(1),
+        ..Default::default()
+    };
+    let up = Upstream::new(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    let tag = crate::oci::Reference::Tag("latest".into());
+    let err = match up.get_manifest("a/b", &tag, &[], 1 << 20).await {
+        Ok(_) => panic!("a manifest whose body never comes"),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "bounded by the 1 s deadline, not the 60 s read timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(up.is_down(), "a stalled answer marks the upstream down");
+}
+
+#[tokio::test]
+async fn a_probe_answered_with_a_head_but_no_body_keeps_the_upstream_down() {
+    let seen = Arc::new(Seen::default());
+    let base = serve(seen.clone(), stalled_bodies).await;
+    let health = Arc::new(super::health::Health::new(
+        "fake",
+        std::time::Duration::from_secs(1),
+    ));
+    assert!(health.failed("test outage"));
+    // The first probe runs after 1 s (±20 %); its answer's head comes at once, its body never.
+    let probe = health.clone().probe(reqwest::Client::new(), base, None);
+    let probed = tokio::time::timeout(std::time::Duration::from_millis(1600), probe).await;
+    assert_eq!(
+        seen.requests.load(Ordering::SeqCst),
+        1,
+        "one probe was sent"
+    );
+    assert!(
+        probed.is_err() && health.is_down(),
+        "a head without its body does not bring the upstream back"
+    );
+}

@@ -23,6 +23,8 @@
 //!   request log, SIGKILL and restart on the same data directory) and one-shot `regmirror <args>`.
 //! - [`faults`]: a misbehaving in-process upstream, paths into the data directory, a tmpfs for
 //!   disk-full tests, raw sockets, `/metrics` and `/proc` readings.
+//! - [`netfaults`]: a TCP relay in front of a real upstream whose mode a test switches: forward
+//!   (optionally through a slow link), refuse, black-hole, silent, a stalled body, a fixed status.
 //! - [`clients`]: dockerd (in a loopback-only network namespace), containerd and podman, configured
 //!   with `regmirror client-config`.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout, read it back and compare it with what was
@@ -57,6 +59,7 @@ pub mod faults;
 pub mod image;
 pub mod ledger;
 pub mod mirror;
+pub mod netfaults;
 pub mod proxies;
 pub mod raw_http;
 pub mod registry;
