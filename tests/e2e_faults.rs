@@ -544,12 +544,13 @@ async fn lru_eviction_under_max_size_and_cache_ls_du_rm_gc() {
         total_size(&objects()) <= (5 * MIB / 2) as u64,
         "cache over max_size after eviction"
     );
-    let metrics = reqwest::get(format!("{}/metrics", mirror.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The eviction task counts each object right after removing it; under load that can come a
+    // moment after the file is gone.
+    let metrics = wait_for("evictions on /metrics", Duration::from_secs(20), || {
+        let text = metrics_text(&mirror.addr());
+        (metric(&text, "regmirror_evictions_total", &[]).unwrap_or(0.0) >= 1.0).then_some(text)
+    })
+    .await;
     assert!(
         metric(&metrics, "regmirror_evictions_total", &[]).unwrap_or(0.0) >= 1.0,
         "evictions_total:\n{metrics}"
