@@ -40,15 +40,19 @@ async fn until(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// The answer to a GET of the tag.
+async fn latest(h: &Harness) -> super::Manifest {
+    h.cache
+        .manifest("up", "r", &tag(), &[], false)
+        .await
+        .unwrap()
+}
+
 /// Wait (bounded) until the tag is answered with `body`.
 async fn serves(h: &Harness, body: bytes::Bytes) {
     let start = Instant::now();
     loop {
-        let m = h
-            .cache
-            .manifest("up", "r", &tag(), &[], false)
-            .await
-            .unwrap();
+        let m = latest(&h).await;
         if m.body == body {
             return;
         }
@@ -66,11 +70,7 @@ async fn cached(h: &Harness, body: bytes::Bytes) {
         .unwrap()
         .manifests
         .insert("latest".into(), body);
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     assert_eq!(m.status, CacheStatus::Miss);
 }
 
@@ -102,20 +102,12 @@ async fn an_expired_tag_is_answered_at_once_and_revalidated_once_in_the_backgrou
         );
     }
     // Before the upstream confirmed anything, the old digest is still the answer.
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     assert_eq!(m.body, manifest_body(1), "unconfirmed: the cached digest");
     until("the background HEAD and GET", || gets(&h) == 2).await;
     assert_eq!(heads(&h), 1, "one HEAD for 51 requests");
     serves(&h, manifest_body(2)).await;
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     assert_eq!((m.status, m.body), (CacheStatus::Hit, manifest_body(2)));
     assert_eq!(
         (heads(&h), gets(&h)),
@@ -135,11 +127,7 @@ async fn a_synchronous_revalidation_is_bounded_then_serves_the_cached_tag() {
         f.manifest_delay_ms = 2500;
     }
     let started = Instant::now();
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     let waited = started.elapsed();
     assert_eq!((m.status, m.body), (CacheStatus::Stale, manifest_body(1)));
     assert!(
@@ -320,11 +308,7 @@ async fn an_upstream_that_never_answers_is_bounded_by_the_deadline_then_costs_no
     // Known down now: the expired tag is served stale without a request or a wait.
     let before = gets(&h) + heads(&h);
     let started = Instant::now();
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "{:?}",
@@ -345,11 +329,7 @@ async fn a_tag_deleted_upstream_is_served_once_more_then_not_found() {
     skip(301).await;
     h.fake.lock().unwrap().manifests.remove("latest");
     // Answered from cache while the background HEAD learns that the tag is gone...
-    let m = h
-        .cache
-        .manifest("up", "r", &tag(), &[], false)
-        .await
-        .unwrap();
+    let m = latest(&h).await;
     assert_eq!(
         (m.status, m.body),
         (CacheStatus::Revalidating, manifest_body(1))
