@@ -245,22 +245,26 @@ http {{
     return proc
 
 
-def start_regmirror(binary, work, data_dir, upstream_port, name="regmirror"):
-    port = free_port()
-    conf = os.path.join(work, f"{name}-{port}.toml")
-    up = f"127.0.0.1:{upstream_port}"
-    with open(conf, "w") as f:
-        f.write(f"""listen = "127.0.0.1:{port}"
+def regmirror_toml(port, data_dir, upstream, tag_ttl_secs=300):
+    """The config every benchmark gives regmirror: one upstream `host:port`, fetched over plain HTTP."""
+    return f"""listen = "127.0.0.1:{port}"
 data_dir = "{data_dir}"
 no_builtin_upstreams = true
-default_upstream = "{up}"
+default_upstream = "{upstream}"
 log_format = "json"
 
 [[upstream]]
-name = "{up}"
-url = "http://{up}"
-tag_ttl_secs = 300
-""")
+name = "{upstream}"
+url = "http://{upstream}"
+tag_ttl_secs = {tag_ttl_secs}
+"""
+
+
+def start_regmirror(binary, work, data_dir, upstream_port, name="regmirror", tag_ttl_secs=300):
+    port = free_port()
+    conf = os.path.join(work, f"{name}-{port}.toml")
+    with open(conf, "w") as f:
+        f.write(regmirror_toml(port, data_dir, f"127.0.0.1:{upstream_port}", tag_ttl_secs))
     proc = Proc(name, [binary, "serve", "--config", conf], os.path.join(work, f"{name}.log"))
     proc.port, proc.data_dir = port, data_dir
     return proc

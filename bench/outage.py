@@ -127,14 +127,8 @@ def start_mirror(kind, binary, work, relay_port):
     if kind == "distribution":
         proc = bench.start_distribution(work, "proxy", remote=f"http://127.0.0.1:{relay_port}")
     else:
-        proc = bench.start_regmirror(binary, work, data, relay_port, name=kind)
         # A 1 s tag TTL, so that the measured pulls are of an expired tag.
-        conf = proc.popen.args[3]
-        proc.stop()
-        text = open(conf).read().replace("tag_ttl_secs = 300", "tag_ttl_secs = 1")
-        open(conf, "w").write(text)
-        proc = bench.Proc(kind, [binary, "serve", "--config", conf], os.path.join(work, f"{kind}.log"))
-        proc.port = int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
+        proc = bench.start_regmirror(binary, work, data, relay_port, name=kind, tag_ttl_secs=1)
     if bench.first_200(proc.port, proc) is None:
         raise SystemExit(f"outage: {kind} did not start; see {proc.logfile}")
     return proc

@@ -488,17 +488,7 @@ class Wan:
         data_dir = os.path.join(self.work, f"regmirror-data-{port}")
         conf = os.path.join(self.work, f"regmirror-{port}.toml")
         with open(conf, "w") as f:
-            f.write(f"""listen = "127.0.0.1:{port}"
-data_dir = "{data_dir}"
-no_builtin_upstreams = true
-default_upstream = "{UPSTREAM}"
-log_format = "json"
-
-[[upstream]]
-name = "{UPSTREAM}"
-url = "http://{UPSTREAM}"
-tag_ttl_secs = 300
-""")
+            f.write(bench.regmirror_toml(port, data_dir, UPSTREAM))
         p = bench.Proc("regmirror", self.topo.enter("mir") + [self.args.binary, "serve", "--config", conf],
                        os.path.join(self.work, "regmirror.log"))
         p.port, p.data_dir, p.kind = port, data_dir, "regmirror"
