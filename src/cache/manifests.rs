@@ -284,6 +284,14 @@ impl ManifestCache {
                 .get_manifest_upstream(up, repo, reference, accept)
                 .await;
         };
+        // A caller that found no fresh record before it got here may arrive just after another
+        // flight stored or confirmed the tag: that answer is the one to give, without a HEAD.
+        if self
+            .tag_ttl
+            .is_fresh(self.policies.get(up.name()), up.name(), repo, tag)
+        {
+            return Ok(cached);
+        }
         // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull limit.
         match self
             .head_manifest_upstream(up, repo, reference, accept)
