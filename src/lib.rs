@@ -15,6 +15,9 @@
 //! - `cache`: the pull-through logic, a facade over `BlobCache` (hits, fills through the
 //!   `FillTable` single-flight, ranges) and `ManifestCache` (digests, tags and their freshness,
 //!   stale serving, tags lists), with access tracking and eviction.
+//! - `edge`: who is asking and whether they may: TLS for the listeners, client authentication,
+//!   access policy, per-client limits. The server hands it sockets, the api asks it once per
+//!   routed request ([`edge::Edge::admit`]); it never calls the cache.
 //! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], one function per endpoint,
 //!   errors -> OCI JSON in one place.
 //! - `metrics`: names of every Prometheus series and the exporter.
@@ -24,7 +27,8 @@
 //! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
 //!   Linux-gated, each with its SAFETY argument.
 //!
-//! Calls go one way: `api` -> `cache` -> (`upstream`, `storage`, `staging`); `storage` and
+//! Calls go one way: `server` -> `edge` (sockets) and `api`; `api` -> `edge` (admission) and
+//! `cache`; `cache` -> (`upstream`, `storage`, `staging`); `storage` and
 //! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
 //! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
 //! every request, whichever side parsed it.
@@ -39,6 +43,7 @@ mod cache;
 pub mod cli;
 mod client_config;
 pub mod config;
+mod edge;
 mod metrics;
 pub mod oci;
 pub mod routing;

@@ -6,6 +6,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::endpoint::ParseError;
 use crate::cache;
+use crate::edge;
 use crate::oci::NameError;
 use crate::routing::RouteError;
 use crate::upstream;
@@ -29,8 +30,14 @@ pub(crate) enum Error {
     Unsupported(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// A client of the mirror without (valid) credentials; `challenge` is its `WWW-Authenticate`.
+    #[error("{message}")]
+    Unauthenticated { message: String, challenge: String },
     #[error("{0}")]
     Denied(String),
+    /// A client of the mirror over its own limits (not the upstream's).
+    #[error("{message}")]
+    ClientTooFast { message: String, retry_after: u64 },
     #[error("upstream registry rate limit reached")]
     TooManyRequests { retry_after: Option<String> },
     /// `size`: the blob's size when known, sent as `Content-Range: bytes */SIZE`.
@@ -57,7 +64,9 @@ impl Error {
             Error::BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED"),
+            Error::ClientTooFast { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN")
@@ -145,6 +154,21 @@ impl From<cache::Error> for Error {
     }
 }
 
+impl From<edge::Error> for Error {
+    fn from(e: edge::Error) -> Self {
+        match e {
+            edge::Error::Unauthenticated { message, challenge } => {
+                Error::Unauthenticated { message, challenge }
+            }
+            edge::Error::Denied { message } => Error::Denied(message),
+            e @ edge::Error::TooManyRequests { retry_after } => Error::ClientTooFast {
+                message: e.to_string(),
+                retry_after: retry_after.as_secs().max(1),
+            },
+        }
+    }
+}
+
 impl From<upstream::Error> for Error {
     fn from(e: upstream::Error) -> Self {
         use upstream::Error as U;
@@ -177,6 +201,15 @@ impl IntoResponse for Error {
             if let Ok(v) = HeaderValue::from_str(r) {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, v);
             }
+        }
+        if let Error::Unauthenticated { challenge, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(challenge) {
+                resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if let Error::ClientTooFast { retry_after, .. } = &self {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         if let Error::RangeNotSatisfiable {
             size: Some(size), ..
@@ -236,5 +269,30 @@ mod tests {
         }
         .into_response();
         assert_eq!(resp.headers().get("retry-after").unwrap(), "7");
+    }
+
+    #[test]
+    fn edge_refusals() {
+        let resp = Error::from(edge::Error::Unauthenticated {
+            message: "authentication required".into(),
+            challenge: r#"Bearer realm="https://m.example/token",service="regmirror""#.into(),
+        })
+        .into_response();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(
+            resp.headers().get("www-authenticate").unwrap(),
+            r#"Bearer realm="https://m.example/token",service="regmirror""#
+        );
+        let denied = Error::from(edge::Error::Denied {
+            message: "not mirrored here, see https://docs.example".into(),
+        });
+        assert_eq!((denied.status().as_u16(), denied.code()), (403, "DENIED"));
+        assert_eq!(denied.to_string(), "not mirrored here, see https://docs.example");
+        let resp = Error::from(edge::Error::TooManyRequests {
+            retry_after: std::time::Duration::from_millis(2500),
+        })
+        .into_response();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers().get("retry-after").unwrap(), "2");
     }
 }

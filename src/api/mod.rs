@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::cache::{BlobBody, Cache, CacheStatus};
+use crate::edge::{Action, Edge, Scope};
 use crate::oci::RangeSpec;
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
@@ -28,6 +29,7 @@ pub(crate) use error::Error;
 pub(crate) struct App {
     pub cache: Arc<Cache>,
     pub routing: RoutingTable,
+    pub edge: Edge,
 }
 
 /// State of one listener: the shared app, and the upstream when the listener is dedicated to one.
@@ -116,16 +118,19 @@ async fn dispatch(
         Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
         Endpoint::Manifest { name, reference } => {
             let route = route(listener, req, query, &name, outcome)?;
+            admit(listener, req, &route, Action::Pull)?;
             let answer = manifest(cache, &route, req, &reference, head).await;
             (route, answer)
         }
         Endpoint::Blob { name, digest } => {
             let route = route(listener, req, query, &name, outcome)?;
+            admit(listener, req, &route, Action::Pull)?;
             let answer = blob(cache, &route, req, &digest, head).await;
             (route, answer)
         }
         Endpoint::TagsList { name } => {
             let route = route(listener, req, query, &name, outcome)?;
+            admit(listener, req, &route, Action::List)?;
             let answer = tags_list(cache, &route, &name, query).await;
             (route, answer)
         }
@@ -173,6 +178,22 @@ fn route(
     let route = listener.app.routing.route(&facts)?;
     outcome.route = Some(route.clone());
     Ok(route)
+}
+
+/// Ask the edge whether this client may do `action` on the routed repository.
+fn admit(
+    listener: &Listener,
+    req: &http::request::Parts,
+    route: &Route,
+    action: Action,
+) -> Result<(), Error> {
+    let scope = Scope {
+        upstream: &route.upstream,
+        repository: &route.repository,
+        action,
+    };
+    listener.app.edge.admit(req, &scope)?;
+    Ok(())
 }
 
 /// What an endpoint answered, and where the answer came from.

@@ -46,6 +46,7 @@ pub(super) struct Handover {
 /// does not take; then return the connection for hyper.
 pub(super) async fn serve(
     mut stream: TcpStream,
+    peer: crate::edge::Peer,
     router: axum::Router,
     limits: Limits,
     stop: CancellationToken,
@@ -64,7 +65,9 @@ pub(super) async fn serve(
         };
         let close = req.close;
         let head = req.request.method() == Method::HEAD;
-        let resp = match router.clone().oneshot(req.request).await {
+        let mut request = req.request;
+        request.extensions_mut().insert(peer);
+        let resp = match router.clone().oneshot(request).await {
             Ok(r) => r,
             Err(never) => match never {},
         };

@@ -121,6 +121,7 @@ pub(crate) async fn run(
     let app = Arc::new(App {
         cache,
         routing: RoutingTable::new(&config),
+        edge: crate::edge::Edge::from_config(&config),
     });
     let bound = bind(&config).await?;
     serve(app, bound, Limits::from_config(&config), shutdown).await
@@ -201,7 +202,7 @@ async fn accept_loop(
         .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -214,7 +215,14 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let peer = crate::edge::Peer(peer);
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            router.clone(),
+            move |mut r: http::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(peer);
+                r
+            },
+        ));
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
@@ -230,7 +238,7 @@ async fn accept_loop(
                 );
                 return;
             }
-            let Some(rest) = http1::serve(stream, router, limits, stop).await else {
+            let Some(rest) = http1::serve(stream, peer, router, limits, stop).await else {
                 return;
             };
             let conn = builder.serve_connection(rest.into_io(), service);
