@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::cache::{BlobBody, Cache, CacheStatus};
-use crate::edge::{Action, Edge, Scope};
+use crate::edge::{Action, Edge, Grant, Scope, Throttle};
 use crate::oci::RangeSpec;
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
@@ -55,6 +55,7 @@ struct Outcome {
 async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     let started = Instant::now();
     let (req, _body) = req.into_parts();
+    let client = listener.app.edge.client_addr(&req);
     let (method, path) = (req.method.clone(), req.uri.path().to_string());
     let query = req.uri.query().map(str::to_string);
     let mut outcome = Outcome::default();
@@ -84,6 +85,7 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
             .increment(1);
     }
     tracing::info!(
+        client = client.map(|c| c.to_string()).as_deref().unwrap_or("-"),
         %method,
         %path,
         ns = ns.as_deref().unwrap_or("-"),
@@ -124,8 +126,8 @@ async fn dispatch(
         }
         Endpoint::Blob { name, digest } => {
             let route = route(listener, req, query, &name, outcome)?;
-            admit(listener, req, &route, Action::Pull)?;
-            let answer = blob(cache, &route, req, &digest, head).await;
+            let grant = admit(listener, req, &route, Action::Pull)?;
+            let answer = blob(cache, &route, req, &digest, head, grant.throttle).await;
             (route, answer)
         }
         Endpoint::TagsList { name } => {
@@ -186,14 +188,13 @@ fn admit(
     req: &http::request::Parts,
     route: &Route,
     action: Action,
-) -> Result<(), Error> {
+) -> Result<Grant, Error> {
     let scope = Scope {
         upstream: &route.upstream,
         repository: &route.repository,
         action,
     };
-    listener.app.edge.admit(req, &scope)?;
-    Ok(())
+    Ok(listener.app.edge.admit(req, &scope)?)
 }
 
 /// What an endpoint answered, and where the answer came from.
@@ -231,6 +232,7 @@ async fn blob(
     req: &http::request::Parts,
     digest: &crate::oci::Digest,
     head: bool,
+    throttle: Option<Throttle>,
 ) -> Answer {
     let range = match req.headers.get(header::RANGE) {
         Some(v) => Some(parse_range(v)?),
@@ -239,7 +241,7 @@ async fn blob(
     let b = cache
         .blob(&route.upstream, &route.repository, digest, range, head)
         .await?;
-    Ok((b.status, blob_response(b)))
+    Ok((b.status, blob_response(b, throttle)))
 }
 
 async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Option<&str>) -> Answer {
@@ -340,7 +342,7 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
     resp
 }
 
-fn blob_response(b: crate::cache::Blob) -> Response {
+fn blob_response(b: crate::cache::Blob, throttle: Option<Throttle>) -> Response {
     let source = if b.status == CacheStatus::Hit {
         "cache"
     } else {
@@ -349,18 +351,19 @@ fn blob_response(b: crate::cache::Blob) -> Response {
     let mut send_file = None;
     let body = match b.body {
         Some(BlobBody::File(region)) => {
-            let sf = zero_copy::SendFile::new(region, source);
+            let sf = zero_copy::SendFile::new(region, source, throttle);
             let body = sf.body();
             send_file = Some(sf);
             body
         }
         Some(BlobBody::Stream(stream)) => {
             let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
-            Body::from_stream(futures::StreamExt::inspect(stream, move |chunk| {
+            let stream = futures::StreamExt::inspect(stream, move |chunk| {
                 if let Ok(c) = chunk {
                     served.increment(c.len() as u64);
                 }
-            }))
+            });
+            Body::from_stream(zero_copy::paced(stream, throttle))
         }
         None => Body::empty(),
     };

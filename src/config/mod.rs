@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
 mod upstream;
+
+pub(crate) use limits::parse_trusted_proxies;
+pub use limits::LimitsConfig;
 
 pub use upstream::{
     builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
@@ -93,6 +97,12 @@ pub struct Config {
     pub hot_manifest_bytes: ByteSize,
     /// Tag records kept in memory besides on disk (0: none).
     pub hot_tag_entries: usize,
+    /// Addresses or CIDR blocks of reverse proxies in front of the mirror whose
+    /// `X-Forwarded-For` / `Forwarded` headers are believed (and only theirs) when deciding which
+    /// client a request is from (limits, request log). Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Per-client and global limits (`[limits]`); all off by default.
+    pub limits: LimitsConfig,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -118,6 +128,8 @@ impl Default for Config {
             gc_interval_secs: 60,
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
+            trusted_proxies: Vec::new(),
+            limits: LimitsConfig::default(),
             upstreams: Vec::new(),
         }
     }
@@ -227,6 +239,8 @@ impl Config {
         if self.max_manifest_bytes == 0 {
             return Err(invalid("max_manifest_bytes", "must be greater than 0"));
         }
+        parse_trusted_proxies(&self.trusted_proxies)?;
+        self.limits.validate()?;
         let mut prefixes = HashSet::new();
         let mut hosts = HashSet::new();
         let mut listens = HashSet::new();
