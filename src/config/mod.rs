@@ -323,6 +323,16 @@ impl Config {
                     return Err(invalid(key(field), "must be at least 1 second"));
                 }
             }
+            for (j, a) in u.resolve.iter().enumerate() {
+                if a.trim().parse::<std::net::IpAddr>().is_err() {
+                    return Err(invalid(
+                        key(&format!("resolve[{j}]")),
+                        format!(
+                            "{a:?} is not an IP address such as \"10.0.0.5\" or \"2001:db8::5\""
+                        ),
+                    ));
+                }
+            }
             if let Some(ca) = &u.ca_file {
                 let pem = std::fs::read(ca)
                     .map_err(|e| invalid(key("ca_file"), format!("{}: {e}", ca.display())))?;
