@@ -180,3 +180,88 @@ async fn blob_bytes_are_paced_to_the_client_rate_cold_and_warm() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_may_cause_only_its_share_of_upstream_downloads() {
+    require_tools!(TOOLS);
+    let registry = Registry::plain().await;
+    let blobs: Vec<Blob> = (0..3u8)
+        .map(|n| {
+            Blob::new(
+                "application/octet-stream",
+                (0..4u32 << 20)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8 ^ n)
+                    .collect(),
+            )
+        })
+        .collect();
+    let client = RegistryClient::new(&registry.url(), None);
+    for b in &blobs {
+        client.push_blob("team/big", b).await;
+    }
+    let mut config = MirrorConfig::new(vec![UpstreamEntry::new(
+        "upstream.example",
+        &registry.url(),
+    )
+    .alias("up")]);
+    // Paced to 1 MiB/s so that the first download is still running while the others are asked.
+    config.extra = config.extra.top(
+        "limits",
+        toml::toml! { client_upstream_downloads = 1
+        client_bytes_per_second = "1MiB" },
+    );
+    let mirror = Regmirror::start(config).await;
+    let url = |b: &Blob| format!("{}/v2/up/team/big/blobs/{}", mirror.url, b.digest);
+    let a = client_from("127.0.0.1");
+    let mut first = a.get(url(&blobs[0])).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let chunk = first.chunk().await.unwrap().expect("the first bytes");
+    assert!(!chunk.is_empty());
+
+    let (status, retry) = get(
+        &a,
+        &mirror,
+        &format!("/v2/up/team/big/blobs/{}", blobs[1].digest),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "a second uncached blob while the first is downloading"
+    );
+    assert!(retry.is_some(), "with Retry-After");
+    let b = client_from("127.0.0.3");
+    let other = b.get(url(&blobs[1])).send().await.unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "another client may start its own download"
+    );
+    // Joining the download already running does not count: the same blob from the same client.
+    let joined = a.get(url(&blobs[0])).send().await.unwrap();
+    assert_eq!(
+        joined.status(),
+        200,
+        "joining a running download is not a new one"
+    );
+    drop(joined);
+
+    // When the first answer ends, the client may start another.
+    let mut rest = chunk.to_vec();
+    while let Some(c) = first.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(sha256_digest(&rest), blobs[0].digest);
+    let body = other.bytes().await.unwrap();
+    assert_eq!(sha256_digest(&body), blobs[1].digest);
+    let third = a.get(url(&blobs[2])).send().await.unwrap();
+    assert_eq!(
+        third.status(),
+        200,
+        "the permit was released with the first answer"
+    );
+    assert_eq!(
+        sha256_digest(&third.bytes().await.unwrap()),
+        blobs[2].digest
+    );
+}

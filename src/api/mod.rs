@@ -18,12 +18,13 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::cache::{BlobBody, Cache, CacheStatus};
-use crate::edge::{Action, Edge, Grant, Scope, Throttle};
+use crate::edge::{Action, Edge, Grant, Scope};
 use crate::oci::RangeSpec;
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
 pub use endpoint::Endpoint;
 pub(crate) use error::Error;
+use zero_copy::Pace;
 
 /// Shared state of every listener.
 pub(crate) struct App {
@@ -127,7 +128,17 @@ async fn dispatch(
         Endpoint::Blob { name, digest } => {
             let route = route(listener, req, query, &name, outcome)?;
             let grant = admit(listener, req, &route, Action::Pull)?;
-            let answer = blob(cache, &route, req, &digest, head, grant.throttle).await;
+            let edge = &listener.app.edge;
+            let permit =
+                match !head && edge.limits_downloads() && cache.blob_would_fetch(&digest).await {
+                    true => edge.download(&grant)?,
+                    false => None,
+                };
+            let pace = Pace {
+                throttle: grant.throttle,
+                permit,
+            };
+            let answer = blob(cache, &route, req, &digest, head, pace).await;
             (route, answer)
         }
         Endpoint::TagsList { name } => {
@@ -232,7 +243,7 @@ async fn blob(
     req: &http::request::Parts,
     digest: &crate::oci::Digest,
     head: bool,
-    throttle: Option<Throttle>,
+    pace: Pace,
 ) -> Answer {
     let range = match req.headers.get(header::RANGE) {
         Some(v) => Some(parse_range(v)?),
@@ -241,7 +252,7 @@ async fn blob(
     let b = cache
         .blob(&route.upstream, &route.repository, digest, range, head)
         .await?;
-    Ok((b.status, blob_response(b, throttle)))
+    Ok((b.status, blob_response(b, pace)))
 }
 
 async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Option<&str>) -> Answer {
@@ -342,7 +353,7 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
     resp
 }
 
-fn blob_response(b: crate::cache::Blob, throttle: Option<Throttle>) -> Response {
+fn blob_response(b: crate::cache::Blob, pace: Pace) -> Response {
     let source = if b.status == CacheStatus::Hit {
         "cache"
     } else {
@@ -351,7 +362,7 @@ fn blob_response(b: crate::cache::Blob, throttle: Option<Throttle>) -> Response 
     let mut send_file = None;
     let body = match b.body {
         Some(BlobBody::File(region)) => {
-            let sf = zero_copy::SendFile::new(region, source, throttle);
+            let sf = zero_copy::SendFile::new(region, source, pace);
             let body = sf.body();
             send_file = Some(sf);
             body
@@ -363,7 +374,11 @@ fn blob_response(b: crate::cache::Blob, throttle: Option<Throttle>) -> Response 
                     served.increment(c.len() as u64);
                 }
             });
-            Body::from_stream(zero_copy::paced(stream, throttle))
+            Body::from_stream(zero_copy::paced(
+                stream,
+                pace.throttle,
+                pace.permit.map(Arc::new),
+            ))
         }
         None => Body::empty(),
     };

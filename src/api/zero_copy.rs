@@ -13,7 +13,15 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 use crate::cache::FileRegion;
-use crate::edge::Throttle;
+use crate::edge::{DownloadPermit, Throttle};
+
+/// What the edge asked of one blob answer: its byte pace, and the upstream download it counts
+/// against its client (released when the answer ends).
+#[derive(Default)]
+pub(crate) struct Pace {
+    pub throttle: Option<Throttle>,
+    pub permit: Option<DownloadPermit>,
+}
 
 /// A file region that the connection may send with `sendfile(2)`.
 #[derive(Clone)]
@@ -21,20 +29,19 @@ pub(crate) struct SendFile {
     region: Arc<Mutex<Option<FileRegion>>>,
     served: metrics::Counter,
     throttle: Option<Throttle>,
+    /// Held while any clone (the body, the response extension) lives.
+    _permit: Option<Arc<DownloadPermit>>,
 }
 
 impl SendFile {
     /// Wrap `region`; `source` labels the served-bytes counter ("cache" or "upstream");
     /// `throttle` paces the bytes when the client has a byte limit.
-    pub(crate) fn new(
-        region: FileRegion,
-        source: &'static str,
-        throttle: Option<Throttle>,
-    ) -> SendFile {
+    pub(crate) fn new(region: FileRegion, source: &'static str, pace: Pace) -> SendFile {
         SendFile {
             region: Arc::new(Mutex::new(Some(region))),
             served: metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source),
-            throttle,
+            throttle: pace.throttle,
+            _permit: pace.permit.map(Arc::new),
         }
     }
 
@@ -68,7 +75,7 @@ impl SendFile {
                             served.increment(c.len() as u64);
                         }
                     });
-                    paced(stream, this.throttle.clone()).boxed()
+                    paced(stream, this.throttle.clone(), this._permit.clone()).boxed()
                 }
                 None => futures::stream::empty().boxed(),
             }
@@ -78,11 +85,16 @@ impl SendFile {
     }
 }
 
-/// `stream` with each chunk split and delayed as `throttle` allows (unchanged without one).
+/// `stream` with each chunk split and delayed as the pace's throttle allows, holding its
+/// download permit until the stream is dropped.
 pub(crate) fn paced<E: Send + 'static>(
     stream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
     throttle: Option<Throttle>,
+    permit: Option<Arc<DownloadPermit>>,
 ) -> futures::stream::BoxStream<'static, Result<Bytes, E>> {
+    let stream = stream.inspect(move |_| {
+        let _held = &permit;
+    });
     let Some(throttle) = throttle else {
         return stream.boxed();
     };

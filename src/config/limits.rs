@@ -19,6 +19,10 @@ pub struct LimitsConfig {
     pub client_bytes_per_second: Option<ByteSize>,
     /// Blob bytes per second served to all clients together ("1GiB").
     pub bytes_per_second: Option<ByteSize>,
+    /// Blob downloads from upstreams one client may cause at once: a GET of a blob that is
+    /// neither cached nor being downloaded counts until its answer ends; one more is answered
+    /// `429`. Joining a download already running, and cached blobs, do not count.
+    pub client_upstream_downloads: Option<usize>,
 }
 
 impl LimitsConfig {
@@ -31,6 +35,12 @@ impl LimitsConfig {
                     "must be a number greater than 0 (leave it out for no limit)",
                 ));
             }
+        }
+        if self.client_upstream_downloads == Some(0) {
+            return Err(invalid(
+                "limits.client_upstream_downloads",
+                "must be at least 1 (leave it out for no limit)",
+            ));
         }
         if self.request_burst == Some(0) {
             return Err(invalid("limits.request_burst", "must be at least 1"));

@@ -5,10 +5,11 @@
 //! Owns the rate limiters (governor's GCRA, keyed by client). Must not know what is requested:
 //! it sees a [`ClientKey`] and byte counts, never a repository or a digest.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -37,8 +38,20 @@ pub(crate) struct Limits {
     requests: Option<DefaultKeyedRateLimiter<ClientKey>>,
     client_bytes: Option<Arc<ByteLimiter>>,
     all_bytes: Option<Arc<DefaultDirectRateLimiter>>,
+    downloads: Option<Downloads>,
     checks: AtomicU64,
 }
+
+/// Upstream downloads each client is causing now, at most `per_client`.
+#[derive(Debug)]
+struct Downloads {
+    per_client: usize,
+    running: Mutex<HashMap<ClientKey, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// One upstream download a client caused; released when dropped (its answer ended).
+#[derive(Debug)]
+pub(crate) struct DownloadPermit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 #[derive(Debug)]
 struct ByteLimiter {
@@ -73,11 +86,16 @@ impl Limits {
         let all_bytes = c
             .bytes_per_second
             .map(|b| Arc::new(DefaultDirectRateLimiter::direct(byte_quota(b.0).0)));
+        let downloads = c.client_upstream_downloads.map(|per_client| Downloads {
+            per_client,
+            running: Mutex::default(),
+        });
         Limits {
             trusted,
             requests,
             client_bytes,
             all_bytes,
+            downloads,
             checks: AtomicU64::new(0),
         }
     }
@@ -135,6 +153,32 @@ impl Limits {
                 b.limiter.retain_recent();
             }
         }
+    }
+
+    /// Whether the downloads a client causes are limited (else nobody needs to ask).
+    pub(crate) fn limits_downloads(&self) -> bool {
+        self.downloads.is_some()
+    }
+
+    /// Count one upstream download caused by `key`; Err when it already causes its limit.
+    pub(crate) fn download(&self, key: &ClientKey) -> Result<Option<DownloadPermit>, ()> {
+        let Some(d) = &self.downloads else {
+            return Ok(None);
+        };
+        let sem = {
+            let mut running = d.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.len() > FORGET_ABOVE {
+                // Clients with nothing running hold no permit: forget them.
+                running.retain(|_, s| s.available_permits() < d.per_client);
+            }
+            running
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(d.per_client)))
+                .clone()
+        };
+        sem.try_acquire_owned()
+            .map(|p| Some(DownloadPermit(p)))
+            .map_err(|_| ())
     }
 
     /// The byte throttle for answers to `key`, when any byte limit is set.

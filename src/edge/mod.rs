@@ -16,8 +16,8 @@
 
 mod limits;
 
-pub(crate) use limits::Throttle;
 use limits::{ClientKey, Limits};
+pub(crate) use limits::{DownloadPermit, Throttle};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -54,6 +54,8 @@ pub(crate) struct Grant {
     pub client: Option<std::net::IpAddr>,
     /// Paces blob bytes sent to this client, when a byte limit is configured.
     pub throttle: Option<Throttle>,
+    /// Whom the limits count this request against.
+    key: Option<ClientKey>,
 }
 
 /// Why a request was not admitted. `api/error.rs` maps each variant once.
@@ -119,6 +121,25 @@ impl Edge {
             user,
             client,
             throttle,
+            key,
         })
+    }
+
+    /// Whether [`Edge::download`] must be asked before a request starts an upstream download.
+    pub(crate) fn limits_downloads(&self) -> bool {
+        self.limits.limits_downloads()
+    }
+
+    /// Count an upstream download the admitted request is about to cause; the permit is held
+    /// until its answer ends. `429` when the client already causes its limit.
+    pub(crate) fn download(&self, grant: &Grant) -> Result<Option<DownloadPermit>, Error> {
+        let Some(key) = &grant.key else {
+            return Ok(None);
+        };
+        self.limits
+            .download(key)
+            .map_err(|()| Error::TooManyRequests {
+                retry_after: Duration::from_secs(1),
+            })
     }
 }
