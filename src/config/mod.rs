@@ -93,6 +93,9 @@ pub struct Config {
     pub hot_manifest_bytes: ByteSize,
     /// Tag records kept in memory besides on disk (0: none).
     pub hot_tag_entries: usize,
+    /// Links (which repository holds which digest) kept in memory besides on disk, so a warm
+    /// read checks its repository's link without a file (0: none; every read then stats one).
+    pub hot_link_entries: usize,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -118,6 +121,7 @@ impl Default for Config {
             gc_interval_secs: 60,
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
+            hot_link_entries: 200_000,
             upstreams: Vec::new(),
         }
     }
