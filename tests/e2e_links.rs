@@ -36,7 +36,11 @@ async fn a_private_image_is_not_served_under_other_repositories() {
     )
     .await
     .unwrap();
-    assert_single_copy(&pulled, img, "library/hello:oci from the Basic-auth upstream");
+    assert_single_copy(
+        &pulled,
+        img,
+        "library/hello:oci from the Basic-auth upstream",
+    );
     let private: Vec<String> = img.digests();
     // What the token upstream's team/single really holds may share a layer with it: there, the
     // upstream confirms and the one stored copy is served.
@@ -59,7 +63,11 @@ async fn a_private_image_is_not_served_under_other_repositories() {
                 assert_eq!(r.status, 200, "{repo} holds {d} upstream: {}", r.text());
                 continue;
             }
-            let code = if i == 0 { "MANIFEST_UNKNOWN" } else { "BLOB_UNKNOWN" };
+            let code = if i == 0 {
+                "MANIFEST_UNKNOWN"
+            } else {
+                "BLOB_UNKNOWN"
+            };
             assert_eq!(
                 (r.status.as_u16(), r.error_code().as_deref()),
                 (404, Some(code)),
@@ -70,7 +78,7 @@ async fn a_private_image_is_not_served_under_other_repositories() {
             refused += 1;
         }
     }
-    assert!(refused >= private.len() + 1, "{refused} refusals");
+    assert!(refused > private.len(), "{refused} refusals");
     assert_eq!(
         w.hub.access_lines()[hub_lines..].to_vec(),
         Vec::<String>::new(),
@@ -80,10 +88,14 @@ async fn a_private_image_is_not_served_under_other_repositories() {
     // credentials), which says no; nothing is downloaded or served.
     for d in &private[1..] {
         let r = client.blob("library/other", d).await;
-        assert_eq!((r.status.as_u16(), r.error_code().as_deref()), (404, Some("BLOB_UNKNOWN")));
+        assert_eq!(
+            (r.status.as_u16(), r.error_code().as_deref()),
+            (404, Some("BLOB_UNKNOWN"))
+        );
         assert_eq!(w.hub.count_blob_gets("library/other", d), 0);
         assert_eq!(
-            w.hub.count_requests("HEAD", &format!("/v2/library/other/blobs/{d}")),
+            w.hub
+                .count_requests("HEAD", &format!("/v2/library/other/blobs/{d}")),
             1,
             "one confirmation asked for {d}"
         );
@@ -92,12 +104,20 @@ async fn a_private_image_is_not_served_under_other_repositories() {
     for d in &private[1..] {
         let r = client.blob("library/hello", d).await;
         assert_eq!(r.status, 200);
-        assert_eq!(w.hub.count_blob_gets("library/hello", d), 1, "{d} fetched once");
+        assert_eq!(
+            w.hub.count_blob_gets("library/hello", d),
+            1,
+            "{d} fetched once"
+        );
     }
     let records = w.mirror.requests();
     let refused_logged = records
         .iter()
         .filter(|r| r.status == 404 && r.path.contains("/library/anything/"))
         .count();
-    assert_eq!(refused_logged, private.len(), "the request log shows each refusal");
+    assert_eq!(
+        refused_logged,
+        private.len(),
+        "the request log shows each refusal"
+    );
 }
