@@ -227,3 +227,24 @@ async fn a_manifest_by_digest_is_served_under_a_repository_only_once_confirmed_t
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_whose_content_was_evicted_means_not_cached() {
+    let (h, d, data) = with_blob().await;
+    get(&h.cache, "team/a", &d).await.unwrap();
+    settled(&h.cache).await;
+    let policy = super::evict::Policy {
+        max_size: Some(0),
+        max_age: None,
+    };
+    let report = h.cache.evict(policy).await.unwrap();
+    assert!(report.evicted_objects >= 1, "{report:?}");
+    assert_eq!(super::tests::blob_files(h.dir.path()), 0);
+    // The link stays behind; the blob is fetched again for its repository, without a HEAD.
+    let (status, body) = get(&h.cache, "team/a", &d).await.unwrap();
+    assert_eq!((status, body == data), (CacheStatus::Miss, true));
+    assert_eq!(
+        (count(&h.counts.blob_get), count(&h.counts.blob_head)),
+        (2, 0)
+    );
+}
