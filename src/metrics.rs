@@ -26,6 +26,7 @@ pub(crate) const STALE_SERVED: &str = "regmirror_stale_served_total";
 pub(crate) const UPSTREAM_UP: &str = "regmirror_upstream_up";
 pub(crate) const REVALIDATIONS: &str = "regmirror_revalidations_total";
 pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
+pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -100,6 +101,10 @@ fn describe() {
     describe_counter!(
         NEGATIVE_HITS,
         "Requests answered \"not found\" from the short-lived negative cache, by kind"
+    );
+    describe_counter!(
+        LINK_CONFIRMS,
+        "Upstream HEADs asked to confirm that a repository holds content cached for another, by kind"
     );
     describe_counter!(EVICTIONS, "Objects removed by eviction");
     describe_counter!(EVICTED_BYTES, Unit::Bytes, "Bytes removed by eviction");

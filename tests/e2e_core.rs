@@ -401,7 +401,8 @@ async fn alias_route_and_second_pull_is_served_from_cache() {
         "team/multi",
     );
     // Pull everything again: every blob reached the upstream exactly once (blobs are content
-    // addressed, so the busybox layer shared by both repositories counts once in all).
+    // addressed, so the busybox layer shared by both repositories counts once in all: the
+    // second repository costs one HEAD that confirms it holds the layer, not a GET).
     copy_seed_through(
         &prefix,
         &w.tok_seed,

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use super::access::Access;
 use super::evict::Evictor;
 use super::flight::{Fill, FillPermit, FillTable, Flight, LocalFills};
+use super::links::{Kind, Links};
 use super::negative::NotFound;
 use super::tags::Policies;
 use super::upstreams::Upstreams;
@@ -56,6 +57,14 @@ pub(crate) struct Blob {
     pub(crate) status: CacheStatus,
 }
 
+/// What the blob side knows about repositories, shared with the manifest side.
+pub(crate) struct Known {
+    /// Blobs an upstream said a repository does not have, for a short time.
+    pub(crate) not_found: Arc<NotFound>,
+    /// Which repositories hold which blobs.
+    pub(crate) links: Arc<Links>,
+}
+
 /// The blob side of the cache.
 pub(crate) struct BlobCache {
     storage: Arc<dyn Storage>,
@@ -70,6 +79,8 @@ pub(crate) struct BlobCache {
     policies: Arc<Policies>,
     /// Blobs an upstream said it does not have, for a short time.
     not_found: Arc<NotFound>,
+    /// Which repositories hold which blobs: nothing is served under a repository without one.
+    links: Arc<Links>,
 }
 
 impl BlobCache {
@@ -85,7 +96,7 @@ impl BlobCache {
         access: Arc<Access>,
         evictor: Arc<Evictor>,
         policies: Arc<Policies>,
-        not_found: Arc<NotFound>,
+        known: Known,
     ) -> BlobCache {
         BlobCache {
             storage,
@@ -96,7 +107,8 @@ impl BlobCache {
             access,
             evictor,
             policies,
-            not_found,
+            not_found: known.not_found,
+            links: known.links,
         }
     }
 
@@ -106,7 +118,8 @@ impl BlobCache {
         self.fills.in_flight()
     }
 
-    /// GET (`head = false`) or HEAD a blob, optionally a range of it.
+    /// GET (`head = false`) or HEAD a blob, optionally a range of it. Served under `repo` only
+    /// when it is linked there (fetched or confirmed for it); see `links`.
     pub(crate) async fn blob(
         self: &Arc<Self>,
         upstreams: &Upstreams,
@@ -116,8 +129,11 @@ impl BlobCache {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<Blob> {
-        if let Some(hit) = self.from_storage(digest, range, head).await? {
-            return Ok(hit);
+        let linked = self.links.holds(Kind::Blob, upstream, repo, digest).await?;
+        if linked {
+            if let Some(hit) = self.from_storage(digest, range, head).await? {
+                return Ok(hit);
+            }
         }
         let up = upstreams.get(upstream)?;
         let missing = format!("blob {upstream}/{repo}@{digest}");
@@ -125,7 +141,9 @@ impl BlobCache {
             metrics::counter!(crate::metrics::NEGATIVE_HITS, "kind" => "blob").increment(1);
             return Err(Error::BlobUnknown);
         }
-        let answer = self.blob_upstream(&up, repo, digest, range, head).await;
+        let answer = self
+            .blob_upstream(&up, repo, digest, range, head, linked)
+            .await;
         if matches!(answer, Err(Error::BlobUnknown)) {
             let ttl = self.policies.get(upstream).negative_ttl;
             self.not_found.insert(missing, ttl);
@@ -133,7 +151,8 @@ impl BlobCache {
         answer
     }
 
-    /// A blob that is not in storage: join its fill, start one, or ask the upstream (HEAD).
+    /// A blob that is not served from storage for this repository: confirm a stored one, join
+    /// its fill, start one, or ask the upstream (HEAD). `linked`: the repository holds it.
     async fn blob_upstream(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
@@ -141,14 +160,22 @@ impl BlobCache {
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
+        linked: bool,
     ) -> Result<Blob> {
         if let Some(fill) = self.fills.join(digest) {
-            return self
-                .serve_fill(up, repo, fill, range, head, CacheStatus::Joined)
-                .await;
+            return self.serve_joined(up, repo, fill, range, head, linked).await;
+        }
+        if !linked && self.is_stored(digest).await? {
+            // Cached for another repository (or before links existed): the upstream must say
+            // this one holds it too.
+            self.confirm(up, repo, digest).await?;
+            if let Some(hit) = self.from_storage(digest, range, head).await? {
+                return Ok(hit);
+            }
         }
         if head {
             let size = up.head_blob(repo, digest).await.map_err(blob_error)?;
+            self.links.note(Kind::Blob, up.name(), repo, digest);
             return Ok(Blob {
                 digest: digest.clone(),
                 size,
@@ -158,14 +185,14 @@ impl BlobCache {
             });
         }
         match self.fills.start_or_join(digest) {
-            Flight::Join(fill) => {
-                self.serve_fill(up, repo, fill, range, head, CacheStatus::Joined)
-                    .await
-            }
+            Flight::Join(fill) => self.serve_joined(up, repo, fill, range, head, linked).await,
             Flight::Start(fill, permit) => {
                 // A fill may have committed between our storage check and now.
                 if let Some(hit) = self.from_storage(digest, range, head).await? {
                     permit.finish();
+                    if !linked {
+                        self.confirm(up, repo, digest).await?;
+                    }
                     return Ok(hit);
                 }
                 let (cache, task_up, task_repo) = (self.clone(), up.clone(), repo.to_string());
@@ -178,6 +205,59 @@ impl BlobCache {
                 self.serve_fill(up, repo, fill, range, head, CacheStatus::Miss)
                     .await
             }
+        }
+    }
+
+    /// Join a fill, which may be fetching for another repository: unless this one is linked,
+    /// wait until the fill's upstream answered (a fill for this repository links it then) and
+    /// confirm with the upstream if it is still not known.
+    async fn serve_joined(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        fill: Arc<Fill>,
+        range: Option<RangeSpec>,
+        head: bool,
+        linked: bool,
+    ) -> Result<Blob> {
+        if !linked {
+            let state = fill.wait_started().await;
+            let failed = matches!(state.outcome, Some(Err(_)));
+            if !failed && !self.links.known(Kind::Blob, up.name(), repo, fill.digest()) {
+                self.confirm(up, repo, fill.digest()).await?;
+            }
+        }
+        self.serve_fill(up, repo, fill, range, head, CacheStatus::Joined)
+            .await
+    }
+
+    /// Ask the upstream whether `repo` holds `digest` (one HEAD, shared by concurrent callers),
+    /// and link it when it does. An upstream that cannot answer is an outage, never a hit.
+    async fn confirm(&self, up: &Upstream, repo: &str, digest: &Digest) -> Result<()> {
+        let ask = async {
+            metrics::counter!(crate::metrics::LINK_CONFIRMS, "kind" => "blob").increment(1);
+            match up.head_blob(repo, digest).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(super::links::refused(
+                    up.name(),
+                    repo,
+                    digest,
+                    e,
+                    Error::BlobUnknown,
+                )),
+            }
+        };
+        self.links
+            .confirm(Kind::Blob, up.name(), repo, digest, ask)
+            .await
+    }
+
+    /// Whether the blob's bytes are in storage (for any repository).
+    async fn is_stored(&self, digest: &Digest) -> Result<bool> {
+        match self.storage.head(&keys::blob(digest)).await {
+            Ok(_) => Ok(true),
+            Err(storage::Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -363,13 +443,16 @@ impl BlobCache {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let blob = up.get_blob(repo, digest).await.map_err(blob_error)?;
+        // The upstream serves it for this repository: joiners for it need not ask again.
+        self.links.note(Kind::Blob, up.name(), repo, digest);
         let (writer, reader) =
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
         permit.started(Arc::new(reader));
         let writer = spool.insert(writer);
         writer.write(blob.body, digest).await.map_err(write_error)?;
         let path = writer.path().ok_or(Error::Abandoned)?;
-        Ok(self.storage.put_file(&keys::blob(digest), path).await?)
+        self.storage.put_file(&keys::blob(digest), path).await?;
+        self.links.link(Kind::Blob, up.name(), repo, digest).await
     }
 }
 

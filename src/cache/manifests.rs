@@ -12,6 +12,7 @@ use tokio::sync::OnceCell;
 
 use super::access::Access;
 use super::hot::Hot;
+use super::links::{self, Kind, Links};
 use super::negative::NotFound;
 use super::tags::{Policies, TagRecord, TagTtl};
 use super::{decode_manifest, encode_manifest, keys, CacheStatus, Error, Result};
@@ -47,6 +48,8 @@ pub(crate) struct ManifestCache {
     hot: Hot,
     /// Names the upstream said it does not have, for a short time.
     not_found: Arc<NotFound>,
+    /// Which repositories hold which manifests: by digest, nothing is served without one.
+    links: Arc<Links>,
     /// What the upstream answered a client whose Accept list excludes a tag's cached type:
     /// (upstream, repository, tag, Accept list) -> digest, with when it was asked.
     exact: Mutex<HashMap<(String, String, String, String), (Digest, tokio::time::Instant)>>,
@@ -77,6 +80,7 @@ impl ManifestCache {
         access: Arc<Access>,
         policies: Arc<Policies>,
         not_found: Arc<NotFound>,
+        links: Arc<Links>,
     ) -> Self {
         ManifestCache {
             storage,
@@ -90,6 +94,7 @@ impl ManifestCache {
                 config.hot_tag_entries,
             ),
             not_found,
+            links,
             exact: Mutex::default(),
             lists: Mutex::default(),
             list_flights: Mutex::default(),
@@ -110,8 +115,12 @@ impl ManifestCache {
         let missing = format!("manifest {upstream}/{repo}:{reference}");
         match reference {
             Reference::Digest(d) => {
-                // A digest names exact bytes: they are the answer whatever the client accepts.
+                // A digest names exact bytes: they are the answer whatever the client accepts,
+                // once this repository is known to hold them.
                 if let Some((media_type, body)) = self.stored_manifest(d).await? {
+                    if !self.links.holds(Kind::Manifest, upstream, repo, d).await? {
+                        self.confirm(up, repo, d, accept, &missing).await?;
+                    }
                     return Ok(manifest(d.clone(), media_type, body, CacheStatus::Hit));
                 }
             }
@@ -175,6 +184,48 @@ impl ManifestCache {
                 Ok(m)
             }
         }
+    }
+
+    /// Ask the upstream whether `repo` holds the stored manifest `d` (one HEAD shared by
+    /// concurrent callers) and link it when it does; "no" is remembered as a negative answer.
+    async fn confirm(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        d: &Digest,
+        accept: &[String],
+        missing: &str,
+    ) -> Result<()> {
+        if self.not_found.contains(missing) {
+            metrics::counter!(crate::metrics::NEGATIVE_HITS, "kind" => "manifest").increment(1);
+            return Err(Error::ManifestUnknown);
+        }
+        let reference = Reference::Digest(d.clone());
+        let ask = async {
+            metrics::counter!(crate::metrics::LINK_CONFIRMS, "kind" => "manifest").increment(1);
+            match up
+                .head_manifest(repo, &reference, &media::upstream_accept(accept))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(links::refused(
+                    up.name(),
+                    repo,
+                    d,
+                    e,
+                    Error::ManifestUnknown,
+                )),
+            }
+        };
+        let confirmed = self
+            .links
+            .confirm(Kind::Manifest, up.name(), repo, d, ask)
+            .await;
+        if matches!(confirmed, Err(Error::ManifestUnknown)) {
+            let ttl = self.policies.get(up.name()).negative_ttl;
+            self.not_found.insert(missing.to_string(), ttl);
+        }
+        confirmed
     }
 
     /// The upstream no longer has `tag`: drop its record, so that the next request asks (and
@@ -429,6 +480,9 @@ impl ManifestCache {
             .await?;
         self.hot
             .put_manifest(digest.clone(), media_type.clone(), body.clone());
+        self.links
+            .link(Kind::Manifest, up.name(), repo, &digest)
+            .await?;
         Ok((digest, media_type, body))
     }
 

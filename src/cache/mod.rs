@@ -13,6 +13,7 @@
 //! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `tags`: tag
 //!   freshness; `hot`: the in-memory copies of small objects.
 //! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
+//! - `links`: which (upstream, repository) holds which digest; nothing is served without one.
 //! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI.
 
 mod access;
@@ -21,6 +22,7 @@ pub(crate) mod evict;
 mod flight;
 mod hot;
 pub(crate) mod inventory;
+mod links;
 mod lists;
 mod manifests;
 mod negative;
@@ -179,6 +181,11 @@ impl Cache {
         ));
         let policies = Arc::new(tags::Policies::from_config(config));
         let not_found = Arc::new(negative::NotFound::default());
+        let links = Arc::new(links::Links::new(storage.clone(), config.hot_link_entries));
+        let known = blobs::Known {
+            not_found: not_found.clone(),
+            links: links.clone(),
+        };
         let blobs = Arc::new(BlobCache::new(
             config,
             storage.clone(),
@@ -186,7 +193,7 @@ impl Cache {
             access.clone(),
             evictor.clone(),
             policies.clone(),
-            not_found.clone(),
+            known,
         ));
         let manifests = Arc::new(ManifestCache::new(
             config,
@@ -194,6 +201,7 @@ impl Cache {
             access,
             policies,
             not_found,
+            links,
         ));
         Ok(Cache {
             storage,
@@ -310,6 +318,17 @@ pub(crate) mod keys {
     pub(crate) fn tags_list(upstream: &str, repo: &str) -> String {
         format!("tags/{upstream}/{repo}/_list")
     }
+    pub(crate) fn link(kind: super::links::Kind, upstream: &str, repo: &str, d: &Digest) -> String {
+        let dir = match kind {
+            super::links::Kind::Blob => "_blobs",
+            super::links::Kind::Manifest => "_manifests",
+        };
+        format!(
+            "links/{upstream}/{repo}/{dir}/{}/{}",
+            d.algorithm_name(),
+            d.hex()
+        )
+    }
 }
 
 /// Encode a stored manifest: media type line, then the exact bytes.
@@ -332,3 +351,5 @@ fn decode_manifest(stored: Bytes) -> Option<(String, Bytes)> {
 mod tests;
 #[cfg(test)]
 mod tests_freshness;
+#[cfg(test)]
+mod tests_links;

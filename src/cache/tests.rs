@@ -32,6 +32,8 @@ pub(super) struct Fake {
     pub(super) manifest_delay_ms: u64,
     /// Served instead of the manifest to clients whose Accept lacks the OCI index type.
     pub(super) schema2_alternative: Option<Bytes>,
+    /// Repositories that hold nothing: every blob and manifest under them is 404.
+    pub(super) empty_repos: Vec<String>,
 }
 
 #[derive(Default)]
@@ -63,7 +65,13 @@ async fn fake_handler(State(up): State<FakeUpstream>, req: Request) -> Response 
             r.headers_mut().insert("retry-after", "42".parse().unwrap());
             return r;
         }
-        let tail = path.rsplit('/').next().unwrap_or("").to_string();
+        let mut tail = path.rsplit('/').next().unwrap_or("").to_string();
+        if f.empty_repos
+            .iter()
+            .any(|r| path.starts_with(&format!("/v2/{r}/")))
+        {
+            tail.clear();
+        }
         if path.contains("/blobs/") {
             let c = if head {
                 &up.counts.blob_head
@@ -142,7 +150,9 @@ pub(super) struct Harness {
     pub(super) cache: Arc<Cache>,
     pub(super) fake: Arc<Mutex<Fake>>,
     pub(super) counts: Arc<Counts>,
-    dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
+    /// Where the fake upstream answers.
+    pub(super) addr: std::net::SocketAddr,
 }
 
 pub(super) async fn harness(tag_ttl_secs: u64) -> Harness {
@@ -169,6 +179,7 @@ pub(super) async fn harness_on(
         fake: up.fake,
         counts: up.counts,
         dir,
+        addr,
     }
 }
 
@@ -192,20 +203,30 @@ pub(super) async fn cache_for(
     extra: &str,
 ) -> (Arc<Cache>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(dir.path(), addr, tag_ttl_secs, extra).await;
+    (cache, dir)
+}
+
+/// A cache over the data directory `dir` (which may hold a previous cache's objects).
+pub(super) async fn cache_in(
+    dir: &std::path::Path,
+    addr: std::net::SocketAddr,
+    tag_ttl_secs: u64,
+    extra: &str,
+) -> Arc<Cache> {
     let text = format!(
         "no_builtin_upstreams = true\ndefault_upstream = \"\"\n[[upstream]]\nname = \"up\"\nurl = \"http://{addr}\"\ntag_ttl_secs = {tag_ttl_secs}\nread_timeout_secs = 5\n{extra}\n"
     );
     let mut config = Config::from_toml(&text).unwrap();
     config.merge_builtins();
     config.validate().unwrap();
-    let opened = crate::storage::open(dir.path(), crate::storage::Role::Server)
+    let opened = crate::storage::open(dir, crate::storage::Role::Server)
         .await
         .expect("open the store");
-    let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap());
-    (cache, dir)
+    Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap())
 }
 
-fn random_blob(len: usize) -> (Digest, Bytes) {
+pub(super) fn random_blob(len: usize) -> (Digest, Bytes) {
     let data: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
     (Digest::sha256_of(&data), Bytes::from(data))
 }
@@ -227,7 +248,7 @@ async fn read_all(cache: &Arc<Cache>, d: &Digest) -> (CacheStatus, Result<Vec<u8
     (b.status, Ok(out))
 }
 
-fn blob_files(dir: &std::path::Path) -> usize {
+pub(super) fn blob_files(dir: &std::path::Path) -> usize {
     walk(&dir.join("blobs")) + walk(&dir.join("tmp"))
 }
 

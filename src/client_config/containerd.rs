@@ -15,19 +15,46 @@ pub(super) fn generate(req: &Request) -> Result<Output, Error> {
     let style = req.style_among("containerd", &[Style::Ns, Style::Prefix, Style::Host], "")?;
     let registries = req.registries_or(&["docker.io"]);
     req.check_host_style(&registries)?;
-    let files = registries
-        .iter()
-        .map(|r| File {
+    let mut files = Vec::new();
+    for r in &registries {
+        files.push(File {
             path: format!("{r}/hosts.toml").into(),
             contents: hosts_toml(req, style, r),
-        })
-        .collect();
-    let notes = vec![format!(
+            private: req.trust.credentials.is_some(),
+        });
+        if let Some(pem) = &req.trust.ca_pem {
+            files.push(File {
+                path: format!("{r}/ca.crt").into(),
+                contents: pem.clone(),
+                private: false,
+            });
+        }
+    }
+    let mut notes = vec![format!(
         "containerd reads these files from the directory named by config_path in its CRI registry section \
          (config_path = \"/etc/containerd/certs.d\"), or from ctr --hosts-dir; a registry without a file is \
          pulled directly"
     )];
+    if let Some((user, password)) = &req.trust.credentials {
+        notes.push(cri_auth_note(&req.mirror.host, user, password));
+    }
     Ok(Output { files, notes })
+}
+
+/// hosts.toml has no credentials field: the files above send them as a static `Authorization`
+/// header (read by ctr and the CRI plugin from containerd 1.5 on). The CRI plugin's own
+/// `registry.configs` auth is the alternative; its table moved in 2.0.
+fn cri_auth_note(host: &str, user: &str, password: &str) -> String {
+    let (u, p) = (toml_string(user), toml_string(password));
+    let h = toml_string(host);
+    format!(
+        "the hosts.toml files carry the credentials as a static Authorization header (ctr and CRI read it, \
+         containerd 1.5 and later); keep them 0600. The CRI plugin can instead hold them in config.toml \
+         (deprecated but still read): containerd 1.6 / 1.7, version = 2: \
+         [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.{h}.auth] username = {u} password = {p}; \
+         containerd 2.x, version = 3: [plugins.\"io.containerd.cri.v1.images\".registry.configs.{h}.auth] \
+         with the same keys. ctr alone also takes --user USER:PASSWORD"
+    )
 }
 
 fn hosts_toml(req: &Request, style: Style, registry: &str) -> String {
@@ -50,6 +77,24 @@ fn hosts_toml(req: &Request, style: Style, registry: &str) -> String {
     }
     if req.insecure {
         s.push_str("  skip_verify = true\n");
+    }
+    if req.trust.ca_pem.is_some() {
+        let dir = req
+            .write_dir
+            .clone()
+            .unwrap_or_else(|| "/etc/containerd/certs.d".into());
+        let ca = dir.join(registry).join("ca.crt");
+        s.push_str(&format!(
+            "  ca = {}\n",
+            toml_string(&ca.display().to_string())
+        ));
+    }
+    if let Some(basic) = req.trust.basic() {
+        s.push_str(&format!(
+            "  [host.{}.header]\n    Authorization = {}\n",
+            toml_string(&host),
+            toml_string(&format!("Basic {basic}"))
+        ));
     }
     s
 }

@@ -50,13 +50,44 @@ pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, 
             req.mirror.prefixed(r)
         ));
     }
-    Ok(Output {
-        files: vec![File {
-            path: "daemon.json".into(),
+    let mut files = vec![File {
+        path: "daemon.json".into(),
+        contents,
+        private: false,
+    }];
+    files.extend(trust_files(req, &mut notes));
+    Ok(Output { files, notes })
+}
+
+/// `certs.d/<mirror host>/ca.crt` (dockerd reads /etc/docker/certs.d) and the CLI's `config.json`
+/// auth entry for the mirror host.
+fn trust_files(req: &Request, notes: &mut Vec<String>) -> Vec<File> {
+    let host = &req.mirror.host;
+    let mut files = Vec::new();
+    if let Some(pem) = &req.trust.ca_pem {
+        files.push(File {
+            path: format!("certs.d/{host}/ca.crt").into(),
+            contents: pem.clone(),
+            private: false,
+        });
+        notes.push(format!(
+            "dockerd trusts the mirror's CA from /etc/docker/certs.d/{host}/ca.crt (no restart needed)"
+        ));
+    }
+    if let Some(contents) = req.trust.auths_json(host) {
+        files.push(File {
+            path: "config.json".into(),
             contents,
-        }],
-        notes,
-    })
+            private: true,
+        });
+        notes.push(format!(
+            "config.json is the docker CLI's (~/.docker/config.json or $DOCKER_CONFIG/config.json; merge its \
+             auths entry, or run `docker login {host}`): it logs `docker pull {host}/...` in. Pulls that \
+             dockerd sends to registry-mirrors carry the credentials stored for docker.io \
+             (https://index.docker.io/v1/) instead, so a mirror that requires login for those must accept them"
+        ));
+    }
+    files
 }
 
 fn merge_err(message: &str) -> Error {

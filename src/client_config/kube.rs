@@ -73,6 +73,7 @@ pub(super) fn kubeadm(req: &Request) -> Result<Output, Error> {
         files: vec![File {
             path: "kubeadm-config.yaml".into(),
             contents,
+            private: false,
         }],
         notes,
     })
@@ -127,6 +128,7 @@ pub(super) fn kubespray(req: &Request) -> Result<Output, Error> {
         files: vec![File {
             path: "regmirror.yml".into(),
             contents: s,
+            private: false,
         }],
         notes: Vec::new(),
     })

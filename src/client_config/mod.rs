@@ -1,19 +1,28 @@
 //! `regmirror client-config`: the exact configuration each client needs to pull through the mirror.
 //!
 //! Owns: generating (and merging into) client configuration files. Generation is pure text work
-//! ([`generate`]); [`run`] only reads the `--merge` file, prints, or writes under `--write`. Must not
-//! call the cache, storage or upstreams.
+//! ([`generate`]); [`run`] only reads the `--merge` file (and [`Request::from_args`] the
+//! `--ca-file` and `--password-file`), prints, or writes under `--write`. Must not call the cache,
+//! storage or upstreams.
 //!
 //! One file per client: [`docker`] (daemon.json), [`containerd`] (certs.d hosts.toml), [`podman`]
-//! (registries.conf, also read by CRI-O and skopeo), [`kube`] (kubeadm and kubespray).
+//! (registries.conf, also read by CRI-O and skopeo), [`kube`] (kubeadm and kubespray); [`trust`]
+//! reads the private CA and the credentials for an HTTPS mirror that the first three also place;
+//! [`files`] holds the output and writes it (files with credentials 0600).
 
 mod containerd;
 mod docker;
+mod files;
 mod kube;
 mod podman;
+mod trust;
+
+use files::{render_for_stdout, write_files};
+pub(crate) use files::{File, Output};
+pub(crate) use trust::Trust;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `regmirror client-config`.
 #[derive(Debug, clap::Args)]
@@ -33,9 +42,22 @@ pub(crate) struct Args {
     /// one registry through `hosts`). Default: the best style the client supports.
     #[arg(long, value_enum)]
     pub style: Option<Style>,
-    /// The mirror speaks plain HTTP or has a certificate the client cannot verify.
+    /// The mirror speaks plain HTTP or has a certificate the client cannot verify. Not needed for an
+    /// https:// mirror whose certificate the client trusts (publicly, or through --ca-file).
     #[arg(long)]
     pub insecure: bool,
+    /// PEM file of the private CA that signed an https:// mirror's certificate: written where the
+    /// client looks for it (certs.d/<mirror host>/ca.crt for docker and podman, ca = ... in
+    /// containerd's hosts.toml).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// User name for a mirror with client authentication (with --password-file): docker
+    /// config.json, containerd hosts.toml header, podman auth.json.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// File whose first line is the password for --username.
+    #[arg(long, value_name = "PATH")]
+    pub password_file: Option<PathBuf>,
     /// Write the files under this directory instead of printing them.
     #[arg(long)]
     pub write: Option<PathBuf>,
@@ -98,6 +120,10 @@ pub(crate) enum Error {
     MergeUnsupported(&'static str),
     #[error("cannot merge into {path}: {message}")]
     Merge { path: String, message: String },
+    #[error("--ca-file {}: {message}", path.display())]
+    CaFile { path: PathBuf, message: String },
+    #[error("credentials: {0}")]
+    Credentials(String),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -180,6 +206,11 @@ pub(crate) struct Request {
     pub style: Option<Style>,
     /// `--insecure` as given (a plain-HTTP mirror is insecure too; generators check both).
     pub insecure: bool,
+    /// The private CA and the credentials, when given.
+    pub trust: Trust,
+    /// `--write DIR`, made absolute: where files that name other files' paths (containerd's `ca`)
+    /// will be. None: the client's usual place.
+    pub write_dir: Option<PathBuf>,
 }
 
 impl Request {
@@ -191,12 +222,20 @@ impl Request {
                 registries.push(r);
             }
         }
+        let mirror = Mirror::parse(&args.mirror)?;
+        let trust = Trust::from_args(args, &mirror)?;
+        let write_dir = args
+            .write
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()));
         Ok(Request {
             client: args.client,
-            mirror: Mirror::parse(&args.mirror)?,
+            mirror,
             registries,
             style: args.style,
             insecure: args.insecure,
+            trust,
+            write_dir,
         })
     }
 
@@ -282,22 +321,22 @@ fn normalise_registry(given: &str) -> Result<String, Error> {
     })
 }
 
-/// One file of the output, its path relative to `--write DIR`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct File {
-    pub path: PathBuf,
-    pub contents: String,
-}
-
-/// What a generator produced: files, and notes for the operator (printed on stderr).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Output {
-    pub files: Vec<File>,
-    pub notes: Vec<String>,
-}
-
 /// Generate the configuration for `req`; `existing` is the text of the `--merge` file.
 pub(crate) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
+    let mut out = generate_for_client(req, existing)?;
+    let trusting = req.trust.ca_pem.is_some() || req.trust.credentials.is_some();
+    if trusting && matches!(req.client, Client::Kubeadm | Client::Kubespray) {
+        out.notes.push(
+            "kubeadm and kubespray only name the images: the CA and the credentials belong in the container \
+             runtime's configuration (regmirror client-config containerd, or podman for CRI-O, with the same \
+             --ca-file / --username / --password-file)"
+                .to_string(),
+        );
+    }
+    Ok(out)
+}
+
+fn generate_for_client(req: &Request, existing: Option<&str>) -> Result<Output, Error> {
     match req.client {
         Client::Docker => docker::generate(req, existing),
         Client::Containerd if existing.is_some() => Err(Error::MergeUnsupported("containerd")),
@@ -346,40 +385,6 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
     }
 }
 
-/// One file is printed as it is; several get a `# path` line before each (only TOML and YAML
-/// produce several, and `#` starts a comment in both).
-fn render_for_stdout(files: &[File]) -> String {
-    if let [only] = files {
-        return only.contents.clone();
-    }
-    let mut s = String::new();
-    for (i, f) in files.iter().enumerate() {
-        if i > 0 {
-            s.push('\n');
-        }
-        s.push_str(&format!("# {}\n{}", f.path.display(), f.contents));
-    }
-    s
-}
-
-fn write_files(dir: &Path, files: &[File]) -> Result<(), Error> {
-    for f in files {
-        let path = dir.join(&f.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| Error::Write {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        std::fs::write(&path, &f.contents).map_err(|source| Error::Write {
-            path: path.clone(),
-            source,
-        })?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
 /// A TOML basic string, quoted and escaped.
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -389,6 +394,9 @@ fn toml_string(s: &str) -> String {
 fn yaml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
+
+#[cfg(test)]
+mod tests_trust;
 
 #[cfg(test)]
 mod tests {
@@ -457,6 +465,8 @@ mod tests {
             registries: registries.iter().map(|r| r.to_string()).collect(),
             style,
             insecure,
+            trust: Trust::default(),
+            write_dir: None,
         }
     }
 
@@ -466,10 +476,12 @@ mod tests {
             File {
                 path: "a/hosts.toml".into(),
                 contents: "x = 1\n".into(),
+                private: false,
             },
             File {
                 path: "b/hosts.toml".into(),
                 contents: "y = 2\n".into(),
+                private: false,
             },
         ];
         assert_eq!(

@@ -93,13 +93,36 @@ pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, 
          a mirror is tried before the registry's own location"
             .to_string(),
     ];
-    Ok(Output {
-        files: vec![File {
-            path: "registries.conf".into(),
+    let mut notes = notes;
+    let mut files = vec![File {
+        path: "registries.conf".into(),
+        contents,
+        private: false,
+    }];
+    let host = &req.mirror.host;
+    if let Some(pem) = &req.trust.ca_pem {
+        files.push(File {
+            path: format!("certs.d/{host}/ca.crt").into(),
+            contents: pem.clone(),
+            private: false,
+        });
+        notes.push(format!(
+            "the containers tools trust the mirror's CA from /etc/containers/certs.d/{host}/ca.crt"
+        ));
+    }
+    if let Some(contents) = req.trust.auths_json(host) {
+        files.push(File {
+            path: "auth.json".into(),
             contents,
-        }],
-        notes,
-    })
+            private: true,
+        });
+        notes.push(
+            "auth.json is read from ${XDG_RUNTIME_DIR}/containers/auth.json (root: /run/containers/0/auth.json), \
+             then $HOME/.config/containers/auth.json; or point REGISTRY_AUTH_FILE / --authfile at it"
+                .to_string(),
+        );
+    }
+    Ok(Output { files, notes })
 }
 
 /// What a `[[registry]]` entry applies to: its `prefix`, or its `location` when it has none.

@@ -97,6 +97,9 @@ pub struct Config {
     pub hot_manifest_bytes: ByteSize,
     /// Tag records kept in memory besides on disk (0: none).
     pub hot_tag_entries: usize,
+    /// Links (which repository holds which digest) kept in memory besides on disk, so a warm
+    /// read checks its repository's link without a file (0: none; every read then stats one).
+    pub hot_link_entries: usize,
     /// Addresses or CIDR blocks of reverse proxies in front of the mirror whose
     /// `X-Forwarded-For` / `Forwarded` headers are believed (and only theirs) when deciding which
     /// client a request is from (limits, request log). Empty: the TCP peer is the client.
@@ -128,6 +131,7 @@ impl Default for Config {
             gc_interval_secs: 60,
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
+            hot_link_entries: 200_000,
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
             upstreams: Vec::new(),

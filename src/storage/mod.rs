@@ -13,9 +13,12 @@
 //! <root>/
 //! ├── blobs/sha256/<hex[0..2]>/<hex>            layer and config bytes, content-addressed
 //! ├── manifests/sha256/<hex[0..2]>/<hex>        "<media type>\n" followed by the manifest bytes
-//! └── tags/<upstream>/<repository>/
-//!     ├── _tag/<tag>                             JSON tag record: digest, media type, size
-//!     └── _list                                  the last whole tags list (served during outages)
+//! ├── tags/<upstream>/<repository>/
+//! │   ├── _tag/<tag>                             JSON tag record: digest, media type, size
+//! │   └── _list                                  the last whole tags list (served during outages)
+//! └── links/<upstream>/<repository>/             the repository holds these digests (their text):
+//!     ├── _blobs/sha256/<hex>                    a blob is served under a repository only
+//!     └── _manifests/sha256/<hex>                through its link (no cross-repository reads)
 //! ```
 //!
 //! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`crate::staging`]).
