@@ -30,6 +30,13 @@
 #   BENCH_WAN=only bench/run.sh   the WAN section alone (extra arguments then go to wan.py)
 #   BENCH_REPS=N                  also sets the WAN section's repetitions (its default is 3)
 #
+# Cold CPU section (bench/coldcpu.py, about 3 min): regmirror's CPU seconds per cold GiB against the
+# direct GET's CPU (curl straight from distribution) plus one SHA-256 pass, 4 x 256 MiB blobs.
+#
+#   BENCH_COLDCPU=1 bench/run.sh      the loopback benchmark, then the cold CPU section
+#   BENCH_COLDCPU=only bench/run.sh   the cold CPU section alone (extra arguments go to coldcpu.py,
+#                                     e.g. --perf for the profile, --baseline OLD for before/after)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -48,6 +55,12 @@ declare -A tools=(
   [jq]=jq
   [python3]=python3
 )
+coldcpu=${BENCH_COLDCPU:-}
+case $coldcpu in
+  ""|0) coldcpu="" ;;
+  1|only) tools+=([perf]=linux-perf [sha256sum]=coreutils [openssl]=openssl) ;;
+  *) echo "bench: BENCH_COLDCPU=$coldcpu: use 1 (loopback, then cold CPU) or only (cold CPU alone)" >&2; exit 1 ;;
+esac
 wan=${BENCH_WAN:-}
 case $wan in
   ""|0) wan="" ;;
@@ -104,6 +117,18 @@ fi
 
 loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results" "${baseline_args[@]}")
+coldcpu_cmd=(python3 "$repo_root/bench/coldcpu.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results" "${baseline_args[@]}")
+if [[ $coldcpu == only ]]; then
+  [[ -z $wan ]] || echo "bench: BENCH_COLDCPU=only; ignoring BENCH_WAN=$wan" >&2
+  exec "${coldcpu_cmd[@]}" "$@"
+elif [[ -n $coldcpu ]]; then
+  "${loopback[@]}" "$@"
+  [[ -n $wan ]] || exec "${coldcpu_cmd[@]}"
+  "${coldcpu_cmd[@]}"
+  wan=only  # the loopback rows ran already; what is left is the WAN section alone
+  set --
+fi
 [[ -n $wan ]] || exec "${loopback[@]}" "$@"
 wan_args=()
 if [[ $wan == only ]]; then
