@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod access;
 mod upstream;
+
+pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
 
 pub use upstream::{
     builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
@@ -96,6 +99,11 @@ pub struct Config {
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Client authentication (`[auth]`). Unset: every client is admitted without credentials.
+    pub auth: Option<AuthConfig>,
+    /// The access policy (`[[access]]`): rules tried in order, the first match decides.
+    #[serde(rename = "access")]
+    pub access: Vec<AccessRule>,
 }
 
 impl Default for Config {
@@ -119,6 +127,8 @@ impl Default for Config {
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
             upstreams: Vec::new(),
+            auth: None,
+            access: Vec::new(),
         }
     }
 }
@@ -330,7 +340,7 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        self.validate_access()
     }
 
     /// The upstream with this exact name.

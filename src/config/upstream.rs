@@ -60,6 +60,17 @@ pub struct UpstreamConfig {
     pub insecure_skip_verify: Option<bool>,
     /// PEM file of extra CA certificates to trust for this upstream (a private registry's CA).
     pub ca_file: Option<PathBuf>,
+    /// With `[auth]`: clients without credentials may pull from this upstream (overrides
+    /// `auth.anonymous_pull`).
+    pub anonymous_pull: Option<bool>,
+    /// Repositories (`*` wildcard, `/` included) clients may pull from this upstream. Empty: all
+    /// but those in `deny`.
+    pub allow: Vec<String>,
+    /// Repositories (`*` wildcard) no client may pull from this upstream, whoever it is.
+    pub deny: Vec<String>,
+    /// What a client refused by `allow` / `deny` reads (`403 DENIED`), e.g. "this image is not
+    /// mirrored here, see https://wiki.example/mirror".
+    pub deny_message: Option<String>,
 }
 
 /// How a cached tag past its TTL is revalidated.
@@ -204,7 +215,11 @@ impl UpstreamConfig {
             connect_timeout_secs,
             read_timeout_secs,
             insecure_skip_verify,
-            ca_file
+            ca_file,
+            anonymous_pull,
+            allow,
+            deny,
+            deny_message
         );
     }
 }

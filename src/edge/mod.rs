@@ -10,14 +10,18 @@
 //! repository, action), never about content. A mirror with no `[auth]`, `[[access]]` or
 //! `[limits]` in its configuration admits everyone, as before.
 
-// The scope, grant and error variants are read by the auth, policy and limits that follow this
-// interface; until then the edge admits everyone.
-#![allow(dead_code)]
+mod auth;
+mod policy;
+mod token;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+
+use auth::{Auth, Identity, TokenRequest};
+pub(crate) use auth::TOKEN_PATH;
+use policy::{Decision, Policy, Who};
 
 /// The TCP peer of the connection a request arrived on, attached by the server as a request
 /// extension (both the HTTP/1.1 fast path and hyper's).
@@ -38,6 +42,9 @@ pub(crate) enum Action {
 pub(crate) struct Scope<'a> {
     pub upstream: &'a str,
     pub repository: &'a str,
+    // The policy treats pulls and tag lists alike; the per-client limits that follow count them
+    // apart.
+    #[allow(dead_code)]
     pub action: Action,
 }
 
@@ -60,26 +67,141 @@ pub(crate) enum Error {
     Denied { message: String },
     /// Over a per-client or global limit: `429 TOOMANYREQUESTS` with `Retry-After`.
     #[error("too many requests from this client; retry in {} s", retry_after.as_secs().max(1))]
+    // Raised by the per-client limits (issue #13 part 6), which come after this interface.
+    #[allow(dead_code)]
     TooManyRequests { retry_after: Duration },
 }
 
-/// The edge's decisions for one server, built once from the configuration.
+/// The edge's decisions for one server, built once from the configuration: a composition of its
+/// parts, each asked in turn by [`Edge::admit`].
 #[derive(Debug, Default)]
-pub(crate) struct Edge {}
+pub(crate) struct Edge {
+    /// Client authentication; None without `[auth]`.
+    auth: Option<Auth>,
+    policy: Policy,
+}
+
+/// Why the edge cannot start, naming the key or file to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StartError(#[from] auth::StartError);
+
+/// The token endpoint's answer (`{"token","access_token","expires_in","issued_at"}`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct TokenAnswer {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    /// RFC 3339.
+    pub issued_at: String,
+}
 
 impl Edge {
-    /// The edge `config` describes.
-    pub(crate) fn from_config(_config: &Config) -> Edge {
-        Edge {}
+    /// The edge `config` describes (the token key is read from, or made in, its `data_dir`).
+    pub(crate) fn from_config(config: &Config) -> Result<Edge, StartError> {
+        let auth = match &config.auth {
+            Some(a) => Some(Auth::from_config(a, &config.data_dir)?),
+            None => None,
+        };
+        Ok(Edge {
+            auth,
+            policy: Policy::from_config(config),
+        })
+    }
+
+    /// Check the files the edge reads at start (for `regmirror config check`), changing nothing.
+    pub(crate) fn check(config: &Config) -> Result<(), StartError> {
+        match &config.auth {
+            Some(a) => Ok(Auth::check(a)?),
+            None => Ok(()),
+        }
     }
 
     /// Admit (or refuse) a routed request. `req` carries the headers (credentials, forwarded
     /// addresses) and the [`Peer`] extension.
-    pub(crate) fn admit(
+    pub(crate) async fn admit(
         &self,
-        _req: &http::request::Parts,
-        _scope: &Scope<'_>,
+        req: &http::request::Parts,
+        scope: &Scope<'_>,
     ) -> Result<Grant, Error> {
-        Ok(Grant::default())
+        let identity = self.identify(req).await?;
+        let who = match &identity {
+            Identity::User(u) => Who::User(u),
+            Identity::Nobody | Identity::Anonymous => Who::Anonymous,
+        };
+        match self.policy.decide(who, scope) {
+            Decision::Allow => Ok(grant(identity)),
+            Decision::Deny(message) => Err(Error::Denied { message }),
+            Decision::Authenticate => Err(self.unauthenticated(req, "authentication required")),
+        }
+    }
+
+    /// Admit (or refuse) a request for the API base `/v2/`: with authentication on, a client
+    /// must present credentials (or an anonymous token), as against Docker Hub; that is how
+    /// `docker login` checks a password.
+    pub(crate) async fn admit_base(&self, req: &http::request::Parts) -> Result<Grant, Error> {
+        match self.identify(req).await? {
+            Identity::Nobody if self.auth.is_some() => {
+                Err(self.unauthenticated(req, "authentication required"))
+            }
+            identity => Ok(grant(identity)),
+        }
+    }
+
+    /// Answer the token endpoint (`GET` with the query, `POST` with its form `body`); None when
+    /// authentication is off (there is no token endpoint then).
+    pub(crate) async fn token(
+        &self,
+        req: &http::request::Parts,
+        body: Option<&[u8]>,
+    ) -> Option<Result<TokenAnswer, Error>> {
+        let auth = self.auth.as_ref()?;
+        let request = match body {
+            Some(b) => TokenRequest::from_form(b, &req.headers),
+            None => TokenRequest::from_query(req.uri.query(), &req.headers),
+        };
+        let answer = match auth.issue(&request, self.policy.anonymous_possible()).await {
+            Ok(t) => Ok(TokenAnswer {
+                access_token: t.token.clone(),
+                token: t.token,
+                expires_in: t.expires_in,
+                issued_at: token::rfc3339(t.issued_at),
+            }),
+            Err(bad) => Err(Error::Unauthenticated {
+                message: bad.0.to_string(),
+                challenge: auth.basic_challenge(),
+            }),
+        };
+        Some(answer)
+    }
+
+    /// Who the request's credentials name; bad credentials are refused with the challenge.
+    async fn identify(&self, req: &http::request::Parts) -> Result<Identity, Error> {
+        let Some(auth) = &self.auth else {
+            return Ok(Identity::Nobody);
+        };
+        auth.identify(&req.headers)
+            .await
+            .map_err(|bad| self.unauthenticated(req, bad.0))
+    }
+
+    fn unauthenticated(&self, req: &http::request::Parts, message: &str) -> Error {
+        let challenge = match &self.auth {
+            Some(a) => a.challenge(req),
+            None => String::new(),
+        };
+        Error::Unauthenticated {
+            message: message.to_string(),
+            challenge,
+        }
+    }
+}
+
+fn grant(identity: Identity) -> Grant {
+    Grant {
+        user: match identity {
+            Identity::User(u) => Some(u),
+            Identity::Nobody | Identity::Anonymous => None,
+        },
     }
 }

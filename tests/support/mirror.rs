@@ -265,7 +265,7 @@ impl Regmirror {
     }
 
     /// Start the process (again) on the same config and data directory: wait for every listener
-    /// line, then for `GET /v2/` to answer 200 on each listener.
+    /// line, then for `GET /v2/` to answer on each listener (200, or 401 with `[auth]`).
     pub async fn spawn(&mut self) {
         assert!(self.process.is_none(), "regmirror is already running");
         let (mut guard, lines) = self.spawn_serve();
@@ -275,7 +275,7 @@ impl Regmirror {
         };
         for u in std::iter::once(&url).chain(dedicated.values()) {
             let ready = format!("{u}/v2/");
-            if let Err(e) = wait_http_ready(&ready, &[200], &mut guard, START_TIMEOUT).await {
+            if let Err(e) = wait_http_ready(&ready, &[200, 401], &mut guard, START_TIMEOUT).await {
                 self.fail(e);
             }
         }
