@@ -83,6 +83,14 @@ pub struct UpstreamEntry {
     /// Outbound proxy: `http://`, `https://`, `socks5://` or `socks5h://` `HOST:PORT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// With `[auth]`: clients without credentials may pull from this upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous_pull: Option<bool>,
+    /// Repositories no client may pull from this upstream, and what they read instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_message: Option<String>,
 }
 
 impl UpstreamEntry {
