@@ -60,7 +60,10 @@ async fn auth_world(dir: &Path) -> World {
         c.extra.top.insert("auth".into(), toml::Value::Table(auth));
         let mut rule = toml::Table::new();
         rule.insert("users".into(), toml::Value::Array(vec!["intern".into()]));
-        rule.insert("upstreams".into(), toml::Value::Array(vec!["docker.io".into()]));
+        rule.insert(
+            "upstreams".into(),
+            toml::Value::Array(vec!["docker.io".into()]),
+        );
         rule.insert(
             "repositories".into(),
             toml::Value::Array(vec!["library/busybox".into()]),
@@ -92,7 +95,10 @@ async fn clients_authenticate_and_the_policy_decides() {
     // No credentials: 401 with the challenge pointing at the mirror's own token endpoint.
     let base = get(&m, "/v2/", None).await;
     assert_eq!(base.status, StatusCode::UNAUTHORIZED);
-    let challenge = base.header("www-authenticate").unwrap_or_default().to_string();
+    let challenge = base
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .to_string();
     assert!(challenge.starts_with("Bearer "), "{challenge}");
     let params = parse_challenge(&challenge);
     assert_eq!(
@@ -106,12 +112,26 @@ async fn clients_authenticate_and_the_policy_decides() {
     // is asked nothing for it.
     let wrong = basic(ALICE.0, "not-the-password");
     let r = get(&m, hello, Some(&wrong)).await;
-    assert_eq!((r.status, r.error_code().as_deref()), (StatusCode::UNAUTHORIZED, Some("UNAUTHORIZED")));
-    assert!(r.header("www-authenticate").is_some_and(|c| c.starts_with("Bearer ")));
-    let r = get(&m, "/token?service=regmirror&scope=repository:library/hello:pull", Some(&wrong)).await;
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (StatusCode::UNAUTHORIZED, Some("UNAUTHORIZED"))
+    );
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|c| c.starts_with("Bearer ")));
+    let r = get(
+        &m,
+        "/token?service=regmirror&scope=repository:library/hello:pull",
+        Some(&wrong),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
     let r = get(&m, hello, None).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "docker.io is not open to anonymous pulls");
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "docker.io is not open to anonymous pulls"
+    );
     assert_eq!(
         w.hub.count_prefix("GET", "/v2/library/hello/"),
         0,
@@ -121,11 +141,22 @@ async fn clients_authenticate_and_the_policy_decides() {
     // Basic credentials straight on the request.
     let r = get(&m, hello, Some(&basic(ALICE.0, ALICE.1))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(support::env::sha256_digest(&r.body), w.hub_seed.docker.manifest.digest);
-    assert!(w.hub.count_prefix("GET", "/v2/library/hello/") > 0, "fetched for alice");
+    assert_eq!(
+        support::env::sha256_digest(&r.body),
+        w.hub_seed.docker.manifest.digest
+    );
+    assert!(
+        w.hub.count_prefix("GET", "/v2/library/hello/") > 0,
+        "fetched for alice"
+    );
 
     // The token flow: GET with Basic (Docker, podman, skopeo), then the OAuth2 POST (containerd).
-    let r = get(&m, "/token?service=regmirror&scope=repository:library/hello:pull", Some(&basic(ALICE.0, ALICE.1))).await;
+    let r = get(
+        &m,
+        "/token?service=regmirror&scope=repository:library/hello:pull",
+        Some(&basic(ALICE.0, ALICE.1)),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let t = r.json();
     for k in ["token", "access_token", "expires_in", "issued_at"] {
@@ -152,7 +183,10 @@ async fn clients_authenticate_and_the_policy_decides() {
     let bearer = format!("Bearer {}", t["access_token"].as_str().unwrap());
     assert_eq!(get(&m, hello, Some(&bearer)).await.status, StatusCode::OK);
     let forged = format!("{}x", bearer);
-    assert_eq!(get(&m, hello, Some(&forged)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&m, hello, Some(&forged)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     // skopeo --src-creds through the challenge and the token endpoint.
     let busybox = format!("{}/library/busybox:v1", w.mirror.addr());
@@ -167,38 +201,76 @@ async fn clients_authenticate_and_the_policy_decides() {
         creds: Some((ALICE.0.into(), "nope".into())),
         ..alice.clone()
     };
-    let err = skopeo::copy(&busybox, w.work.path(), &wrong).await.unwrap_err();
-    assert!(err.to_lowercase().contains("unauthorized") || err.contains("401"), "{err}");
+    let err = skopeo::copy(&busybox, w.work.path(), &wrong)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("401"),
+        "{err}"
+    );
 
     // The policy: intern may not pull library/busybox and reads the operator's message (on the
     // raw API and in skopeo's error), but may pull library/hello.
-    let r = get(&m, "/v2/library/busybox/manifests/v1", Some(&basic(INTERN.0, INTERN.1))).await;
-    assert_eq!((r.status, r.error_code().as_deref()), (StatusCode::FORBIDDEN, Some("DENIED")));
+    let r = get(
+        &m,
+        "/v2/library/busybox/manifests/v1",
+        Some(&basic(INTERN.0, INTERN.1)),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code().as_deref()),
+        (StatusCode::FORBIDDEN, Some("DENIED"))
+    );
     assert_eq!(r.json()["errors"][0]["message"], DENIED);
     let intern = CopyOptions {
         creds: Some((INTERN.0.into(), INTERN.1.into())),
         ..alice.clone()
     };
-    let err = skopeo::copy(&busybox, w.work.path(), &intern).await.unwrap_err();
-    assert!(err.contains(DENIED), "skopeo shows the operator's message: {err}");
+    let err = skopeo::copy(&busybox, w.work.path(), &intern)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(DENIED),
+        "skopeo shows the operator's message: {err}"
+    );
     let hello_ref = format!("{}/library/hello:docker", w.mirror.addr());
-    let copy = skopeo::copy(&hello_ref, w.work.path(), &intern).await.unwrap();
+    let copy = skopeo::copy(&hello_ref, w.work.path(), &intern)
+        .await
+        .unwrap();
     assert_single_copy(&copy, &w.hub_seed.docker, "intern pulls library/hello");
 
     // Anonymous pulls: open on the token upstream (skopeo without credentials gets an anonymous
     // token), closed on docker.io.
     let tok_ref = format!("{}/{TOK_ALIAS}/team/single:oci", w.mirror.addr());
-    let copy = skopeo::copy(&tok_ref, w.work.path(), &CopyOptions::default()).await.unwrap();
+    let copy = skopeo::copy(&tok_ref, w.work.path(), &CopyOptions::default())
+        .await
+        .unwrap();
     assert_single_copy(&copy, &w.tok_seed.oci, "anonymous on the open upstream");
-    let r = get(&m, &format!("/v2/{TOK_ALIAS}/team/single/manifests/oci"), None).await;
-    assert_eq!(r.status, StatusCode::OK, "no token needed where anonymous pulls are on");
-    let err = skopeo::copy(&hello_ref, w.work.path(), &CopyOptions::default()).await.unwrap_err();
-    assert!(err.to_lowercase().contains("unauthorized") || err.contains("401"), "{err}");
+    let r = get(
+        &m,
+        &format!("/v2/{TOK_ALIAS}/team/single/manifests/oci"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "no token needed where anonymous pulls are on"
+    );
+    let err = skopeo::copy(&hello_ref, w.work.path(), &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("unauthorized") || err.contains("401"),
+        "{err}"
+    );
 
     // The request log names the user.
     let logged = w.mirror.requests();
     assert!(
-        logged.iter().any(|r| r.raw["fields"]["user"] == "intern" && r.status == 200),
+        logged
+            .iter()
+            .any(|r| r.raw["fields"]["user"] == "intern" && r.status == 200),
         "the log names the user"
     );
 }
@@ -211,7 +283,10 @@ async fn htpasswd_changes_apply_without_a_restart() {
     let m = w.mirror_client();
     let path = "/v2/library/hello/manifests/oci";
     let bob = basic("bob", "bob-pw");
-    assert_eq!(get(&m, path, Some(&bob)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&m, path, Some(&bob)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let out = Command::new("htpasswd")
         .arg("-Bb")
         .arg(dir.path().join("htpasswd"))
@@ -226,7 +301,11 @@ async fn htpasswd_changes_apply_without_a_restart() {
         if r.status == StatusCode::OK {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "bob still refused: {}", r.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob still refused: {}",
+            r.text()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
@@ -258,7 +337,9 @@ async fn a_non_bcrypt_htpasswd_is_refused_by_config_check() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("auth.htpasswd") && stderr.contains("md5user") && stderr.contains("htpasswd -B"),
+        stderr.contains("auth.htpasswd")
+            && stderr.contains("md5user")
+            && stderr.contains("htpasswd -B"),
         "{stderr}"
     );
 }
@@ -291,13 +372,22 @@ async fn docker_login_then_docker_pull() {
     assert!(!out.status.success(), "pulled without logging in");
     // A wrong password is refused by docker login itself.
     let out = docker.docker(&["login", &inner, "-u", ALICE.0, "-p", "wrong"]);
-    assert!(!out.status.success(), "docker login accepted a wrong password");
+    assert!(
+        !out.status.success(),
+        "docker login accepted a wrong password"
+    );
     let out = docker.docker(&["login", &inner, "-u", ALICE.0, "-p", ALICE.1]);
     let said = expect_success(&out, "docker login");
     assert!(said.contains("Login Succeeded"), "{said}");
     let out = docker.docker(&["pull", &image]);
     expect_success(&out, "docker pull after docker login");
-    let out = docker.docker(&["image", "inspect", &image, "--format", "{{json .RepoDigests}}"]);
+    let out = docker.docker(&[
+        "image",
+        "inspect",
+        &image,
+        "--format",
+        "{{json .RepoDigests}}",
+    ]);
     let digests = expect_success(&out, "docker image inspect");
     assert!(
         digests.contains(&w.hub_seed.index.manifest.digest),

@@ -82,7 +82,9 @@ impl Endpoint {
             "/healthz" if read => return Ok(Endpoint::Health),
             "/readyz" if read => return Ok(Endpoint::Ready),
             "/metrics" if read => return Ok(Endpoint::Metrics),
-            crate::edge::TOKEN_PATH if read || method == Method::POST => return Ok(Endpoint::Token),
+            crate::edge::TOKEN_PATH if read || method == Method::POST => {
+                return Ok(Endpoint::Token)
+            }
             _ => {}
         }
         if path == "/v2" || path == "/v2/" {

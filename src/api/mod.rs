@@ -74,7 +74,8 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     } else {
         None
     };
-    let result = dispatch(&listener, &req, query.as_deref(), form.as_deref(), &mut outcome).await;
+    let form = form.as_deref();
+    let result = dispatch(&listener, &req, query.as_deref(), form, &mut outcome).await;
     let mut resp = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             tracing::warn!(%method, %path, error = %e, "request failed");

@@ -93,9 +93,13 @@ impl Config {
                     .map_err(|e| invalid("auth.htpasswd", format!("{}: {e}", p.display())))?;
             }
             if let Some(r) = &a.realm {
-                let u = url::Url::parse(r).map_err(|e| invalid("auth.realm", format!("{r}: {e}")))?;
+                let u =
+                    url::Url::parse(r).map_err(|e| invalid("auth.realm", format!("{r}: {e}")))?;
                 if !matches!(u.scheme(), "http" | "https") {
-                    return Err(invalid("auth.realm", format!("{r}: expected an http(s) URL")));
+                    return Err(invalid(
+                        "auth.realm",
+                        format!("{r}: expected an http(s) URL"),
+                    ));
                 }
             }
             if a.service.is_empty() || a.service.contains('"') {
@@ -127,25 +131,37 @@ impl Config {
                 ("repositories", &r.repositories),
             ] {
                 if list.iter().any(|p| p.is_empty()) {
-                    return Err(invalid(key(field), "an empty pattern matches nothing; leave the key out to match all"));
+                    return Err(invalid(
+                        key(field),
+                        "an empty pattern matches nothing; leave the key out to match all",
+                    ));
                 }
             }
             for p in &r.upstreams {
                 if !p.contains('*') && self.upstream(p).is_none() {
                     return Err(invalid(
                         key("upstreams"),
-                        format!("{p:?} is not a configured upstream (known: {})", self.upstream_names()),
+                        format!(
+                            "{p:?} is not a configured upstream (known: {})",
+                            self.upstream_names()
+                        ),
                     ));
                 }
             }
             if r.action == AccessAction::Allow && r.message.is_some() {
-                return Err(invalid(key("message"), "only a \"deny\" rule shows a message"));
+                return Err(invalid(
+                    key("message"),
+                    "only a \"deny\" rule shows a message",
+                ));
             }
         }
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = |f: &str| format!("upstream[{i}].{f} (name = {:?})", u.name);
             if u.allow.iter().chain(&u.deny).any(|p| p.is_empty()) {
-                return Err(invalid(key("allow / deny"), "an empty pattern matches nothing"));
+                return Err(invalid(
+                    key("allow / deny"),
+                    "an empty pattern matches nothing",
+                ));
             }
             if u.deny_message.is_some() && u.allow.is_empty() && u.deny.is_empty() {
                 return Err(invalid(
@@ -172,16 +188,37 @@ mod tests {
     fn access_keys_are_named_in_errors() {
         let cases = [
             ("[auth]\n", "auth.htpasswd"),
-            ("[auth]\nhtpasswd = \"/nonexistent/htpasswd\"\n", "auth.htpasswd"),
-            ("[auth]\nhtpasswd = \"/dev/null\"\nrealm = \"nope\"\n", "auth.realm"),
-            ("[auth]\nhtpasswd = \"/dev/null\"\ntoken_ttl_secs = 5\n", "auth.token_ttl_secs"),
-            ("[[upstream]]\nname = \"a.io\"\nanonymous_pull = true\n", "anonymous_pull"),
+            (
+                "[auth]\nhtpasswd = \"/nonexistent/htpasswd\"\n",
+                "auth.htpasswd",
+            ),
+            (
+                "[auth]\nhtpasswd = \"/dev/null\"\nrealm = \"nope\"\n",
+                "auth.realm",
+            ),
+            (
+                "[auth]\nhtpasswd = \"/dev/null\"\ntoken_ttl_secs = 5\n",
+                "auth.token_ttl_secs",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nanonymous_pull = true\n",
+                "anonymous_pull",
+            ),
             ("[[access]]\nusers = [\"alice\"]\n", "access[0].users"),
-            ("[[access]]\nupstreams = [\"nope.io\"]\n", "access[0].upstreams"),
-            ("[[access]]\nrepositories = [\"\"]\n", "access[0].repositories"),
+            (
+                "[[access]]\nupstreams = [\"nope.io\"]\n",
+                "access[0].upstreams",
+            ),
+            (
+                "[[access]]\nrepositories = [\"\"]\n",
+                "access[0].repositories",
+            ),
             ("[[access]]\naction = \"maybe\"\n", "action"),
             ("[[access]]\nmessage = \"hi\"\n", "access[0].message"),
-            ("[[upstream]]\nname = \"a.io\"\ndeny_message = \"x\"\n", "deny_message"),
+            (
+                "[[upstream]]\nname = \"a.io\"\ndeny_message = \"x\"\n",
+                "deny_message",
+            ),
         ];
         for (text, key) in cases {
             let err = check(text).unwrap_err();

@@ -421,7 +421,9 @@ impl Auth {
                 }
             }
             None if anonymous => Ok(self.tokens.issue(None, &req.scopes)),
-            None => Err(BadCredentials("authentication required: log in to this mirror")),
+            None => Err(BadCredentials(
+                "authentication required: log in to this mirror",
+            )),
         }
     }
 
@@ -508,7 +510,14 @@ mod tests {
             &h,
         );
         assert_eq!(get.credentials, Some(("u".into(), "p:q".into())));
-        assert_eq!(get.scopes, ["repository:a/b:pull", "repository:c:pull", "repository:d:pull"]);
+        assert_eq!(
+            get.scopes,
+            [
+                "repository:a/b:pull",
+                "repository:c:pull",
+                "repository:d:pull"
+            ]
+        );
         let post = TokenRequest::from_form(
             b"grant_type=password&username=alice&password=s%26cret&service=regmirror&scope=repository%3Ax%3Apull&client_id=containerd-client",
             &HeaderMap::new(),
@@ -516,7 +525,10 @@ mod tests {
         assert_eq!(post.credentials, Some(("alice".into(), "s&cret".into())));
         assert_eq!(post.scopes, ["repository:x:pull"]);
         assert_eq!(post.unsupported_grant, None);
-        let refresh = TokenRequest::from_form(b"grant_type=refresh_token&refresh_token=x", &HeaderMap::new());
+        let refresh = TokenRequest::from_form(
+            b"grant_type=refresh_token&refresh_token=x",
+            &HeaderMap::new(),
+        );
         assert_eq!(refresh.unsupported_grant.as_deref(), Some("refresh_token"));
         assert_eq!(refresh.credentials, None);
         let anon = TokenRequest::from_query(None, &HeaderMap::new());
@@ -526,7 +538,11 @@ mod tests {
     #[test]
     fn realms() {
         let cases = [
-            (Some("mirror.example:5000"), "/v2/", "http://mirror.example:5000/token"),
+            (
+                Some("mirror.example:5000"),
+                "/v2/",
+                "http://mirror.example:5000/token",
+            ),
             (Some("[::1]:5000"), "/v2/", "http://[::1]:5000/token"),
             (None, "https://m.example/v2/", "https://m.example/token"),
             (Some("evil\" realm=\"x"), "/v2/", "http://localhost/token"),
@@ -565,14 +581,20 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Basic Ym9iOnRyeQ==".parse().unwrap()); // bob:try
         assert!(auth.identify(&h).await.is_err());
         let t = auth.issue(&TokenRequest::default(), true).await.unwrap();
-        h.insert(header::AUTHORIZATION, format!("Bearer {}", t.token).parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {}", t.token).parse().unwrap(),
+        );
         assert_eq!(auth.identify(&h).await, Ok(Identity::Anonymous));
         let req = TokenRequest {
             credentials: Some(("bob".into(), "n3w".into())),
             ..Default::default()
         };
         let t = auth.issue(&req, false).await.unwrap();
-        h.insert(header::AUTHORIZATION, format!("bearer {}", t.token).parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("bearer {}", t.token).parse().unwrap(),
+        );
         assert_eq!(auth.identify(&h).await, Ok(Identity::User("bob".into())));
         assert!(auth.issue(&TokenRequest::default(), false).await.is_err());
         h.insert(header::AUTHORIZATION, "Bearer forged".parse().unwrap());
@@ -589,6 +611,9 @@ mod tests {
             ..Default::default()
         };
         let err = Auth::from_config(&c, dir.path()).unwrap_err().to_string();
-        assert!(err.contains("auth.htpasswd") && err.contains("htpasswd -B") && err.contains("bob"), "{err}");
+        assert!(
+            err.contains("auth.htpasswd") && err.contains("htpasswd -B") && err.contains("bob"),
+            "{err}"
+        );
     }
 }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 
-use auth::{Auth, Identity, TokenRequest};
 pub(crate) use auth::TOKEN_PATH;
+use auth::{Auth, Identity, TokenRequest};
 use policy::{Decision, Policy, Who};
 
 /// The TCP peer of the connection a request arrived on, attached by the server as a request

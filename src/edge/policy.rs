@@ -87,7 +87,10 @@ impl Policy {
     pub(crate) fn anonymous_possible(&self) -> bool {
         !self.auth
             || self.anonymous_default
-            || self.upstreams.values().any(|u| u.anonymous_pull == Some(true))
+            || self
+                .upstreams
+                .values()
+                .any(|u| u.anonymous_pull == Some(true))
             || self.rules.iter().any(|r| {
                 r.action == AccessAction::Allow
                     && (r.users.is_empty() || r.users.iter().any(|u| u == ANONYMOUS))
@@ -111,7 +114,9 @@ impl Policy {
         if let Some(rule) = self.rules.iter().find(|r| matches(r, who, scope)) {
             return match rule.action {
                 AccessAction::Allow => Decision::Allow,
-                AccessAction::Deny if self.auth && who == Who::Anonymous && !rule.users.is_empty() => {
+                AccessAction::Deny
+                    if self.auth && who == Who::Anonymous && !rule.users.is_empty() =>
+                {
                     Decision::Authenticate
                 }
                 AccessAction::Deny => Decision::Deny(rule.message.clone().unwrap_or_else(|| {
@@ -198,7 +203,12 @@ mod tests {
             (Anonymous, "docker.io", "library/alpine", Allow),
             (User("alice"), "docker.io", "library/alpine", Allow),
             (Anonymous, "docker.io", "someone/xmrig", notmirrored.clone()),
-            (User("alice"), "docker.io", "someone/xmrig-cuda", notmirrored),
+            (
+                User("alice"),
+                "docker.io",
+                "someone/xmrig-cuda",
+                notmirrored,
+            ),
             // a rule naming anonymous asks for credentials; a user passes.
             (Anonymous, "docker.io", "library/private-x", Authenticate),
             (User("alice"), "docker.io", "library/private-x", Allow),
@@ -213,7 +223,12 @@ mod tests {
                 "org/app",
                 Deny("user \"ci-runner\" may not pull ghcr.io/org/app from this mirror".into()),
             ),
-            (User("intern"), "ghcr.io", "secret/x", Deny("ask the platform team".into())),
+            (
+                User("intern"),
+                "ghcr.io",
+                "secret/x",
+                Deny("ask the platform team".into()),
+            ),
             (User("intern2"), "ghcr.io", "secret/x", Allow),
             // quay.io: an allow list.
             (User("alice"), "quay.io", "prometheus/node-exporter", Allow),
@@ -237,7 +252,10 @@ mod tests {
     fn without_auth_everyone_is_anonymous_and_admitted() {
         use Decision::*;
         let p = policy("");
-        assert_eq!(p.decide(Who::Anonymous, &scope("docker.io", "library/a")), Allow);
+        assert_eq!(
+            p.decide(Who::Anonymous, &scope("docker.io", "library/a")),
+            Allow
+        );
         assert!(p.anonymous_possible());
         // Lists and rules still apply, and a refusal is a denial: there is nothing to log in to.
         let p = policy(
@@ -245,29 +263,47 @@ mod tests {
              [[access]]\nusers = [\"anonymous\"]\nrepositories = [\"x/*\"]\naction = \"deny\"\nmessage = \"no\"\n",
         );
         let cases = [
-            ("bad/a", Deny("docker.io/bad/a is not available through this mirror".into())),
+            (
+                "bad/a",
+                Deny("docker.io/bad/a is not available through this mirror".into()),
+            ),
             ("x/a", Deny("no".into())),
             ("y/a", Allow),
         ];
         for (repo, want) in cases {
-            assert_eq!(p.decide(Who::Anonymous, &scope("docker.io", repo)), want, "{repo}");
+            assert_eq!(
+                p.decide(Who::Anonymous, &scope("docker.io", repo)),
+                want,
+                "{repo}"
+            );
         }
     }
 
     #[test]
     fn anonymous_defaults() {
         use Decision::*;
-        let on = policy(&format!("{AUTH}anonymous_pull = true\n[[upstream]]\nname = \"b.io\"\nanonymous_pull = false\n"));
+        let on = policy(&format!(
+            "{AUTH}anonymous_pull = true\n[[upstream]]\nname = \"b.io\"\nanonymous_pull = false\n"
+        ));
         assert_eq!(on.decide(Who::Anonymous, &scope("a.io", "r")), Allow);
         assert_eq!(on.decide(Who::Anonymous, &scope("b.io", "r")), Authenticate);
         let off = policy(AUTH);
-        assert_eq!(off.decide(Who::Anonymous, &scope("a.io", "r")), Authenticate);
+        assert_eq!(
+            off.decide(Who::Anonymous, &scope("a.io", "r")),
+            Authenticate
+        );
         assert!(!off.anonymous_possible());
         // A deny rule for everyone denies anonymous clients too (credentials would not help).
         let all = policy(&format!(
             "{AUTH}anonymous_pull = true\n[[access]]\nrepositories = [\"x\"]\naction = \"deny\"\nmessage = \"m\"\n"
         ));
-        assert_eq!(all.decide(Who::Anonymous, &scope("a.io", "x")), Deny("m".into()));
-        assert_eq!(all.decide(Who::User("u"), &scope("a.io", "x")), Deny("m".into()));
+        assert_eq!(
+            all.decide(Who::Anonymous, &scope("a.io", "x")),
+            Deny("m".into())
+        );
+        assert_eq!(
+            all.decide(Who::User("u"), &scope("a.io", "x")),
+            Deny("m".into())
+        );
     }
 }

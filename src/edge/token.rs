@@ -172,7 +172,11 @@ pub(crate) fn load_key(configured: Option<&Path>, data_dir: &Path) -> Result<Vec
     };
     if configured.is_none() && !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap_or(data_dir)).map_err(io)?;
-        let key = format!("{:032x}{:032x}\n", rand::random::<u128>(), rand::random::<u128>());
+        let key = format!(
+            "{:032x}{:032x}\n",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        );
         let tmp = path.with_extension("tmp");
         let mut f = open_private(&tmp).map_err(io)?;
         f.write_all(key.as_bytes()).map_err(io)?;
@@ -234,14 +238,21 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_refuse_forgeries() {
         let t = Tokens::new(&[7u8; 32], "regmirror", Duration::from_secs(300));
-        let alice = t.issue(Some("alice"), &["repository:library/alpine:pull,push".into()]);
+        let alice = t.issue(
+            Some("alice"),
+            &["repository:library/alpine:pull,push".into()],
+        );
         assert_eq!(t.verify(&alice.token), Some(Some("alice".into())));
         // Again, from the cache.
         assert_eq!(t.verify(&alice.token), Some(Some("alice".into())));
         let anon = t.issue(None, &[]);
         assert_eq!(t.verify(&anon.token), Some(None));
         let other_key = Tokens::new(&[8u8; 32], "regmirror", Duration::from_secs(300));
-        assert_eq!(other_key.verify(&alice.token), None, "signed with another key");
+        assert_eq!(
+            other_key.verify(&alice.token),
+            None,
+            "signed with another key"
+        );
         let other_service = Tokens::new(&[7u8; 32], "elsewhere", Duration::from_secs(300));
         assert_eq!(other_service.verify(&alice.token), None, "another audience");
         let mut tampered = alice.token.clone();
@@ -264,20 +275,34 @@ mod tests {
             jti: "x".into(),
             access: vec![],
         };
-        let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &t.encoding).unwrap();
+        let old =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &t.encoding).unwrap();
         assert_eq!(t.verify(&old), None);
     }
 
     #[test]
     fn access_claims_grant_pull_only() {
         let cases = [
-            ("repository:library/alpine:pull", Some(r#"{"actions":["pull"],"name":"library/alpine","type":"repository"}"#)),
-            ("repository:a/b:pull,push", Some(r#"{"actions":["pull"],"name":"a/b","type":"repository"}"#)),
-            ("repository:h:5000/a:push", Some(r#"{"actions":[],"name":"h:5000/a","type":"repository"}"#)),
+            (
+                "repository:library/alpine:pull",
+                Some(r#"{"actions":["pull"],"name":"library/alpine","type":"repository"}"#),
+            ),
+            (
+                "repository:a/b:pull,push",
+                Some(r#"{"actions":["pull"],"name":"a/b","type":"repository"}"#),
+            ),
+            (
+                "repository:h:5000/a:push",
+                Some(r#"{"actions":[],"name":"h:5000/a","type":"repository"}"#),
+            ),
             ("nonsense", None),
         ];
         for (scope, want) in cases {
-            assert_eq!(access_entry(scope).map(|v| v.to_string()).as_deref(), want, "{scope}");
+            assert_eq!(
+                access_entry(scope).map(|v| v.to_string()).as_deref(),
+                want,
+                "{scope}"
+            );
         }
     }
 
@@ -302,7 +327,10 @@ mod tests {
         let short = dir.path().join("short");
         std::fs::write(&short, "abc\n").unwrap();
         let err = load_key(Some(&short), dir.path()).unwrap_err().to_string();
-        assert!(err.contains("auth.token_key_file") && err.contains("short"), "{err}");
+        assert!(
+            err.contains("auth.token_key_file") && err.contains("short"),
+            "{err}"
+        );
         let missing = load_key(Some(&dir.path().join("nope")), dir.path()).unwrap_err();
         assert!(missing.to_string().contains("nope"), "{missing}");
     }
