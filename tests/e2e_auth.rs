@@ -346,7 +346,7 @@ async fn a_non_bcrypt_htpasswd_is_refused_by_config_check() {
 
 fn docker_tools() -> Vec<&'static str> {
     let mut t = CORE_TOOLS.to_vec();
-    t.extend(["dockerd", "docker", "nsenter", "ip"]);
+    t.extend_from_slice(support::clients::DOCKER_TOOLS);
     t
 }
 
@@ -401,4 +401,74 @@ async fn docker_login_then_docker_pull() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains(DENIED), "{stderr}");
     drop(docker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_with_credentials_through_the_oauth_token_flow() {
+    let mut tools = CORE_TOOLS.to_vec();
+    tools.extend_from_slice(support::clients::CONTAINERD_TOOLS);
+    require_tools!(&tools);
+    let dir = tempfile::tempdir().unwrap();
+    let w = auth_world(dir.path()).await;
+    let hosts = dir.path().join("hosts");
+    support::clients::client_config_write(
+        &[
+            "containerd",
+            "--mirror",
+            w.mirror.url.as_str(),
+            "--style",
+            "ns",
+            "--registry",
+            "docker.io",
+        ],
+        &hosts,
+    );
+    let containerd = tokio::task::spawn_blocking(support::clients::Containerd::start)
+        .await
+        .unwrap();
+    let hosts_arg = hosts.to_str().unwrap();
+    let pull = |ns: &str, user: Option<String>| {
+        let mut args = vec![
+            "image",
+            "pull",
+            "--plain-http",
+            "--hosts-dir",
+            hosts_arg,
+            "--snapshotter",
+            "native",
+        ];
+        let user_arg;
+        if let Some(u) = user {
+            user_arg = u;
+            args.extend(["--user", user_arg.as_str()]);
+        }
+        args.push("docker.io/library/busybox:v1");
+        containerd.ctr(ns, &args)
+    };
+    let out = pull("anon", None);
+    assert!(!out.status.success(), "pulled docker.io anonymously");
+    let out = pull("alice", Some(format!("{}:{}", ALICE.0, ALICE.1)));
+    assert!(
+        out.status.success(),
+        "ctr pull --user alice: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        containerd
+            .image_digest("alice", "docker.io/library/busybox:v1")
+            .as_deref(),
+        Some(w.hub_seed.index.manifest.digest.as_str())
+    );
+    let reqs = w.mirror.requests();
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "POST" && r.path == "/token" && r.status == 200),
+        "containerd used the OAuth2 POST"
+    );
+    assert!(reqs
+        .iter()
+        .any(|r| r.raw["fields"]["user"] == "alice" && r.path.contains("/blobs/")));
+    let out = pull("intern", Some(format!("{}:{}", INTERN.0, INTERN.1)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("403"), "{stderr}");
 }
