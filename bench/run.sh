@@ -30,6 +30,12 @@
 #   BENCH_WAN=only bench/run.sh   the WAN section alone (extra arguments then go to wan.py)
 #   BENCH_REPS=N                  also sets the WAN section's repetitions (its default is 3)
 #
+# Auth-cost section (bench/auth.py, about 1 min): warm manifest-by-tag req/s through regmirror with
+# [auth] on (Bearer token, and Basic on every request) vs off, side by side in one run.
+#
+#   BENCH_AUTH=1 bench/run.sh     the loopback benchmark, then the auth section (then WAN if asked)
+#   BENCH_AUTH=only bench/run.sh  the auth section alone (extra arguments then go to auth.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -54,6 +60,12 @@ case $wan in
   1|only) tools+=([skopeo]=skopeo [ctr]=containerd [containerd]=containerd [ip]=iproute2 [tc]=iproute2
                   [nsenter]=util-linux) ;;
   *) echo "bench: BENCH_WAN=$wan: use 1 (loopback, then WAN) or only (WAN alone)" >&2; exit 1 ;;
+esac
+auth=${BENCH_AUTH:-}
+case $auth in
+  ""|0) auth="" ;;
+  1|only) tools+=([htpasswd]=apache2-utils) ;;
+  *) echo "bench: BENCH_AUTH=$auth: use 1 (loopback, then auth) or only (auth alone)" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -104,12 +116,17 @@ fi
 
 loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results" "${baseline_args[@]}")
-[[ -n $wan ]] || exec "${loopback[@]}" "$@"
+auth_cmd=(python3 "$repo_root/bench/auth.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
+[[ $auth != only ]] || exec "${auth_cmd[@]}" "$@"
+[[ -n $wan || -n $auth ]] || exec "${loopback[@]}" "$@"
 wan_args=()
 if [[ $wan == only ]]; then
   wan_args=("$@")
 else
   "${loopback[@]}" "$@"
 fi
+[[ -z $auth ]] || "${auth_cmd[@]}"
+[[ -n $wan ]] || exit 0
 exec "${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror" \
   --results "$repo_root/bench/results" "${wan_args[@]}"
