@@ -472,3 +472,57 @@ async fn containerd_pulls_with_credentials_through_the_oauth_token_flow() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("403"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_login_then_podman_pull() {
+    let mut tools = CORE_TOOLS.to_vec();
+    tools.extend_from_slice(support::clients::PODMAN_TOOLS);
+    require_tools!(&tools);
+    let dir = tempfile::tempdir().unwrap();
+    let w = auth_world(dir.path()).await;
+    let mirror = w.mirror.addr();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!("unqualified-search-registries = []\n[[registry]]\nlocation = \"{mirror}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let podman = support::clients::Podman::new(conf);
+    let authfile = dir.path().join("auth.json");
+    let authfile = authfile.to_str().unwrap();
+    let login = |user: &str, pass: &str| {
+        podman.run(&[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            authfile,
+            "-u",
+            user,
+            "-p",
+            pass,
+            &mirror,
+        ])
+    };
+    let out = login(ALICE.0, "wrong");
+    assert!(
+        !out.status.success(),
+        "podman login accepted a wrong password"
+    );
+    expect_success(&login(ALICE.0, ALICE.1), "podman login");
+    let image = format!("{mirror}/library/busybox:v1");
+    let out = podman.run(&["pull", "--tls-verify=false", "--authfile", authfile, &image]);
+    expect_success(&out, "podman pull after podman login");
+    let out = podman.run(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &image,
+    ]);
+    let digests = expect_success(&out, "podman image inspect");
+    assert!(
+        digests.contains(&w.hub_seed.index.manifest.digest),
+        "{digests} names the index {}",
+        w.hub_seed.index.manifest.digest
+    );
+}
