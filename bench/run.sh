@@ -37,6 +37,12 @@
 #   BENCH_COLDCPU=only bench/run.sh   the cold CPU section alone (extra arguments go to coldcpu.py,
 #                                     e.g. --perf for the profile, --baseline OLD for before/after)
 #
+# Auth-cost section (bench/auth.py, about 1 min): warm manifest-by-tag req/s through regmirror with
+# [auth] on (Bearer token, and Basic on every request) vs off, side by side in one run.
+#
+#   BENCH_AUTH=1 bench/run.sh     the loopback benchmark, then the auth section (then WAN if asked)
+#   BENCH_AUTH=only bench/run.sh  the auth section alone (extra arguments then go to auth.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -67,6 +73,12 @@ case $wan in
   1|only) tools+=([skopeo]=skopeo [ctr]=containerd [containerd]=containerd [ip]=iproute2 [tc]=iproute2
                   [nsenter]=util-linux) ;;
   *) echo "bench: BENCH_WAN=$wan: use 1 (loopback, then WAN) or only (WAN alone)" >&2; exit 1 ;;
+esac
+auth=${BENCH_AUTH:-}
+case $auth in
+  ""|0) auth="" ;;
+  1|only) tools+=([htpasswd]=apache2-utils) ;;
+  *) echo "bench: BENCH_AUTH=$auth: use 1 (loopback, then auth) or only (auth alone)" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -119,22 +131,25 @@ loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/releas
   --results "$repo_root/bench/results" "${baseline_args[@]}")
 coldcpu_cmd=(python3 "$repo_root/bench/coldcpu.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results" "${baseline_args[@]}")
-if [[ $coldcpu == only ]]; then
-  [[ -z $wan ]] || echo "bench: BENCH_COLDCPU=only; ignoring BENCH_WAN=$wan" >&2
-  exec "${coldcpu_cmd[@]}" "$@"
-elif [[ -n $coldcpu ]]; then
-  "${loopback[@]}" "$@"
-  [[ -n $wan ]] || exec "${coldcpu_cmd[@]}"
-  "${coldcpu_cmd[@]}"
-  wan=only  # the loopback rows ran already; what is left is the WAN section alone
-  set --
+auth_cmd=(python3 "$repo_root/bench/auth.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
+wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
+
+# One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
+# benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
+only=()
+for s in coldcpu auth wan; do
+  [[ ${!s} == only ]] && only+=("$s")
+done
+if ((${#only[@]} > 1)); then
+  echo "bench: only one section can be 'only' (got: ${only[*]})" >&2
+  exit 1
+elif ((${#only[@]} == 1)); then
+  cmd="${only[0]}_cmd[@]"
+  exec "${!cmd}" "$@"
 fi
-[[ -n $wan ]] || exec "${loopback[@]}" "$@"
-wan_args=()
-if [[ $wan == only ]]; then
-  wan_args=("$@")
-else
-  "${loopback[@]}" "$@"
-fi
-exec "${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror" \
-  --results "$repo_root/bench/results" "${wan_args[@]}"
+"${loopback[@]}" "$@"
+[[ -z $coldcpu ]] || "${coldcpu_cmd[@]}"
+[[ -z $auth ]] || "${auth_cmd[@]}"
+[[ -z $wan ]] || exec "${wan_cmd[@]}"

@@ -43,6 +43,9 @@ pub enum Endpoint {
     Ready,
     /// `GET /metrics`: Prometheus text format.
     Metrics,
+    /// `GET /token` (Docker's token flow) or `POST /token` (OAuth2, containerd): the mirror's
+    /// own token endpoint, when authentication is on.
+    Token,
 }
 
 impl Endpoint {
@@ -55,6 +58,7 @@ impl Endpoint {
             Endpoint::TagsList { .. } => "tags",
             Endpoint::Unsupported { .. } => "unsupported",
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => "ops",
+            Endpoint::Token => "token",
         }
     }
 }
@@ -78,6 +82,9 @@ impl Endpoint {
             "/healthz" if read => return Ok(Endpoint::Health),
             "/readyz" if read => return Ok(Endpoint::Ready),
             "/metrics" if read => return Ok(Endpoint::Metrics),
+            crate::edge::TOKEN_PATH if read || method == Method::POST => {
+                return Ok(Endpoint::Token)
+            }
             _ => {}
         }
         if path == "/v2" || path == "/v2/" {
@@ -271,6 +278,9 @@ mod tests {
             (get.clone(), "/readyz".into(), Ok(Endpoint::Ready)),
             (get.clone(), "/metrics".into(), Ok(Endpoint::Metrics)),
             (Method::POST, "/metrics".into(), Err(ParseError::NotFound)),
+            (get.clone(), "/token".into(), Ok(Endpoint::Token)),
+            (Method::POST, "/token".into(), Ok(Endpoint::Token)),
+            (Method::PUT, "/token".into(), Err(ParseError::NotFound)),
             (
                 get.clone(),
                 "/v2/%2e%2e/manifests/x".into(),

@@ -51,16 +51,33 @@ struct Outcome {
     kind: &'static str,
     route: Option<Route>,
     cache: Option<CacheStatus>,
+    /// The authenticated user the edge admitted.
+    user: Option<String>,
 }
+
+/// Largest token request body (an OAuth2 form of user, password, service and scopes).
+const MAX_TOKEN_FORM: usize = 64 * 1024;
 
 async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     let started = Instant::now();
-    let (req, _body) = req.into_parts();
+    let (req, body) = req.into_parts();
     let client = listener.app.edge.client_addr(&req);
     let (method, path) = (req.method.clone(), req.uri.path().to_string());
     let query = req.uri.query().map(str::to_string);
     let mut outcome = Outcome::default();
-    let result = dispatch(&listener, &req, query.as_deref(), &mut outcome).await;
+    // The one body regmirror reads: the token endpoint's OAuth2 form (small; bounded).
+    let form = if method == Method::POST && path == crate::edge::TOKEN_PATH {
+        match axum::body::to_bytes(body, MAX_TOKEN_FORM).await {
+            Ok(b) => Some(b),
+            Err(_) => {
+                return (StatusCode::PAYLOAD_TOO_LARGE, "token request too large\n").into_response()
+            }
+        }
+    } else {
+        None
+    };
+    let form = form.as_deref();
+    let result = dispatch(&listener, &req, query.as_deref(), form, &mut outcome).await;
     let mut resp = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             tracing::warn!(%method, %path, error = %e, "request failed");
@@ -92,6 +109,7 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         ns = ns.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
         upstream = outcome.route.as_ref().map(|r| r.upstream.as_str()).unwrap_or("-"),
+        user = outcome.user.as_deref().unwrap_or("-"),
         repository = outcome.route.as_ref().map(|r| r.repository.as_str()).unwrap_or("-"),
         route = outcome.route.as_ref().map(|r| r.style.as_str()).unwrap_or("-"),
         cache = outcome.cache.map(|c| c.as_str()).unwrap_or("-"),
@@ -107,27 +125,40 @@ async fn dispatch(
     listener: &Listener,
     req: &http::request::Parts,
     query: Option<&str>,
+    form: Option<&[u8]>,
     outcome: &mut Outcome,
 ) -> Result<Response, Error> {
     let endpoint = Endpoint::parse(&req.method, req.uri.path())?;
     outcome.kind = endpoint.kind();
     let cache = &listener.app.cache;
+    let edge = &listener.app.edge;
     let head = req.method == Method::HEAD;
     let (route, answer) = match endpoint {
-        Endpoint::Base => return Ok(base_response()),
+        Endpoint::Base => {
+            outcome.user = edge.admit_base(req).await?.user;
+            return Ok(base_response());
+        }
+        Endpoint::Token => {
+            let answer = edge.token(req, form).await.ok_or(Error::NotFound)??;
+            let mut resp = axum::Json(answer).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return Ok(resp);
+        }
         Endpoint::Health => return Ok((StatusCode::OK, "ok\n").into_response()),
         Endpoint::Ready => return ready(cache).await,
         Endpoint::Metrics => return Ok(metrics_response()),
         Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
         Endpoint::Manifest { name, reference } => {
             let route = route(listener, req, query, &name, outcome)?;
-            admit(listener, req, &route, Action::Pull)?;
+            outcome.user = admit(listener, req, &route, Action::Pull).await?.user;
             let answer = manifest(cache, &route, req, &reference, head).await;
             (route, answer)
         }
         Endpoint::Blob { name, digest } => {
             let route = route(listener, req, query, &name, outcome)?;
-            let grant = admit(listener, req, &route, Action::Pull)?;
+            let grant = admit(listener, req, &route, Action::Pull).await?;
+            outcome.user = grant.user.clone();
             let edge = &listener.app.edge;
             let permit =
                 match !head && edge.limits_downloads() && cache.blob_would_fetch(&digest).await {
@@ -143,7 +174,7 @@ async fn dispatch(
         }
         Endpoint::TagsList { name } => {
             let route = route(listener, req, query, &name, outcome)?;
-            admit(listener, req, &route, Action::List)?;
+            outcome.user = admit(listener, req, &route, Action::List).await?.user;
             let answer = tags_list(cache, &route, &name, query).await;
             (route, answer)
         }
@@ -193,8 +224,8 @@ fn route(
     Ok(route)
 }
 
-/// Ask the edge whether this client may do `action` on the routed repository.
-fn admit(
+/// Ask the edge whether this client may do `action` on the routed repository; the admitted user.
+async fn admit(
     listener: &Listener,
     req: &http::request::Parts,
     route: &Route,
@@ -205,7 +236,7 @@ fn admit(
         repository: &route.repository,
         action,
     };
-    Ok(listener.app.edge.admit(req, &scope)?)
+    Ok(listener.app.edge.admit(req, &scope).await?)
 }
 
 /// What an endpoint answered, and where the answer came from.

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod access;
 mod limits;
 mod upstream;
 
+pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
 pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
@@ -109,6 +111,11 @@ pub struct Config {
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Client authentication (`[auth]`). Unset: every client is admitted without credentials.
+    pub auth: Option<AuthConfig>,
+    /// The access policy (`[[access]]`): rules tried in order, the first match decides.
+    #[serde(rename = "access")]
+    pub access: Vec<AccessRule>,
 }
 
 impl Default for Config {
@@ -135,6 +142,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
             upstreams: Vec::new(),
+            auth: None,
+            access: Vec::new(),
         }
     }
 }
@@ -358,7 +367,7 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        self.validate_access()
     }
 
     /// The upstream with this exact name.

@@ -64,6 +64,17 @@ pub struct UpstreamConfig {
     /// `--resolve`), e.g. for split-horizon DNS or a registry pinned to known hosts. Tried in this
     /// order, the connect timeout shared between them; the port and TLS name stay the URL's.
     pub resolve: Vec<String>,
+    /// With `[auth]`: clients without credentials may pull from this upstream (overrides
+    /// `auth.anonymous_pull`).
+    pub anonymous_pull: Option<bool>,
+    /// Repositories (`*` wildcard, `/` included) clients may pull from this upstream. Empty: all
+    /// but those in `deny`.
+    pub allow: Vec<String>,
+    /// Repositories (`*` wildcard) no client may pull from this upstream, whoever it is.
+    pub deny: Vec<String>,
+    /// What a client refused by `allow` / `deny` reads (`403 DENIED`), e.g. "this image is not
+    /// mirrored here, see https://wiki.example/mirror".
+    pub deny_message: Option<String>,
 }
 
 /// How a cached tag past its TTL is revalidated.
@@ -209,7 +220,11 @@ impl UpstreamConfig {
             read_timeout_secs,
             insecure_skip_verify,
             ca_file,
-            resolve
+            resolve,
+            anonymous_pull,
+            allow,
+            deny,
+            deny_message
         );
     }
 }

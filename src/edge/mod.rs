@@ -10,18 +10,21 @@
 //! repository, action), never about content. A mirror with no `[auth]`, `[[access]]` or
 //! `[limits]` in its configuration admits everyone, as before.
 
-// The scope's fields and some error variants are read by the auth and policy that follow this
-// interface.
-#![allow(dead_code)]
-
+mod auth;
 mod limits;
+mod policy;
+mod token;
 
-use limits::{ClientKey, Limits};
-pub(crate) use limits::{DownloadPermit, Throttle};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::Config;
+
+pub(crate) use auth::TOKEN_PATH;
+use auth::{Auth, Identity, TokenRequest};
+use limits::{ClientKey, Limits};
+pub(crate) use limits::{DownloadPermit, Throttle};
+use policy::{Decision, Policy, Who};
 
 /// The TCP peer of the connection a request arrived on, attached by the server as a request
 /// extension (both the HTTP/1.1 fast path and hyper's).
@@ -42,6 +45,8 @@ pub(crate) enum Action {
 pub(crate) struct Scope<'a> {
     pub upstream: &'a str,
     pub repository: &'a str,
+    // The policy treats pulls and tag lists alike, and so do the limits.
+    #[allow(dead_code)]
     pub action: Action,
 }
 
@@ -73,18 +78,43 @@ pub(crate) enum Error {
     TooManyRequests { retry_after: Duration },
 }
 
-/// The edge's decisions for one server, built once from the configuration.
+/// The edge's decisions for one server, built once from the configuration: a composition of its
+/// parts, each asked in turn by [`Edge::admit`].
 #[derive(Debug)]
 pub(crate) struct Edge {
+    /// Client authentication; None without `[auth]`.
+    auth: Option<Auth>,
+    policy: Policy,
     limits: Limits,
 }
 
+/// Why the edge cannot start, naming the key or file to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct StartError(#[from] auth::StartError);
+
+/// The token endpoint's answer (`{"token","access_token","expires_in","issued_at"}`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct TokenAnswer {
+    pub token: String,
+    pub access_token: String,
+    pub expires_in: u64,
+    /// RFC 3339.
+    pub issued_at: String,
+}
+
 impl Edge {
-    /// The edge `config` describes.
-    pub(crate) fn from_config(config: &Config) -> Edge {
-        Edge {
+    /// The edge `config` describes (the token key is read from, or made in, its `data_dir`).
+    pub(crate) fn from_config(config: &Config) -> Result<Edge, StartError> {
+        let auth = match &config.auth {
+            Some(a) => Some(Auth::from_config(a, &config.data_dir)?),
+            None => None,
+        };
+        Ok(Edge {
+            auth,
+            policy: Policy::from_config(config),
             limits: Limits::from_config(config),
-        }
+        })
     }
 
     /// The address `req` is from (its [`Peer`], or what a trusted proxy forwarded).
@@ -93,36 +123,64 @@ impl Edge {
         Some(self.limits.client_addr(peer.0.ip(), &req.headers))
     }
 
+    /// Check the files the edge reads at start (for `regmirror config check`), changing nothing.
+    pub(crate) fn check(config: &Config) -> Result<(), StartError> {
+        match &config.auth {
+            Some(a) => Ok(Auth::check(a)?),
+            None => Ok(()),
+        }
+    }
+
     /// Admit (or refuse) a routed request. `req` carries the headers (credentials, forwarded
     /// addresses) and the [`Peer`] extension.
-    pub(crate) fn admit(
+    pub(crate) async fn admit(
         &self,
         req: &http::request::Parts,
-        _scope: &Scope<'_>,
+        scope: &Scope<'_>,
     ) -> Result<Grant, Error> {
         let client = self.client_addr(req);
-        let user: Option<String> = None;
-        let key = match (&user, client) {
+        let identity = match self.identify(req).await {
+            Ok(i) => i,
+            Err(e) => {
+                // Wrong credentials count against the address's request rate too: guessing
+                // passwords meets 429 after the burst.
+                if let Some(a) = client {
+                    self.limit(&ClientKey::Addr(a))?;
+                }
+                return Err(e);
+            }
+        };
+        let who = match &identity {
+            Identity::User(u) => Who::User(u),
+            Identity::Nobody | Identity::Anonymous => Who::Anonymous,
+        };
+        match self.policy.decide(who, scope) {
+            Decision::Allow => {}
+            Decision::Deny(message) => return Err(Error::Denied { message }),
+            Decision::Authenticate => {
+                return Err(self.unauthenticated(req, "authentication required"))
+            }
+        }
+        let mut grant = grant(identity);
+        grant.client = client;
+        grant.key = match (&grant.user, client) {
             (Some(u), _) => Some(ClientKey::User(u.clone())),
             (None, Some(a)) => Some(ClientKey::Addr(a)),
             // Called without a connection (the router in unit tests): nothing to limit by.
             (None, None) => None,
         };
-        let throttle = match &key {
-            Some(key) => {
-                self.limits
-                    .admit(key)
-                    .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
-                self.limits.throttle(key)
-            }
-            None => None,
-        };
-        Ok(Grant {
-            user,
-            client,
-            throttle,
-            key,
-        })
+        if let Some(key) = &grant.key {
+            self.limit(key)?;
+            grant.throttle = self.limits.throttle(key);
+        }
+        Ok(grant)
+    }
+
+    /// Count one request of `key` against its rate.
+    fn limit(&self, key: &ClientKey) -> Result<(), Error> {
+        self.limits
+            .admit(key)
+            .map_err(|retry_after| Error::TooManyRequests { retry_after })
     }
 
     /// Whether [`Edge::download`] must be asked before a request starts an upstream download.
@@ -141,5 +199,75 @@ impl Edge {
             .map_err(|()| Error::TooManyRequests {
                 retry_after: Duration::from_secs(1),
             })
+    }
+
+    /// Admit (or refuse) a request for the API base `/v2/`: with authentication on, a client
+    /// must present credentials (or an anonymous token), as against Docker Hub; that is how
+    /// `docker login` checks a password.
+    pub(crate) async fn admit_base(&self, req: &http::request::Parts) -> Result<Grant, Error> {
+        match self.identify(req).await? {
+            Identity::Nobody if self.auth.is_some() => {
+                Err(self.unauthenticated(req, "authentication required"))
+            }
+            identity => Ok(grant(identity)),
+        }
+    }
+
+    /// Answer the token endpoint (`GET` with the query, `POST` with its form `body`); None when
+    /// authentication is off (there is no token endpoint then).
+    pub(crate) async fn token(
+        &self,
+        req: &http::request::Parts,
+        body: Option<&[u8]>,
+    ) -> Option<Result<TokenAnswer, Error>> {
+        let auth = self.auth.as_ref()?;
+        let request = match body {
+            Some(b) => TokenRequest::from_form(b, &req.headers),
+            None => TokenRequest::from_query(req.uri.query(), &req.headers),
+        };
+        let answer = match auth.issue(&request, self.policy.anonymous_possible()).await {
+            Ok(t) => Ok(TokenAnswer {
+                access_token: t.token.clone(),
+                token: t.token,
+                expires_in: t.expires_in,
+                issued_at: token::rfc3339(t.issued_at),
+            }),
+            Err(bad) => Err(Error::Unauthenticated {
+                message: bad.0.to_string(),
+                challenge: auth.basic_challenge(),
+            }),
+        };
+        Some(answer)
+    }
+
+    /// Who the request's credentials name; bad credentials are refused with the challenge.
+    async fn identify(&self, req: &http::request::Parts) -> Result<Identity, Error> {
+        let Some(auth) = &self.auth else {
+            return Ok(Identity::Nobody);
+        };
+        auth.identify(&req.headers)
+            .await
+            .map_err(|bad| self.unauthenticated(req, bad.0))
+    }
+
+    fn unauthenticated(&self, req: &http::request::Parts, message: &str) -> Error {
+        let challenge = match &self.auth {
+            Some(a) => a.challenge(req),
+            None => String::new(),
+        };
+        Error::Unauthenticated {
+            message: message.to_string(),
+            challenge,
+        }
+    }
+}
+
+fn grant(identity: Identity) -> Grant {
+    Grant {
+        user: match identity {
+            Identity::User(u) => Some(u),
+            Identity::Nobody | Identity::Anonymous => None,
+        },
+        ..Grant::default()
     }
 }

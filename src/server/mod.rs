@@ -39,6 +39,8 @@ pub(crate) enum Error {
     },
     #[error("{0}")]
     Cache(#[from] crate::cache::Error),
+    #[error("{0}")]
+    Edge(#[from] crate::edge::StartError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
@@ -121,7 +123,7 @@ pub(crate) async fn run(
     let app = Arc::new(App {
         cache,
         routing: RoutingTable::new(&config),
-        edge: crate::edge::Edge::from_config(&config),
+        edge: crate::edge::Edge::from_config(&config)?,
     });
     let bound = bind(&config).await?;
     serve(app, bound, Limits::from_config(&config), shutdown).await

@@ -83,6 +83,14 @@ pub struct UpstreamEntry {
     /// Outbound proxy: `http://`, `https://`, `socks5://` or `socks5h://` `HOST:PORT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+    /// With `[auth]`: clients without credentials may pull from this upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anonymous_pull: Option<bool>,
+    /// Repositories no client may pull from this upstream, and what they read instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_message: Option<String>,
 }
 
 impl UpstreamEntry {
@@ -265,7 +273,7 @@ impl Regmirror {
     }
 
     /// Start the process (again) on the same config and data directory: wait for every listener
-    /// line, then for `GET /v2/` to answer 200 on each listener.
+    /// line, then for `GET /v2/` to answer on each listener (200, or 401 with `[auth]`).
     pub async fn spawn(&mut self) {
         assert!(self.process.is_none(), "regmirror is already running");
         let (mut guard, lines) = self.spawn_serve();
@@ -275,7 +283,7 @@ impl Regmirror {
         };
         for u in std::iter::once(&url).chain(dedicated.values()) {
             let ready = format!("{u}/v2/");
-            if let Err(e) = wait_http_ready(&ready, &[200], &mut guard, START_TIMEOUT).await {
+            if let Err(e) = wait_http_ready(&ready, &[200, 401], &mut guard, START_TIMEOUT).await {
                 self.fail(e);
             }
         }
