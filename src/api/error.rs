@@ -163,7 +163,7 @@ impl From<edge::Error> for Error {
             edge::Error::Denied { message } => Error::Denied(message),
             e @ edge::Error::TooManyRequests { retry_after } => Error::ClientTooFast {
                 message: e.to_string(),
-                retry_after: retry_after.as_secs().max(1),
+                retry_after: (retry_after.as_secs_f64().ceil() as u64).max(1),
             },
         }
     }
@@ -287,12 +287,19 @@ mod tests {
             message: "not mirrored here, see https://docs.example".into(),
         });
         assert_eq!((denied.status().as_u16(), denied.code()), (403, "DENIED"));
-        assert_eq!(denied.to_string(), "not mirrored here, see https://docs.example");
+        assert_eq!(
+            denied.to_string(),
+            "not mirrored here, see https://docs.example"
+        );
         let resp = Error::from(edge::Error::TooManyRequests {
             retry_after: std::time::Duration::from_millis(2500),
         })
         .into_response();
         assert_eq!(resp.status(), 429);
-        assert_eq!(resp.headers().get("retry-after").unwrap(), "2");
+        assert_eq!(
+            resp.headers().get("retry-after").unwrap(),
+            "3",
+            "rounded up"
+        );
     }
 }

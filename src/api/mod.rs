@@ -18,12 +18,13 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::cache::{BlobBody, Cache, CacheStatus};
-use crate::edge::{Action, Edge, Scope};
+use crate::edge::{Action, Edge, Grant, Scope};
 use crate::oci::RangeSpec;
 use crate::oci::{media, Reference};
 use crate::routing::{RequestFacts, Route, RoutingTable};
 pub use endpoint::Endpoint;
 pub(crate) use error::Error;
+use zero_copy::Pace;
 
 /// Shared state of every listener.
 pub(crate) struct App {
@@ -55,6 +56,7 @@ struct Outcome {
 async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     let started = Instant::now();
     let (req, _body) = req.into_parts();
+    let client = listener.app.edge.client_addr(&req);
     let (method, path) = (req.method.clone(), req.uri.path().to_string());
     let query = req.uri.query().map(str::to_string);
     let mut outcome = Outcome::default();
@@ -84,6 +86,7 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
             .increment(1);
     }
     tracing::info!(
+        client = client.map(|c| c.to_string()).as_deref().unwrap_or("-"),
         %method,
         %path,
         ns = ns.as_deref().unwrap_or("-"),
@@ -124,8 +127,18 @@ async fn dispatch(
         }
         Endpoint::Blob { name, digest } => {
             let route = route(listener, req, query, &name, outcome)?;
-            admit(listener, req, &route, Action::Pull)?;
-            let answer = blob(cache, &route, req, &digest, head).await;
+            let grant = admit(listener, req, &route, Action::Pull)?;
+            let edge = &listener.app.edge;
+            let permit =
+                match !head && edge.limits_downloads() && cache.blob_would_fetch(&digest).await {
+                    true => edge.download(&grant)?,
+                    false => None,
+                };
+            let pace = Pace {
+                throttle: grant.throttle,
+                permit,
+            };
+            let answer = blob(cache, &route, req, &digest, head, pace).await;
             (route, answer)
         }
         Endpoint::TagsList { name } => {
@@ -186,14 +199,13 @@ fn admit(
     req: &http::request::Parts,
     route: &Route,
     action: Action,
-) -> Result<(), Error> {
+) -> Result<Grant, Error> {
     let scope = Scope {
         upstream: &route.upstream,
         repository: &route.repository,
         action,
     };
-    listener.app.edge.admit(req, &scope)?;
-    Ok(())
+    Ok(listener.app.edge.admit(req, &scope)?)
 }
 
 /// What an endpoint answered, and where the answer came from.
@@ -231,6 +243,7 @@ async fn blob(
     req: &http::request::Parts,
     digest: &crate::oci::Digest,
     head: bool,
+    pace: Pace,
 ) -> Answer {
     let range = match req.headers.get(header::RANGE) {
         Some(v) => Some(parse_range(v)?),
@@ -239,7 +252,7 @@ async fn blob(
     let b = cache
         .blob(&route.upstream, &route.repository, digest, range, head)
         .await?;
-    Ok((b.status, blob_response(b)))
+    Ok((b.status, blob_response(b, pace)))
 }
 
 async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Option<&str>) -> Answer {
@@ -340,7 +353,7 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
     resp
 }
 
-fn blob_response(b: crate::cache::Blob) -> Response {
+fn blob_response(b: crate::cache::Blob, pace: Pace) -> Response {
     let source = if b.status == CacheStatus::Hit {
         "cache"
     } else {
@@ -349,18 +362,23 @@ fn blob_response(b: crate::cache::Blob) -> Response {
     let mut send_file = None;
     let body = match b.body {
         Some(BlobBody::File(region)) => {
-            let sf = zero_copy::SendFile::new(region, source);
+            let sf = zero_copy::SendFile::new(region, source, pace);
             let body = sf.body();
             send_file = Some(sf);
             body
         }
         Some(BlobBody::Stream(stream)) => {
             let served = metrics::counter!(crate::metrics::BYTES_SERVED, "source" => source);
-            Body::from_stream(futures::StreamExt::inspect(stream, move |chunk| {
+            let stream = futures::StreamExt::inspect(stream, move |chunk| {
                 if let Ok(c) = chunk {
                     served.increment(c.len() as u64);
                 }
-            }))
+            });
+            Body::from_stream(zero_copy::paced(
+                stream,
+                pace.throttle,
+                pace.permit.map(Arc::new),
+            ))
         }
         None => Body::empty(),
     };

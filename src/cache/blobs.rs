@@ -84,6 +84,11 @@ pub(crate) struct BlobCache {
 }
 
 impl BlobCache {
+    /// Neither stored nor in flight: a GET would start a download.
+    pub(super) async fn would_fetch(&self, d: &Digest) -> bool {
+        self.fills.join(d).is_none() && self.storage.head(&keys::blob(d)).await.is_err()
+    }
+
     pub(crate) fn new(
         config: &Config,
         storage: Arc<dyn Storage>,

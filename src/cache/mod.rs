@@ -226,6 +226,12 @@ impl Cache {
             .await
     }
 
+    /// Whether a GET of `digest` would start an upstream download now: it is neither stored nor
+    /// being downloaded (what a per-client limit on upstream downloads counts).
+    pub(crate) async fn blob_would_fetch(&self, digest: &crate::oci::Digest) -> bool {
+        self.blobs.would_fetch(digest).await
+    }
+
     /// GET or HEAD a manifest by tag or digest; `accept` is the client's media types.
     pub(crate) async fn manifest(
         &self,

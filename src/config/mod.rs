@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
 mod upstream;
+
+pub(crate) use limits::parse_trusted_proxies;
+pub use limits::LimitsConfig;
 
 pub use upstream::{
     builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
@@ -96,6 +100,12 @@ pub struct Config {
     /// Links (which repository holds which digest) kept in memory besides on disk, so a warm
     /// read checks its repository's link without a file (0: none; every read then stats one).
     pub hot_link_entries: usize,
+    /// Addresses or CIDR blocks of reverse proxies in front of the mirror whose
+    /// `X-Forwarded-For` / `Forwarded` headers are believed (and only theirs) when deciding which
+    /// client a request is from (limits, request log). Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Per-client and global limits (`[limits]`); all off by default.
+    pub limits: LimitsConfig,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -122,6 +132,8 @@ impl Default for Config {
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
             hot_link_entries: 200_000,
+            trusted_proxies: Vec::new(),
+            limits: LimitsConfig::default(),
             upstreams: Vec::new(),
         }
     }
@@ -231,6 +243,8 @@ impl Config {
         if self.max_manifest_bytes == 0 {
             return Err(invalid("max_manifest_bytes", "must be greater than 0"));
         }
+        parse_trusted_proxies(&self.trusted_proxies)?;
+        self.limits.validate()?;
         let mut prefixes = HashSet::new();
         let mut hosts = HashSet::new();
         let mut listens = HashSet::new();
@@ -311,6 +325,16 @@ impl Config {
             ] {
                 if v == Some(0) {
                     return Err(invalid(key(field), "must be at least 1 second"));
+                }
+            }
+            for (j, a) in u.resolve.iter().enumerate() {
+                if a.trim().parse::<std::net::IpAddr>().is_err() {
+                    return Err(invalid(
+                        key(&format!("resolve[{j}]")),
+                        format!(
+                            "{a:?} is not an IP address such as \"10.0.0.5\" or \"2001:db8::5\""
+                        ),
+                    ));
                 }
             }
             if let Some(ca) = &u.ca_file {

@@ -60,6 +60,10 @@ pub struct UpstreamConfig {
     pub insecure_skip_verify: Option<bool>,
     /// PEM file of extra CA certificates to trust for this upstream (a private registry's CA).
     pub ca_file: Option<PathBuf>,
+    /// IP addresses to connect to for the host of `url` instead of asking DNS (as curl's
+    /// `--resolve`), e.g. for split-horizon DNS or a registry pinned to known hosts. Tried in this
+    /// order, the connect timeout shared between them; the port and TLS name stay the URL's.
+    pub resolve: Vec<String>,
 }
 
 /// How a cached tag past its TTL is revalidated.
@@ -204,7 +208,8 @@ impl UpstreamConfig {
             connect_timeout_secs,
             read_timeout_secs,
             insecure_skip_verify,
-            ca_file
+            ca_file,
+            resolve
         );
     }
 }

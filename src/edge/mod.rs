@@ -10,10 +10,14 @@
 //! repository, action), never about content. A mirror with no `[auth]`, `[[access]]` or
 //! `[limits]` in its configuration admits everyone, as before.
 
-// The scope, grant and error variants are read by the auth, policy and limits that follow this
-// interface; until then the edge admits everyone.
+// The scope's fields and some error variants are read by the auth and policy that follow this
+// interface.
 #![allow(dead_code)]
 
+mod limits;
+
+use limits::{ClientKey, Limits};
+pub(crate) use limits::{DownloadPermit, Throttle};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -46,6 +50,12 @@ pub(crate) struct Scope<'a> {
 pub(crate) struct Grant {
     /// The authenticated user; None for an anonymous client.
     pub user: Option<String>,
+    /// The client's address (after trusted proxies); None when the request has no [`Peer`].
+    pub client: Option<std::net::IpAddr>,
+    /// Paces blob bytes sent to this client, when a byte limit is configured.
+    pub throttle: Option<Throttle>,
+    /// Whom the limits count this request against.
+    key: Option<ClientKey>,
 }
 
 /// Why a request was not admitted. `api/error.rs` maps each variant once.
@@ -59,27 +69,77 @@ pub(crate) enum Error {
     #[error("{message}")]
     Denied { message: String },
     /// Over a per-client or global limit: `429 TOOMANYREQUESTS` with `Retry-After`.
-    #[error("too many requests from this client; retry in {} s", retry_after.as_secs().max(1))]
+    #[error("too many requests from this client; retry in {} s", (retry_after.as_secs_f64().ceil() as u64).max(1))]
     TooManyRequests { retry_after: Duration },
 }
 
 /// The edge's decisions for one server, built once from the configuration.
-#[derive(Debug, Default)]
-pub(crate) struct Edge {}
+#[derive(Debug)]
+pub(crate) struct Edge {
+    limits: Limits,
+}
 
 impl Edge {
     /// The edge `config` describes.
-    pub(crate) fn from_config(_config: &Config) -> Edge {
-        Edge {}
+    pub(crate) fn from_config(config: &Config) -> Edge {
+        Edge {
+            limits: Limits::from_config(config),
+        }
+    }
+
+    /// The address `req` is from (its [`Peer`], or what a trusted proxy forwarded).
+    pub(crate) fn client_addr(&self, req: &http::request::Parts) -> Option<std::net::IpAddr> {
+        let peer = req.extensions.get::<Peer>()?;
+        Some(self.limits.client_addr(peer.0.ip(), &req.headers))
     }
 
     /// Admit (or refuse) a routed request. `req` carries the headers (credentials, forwarded
     /// addresses) and the [`Peer`] extension.
     pub(crate) fn admit(
         &self,
-        _req: &http::request::Parts,
+        req: &http::request::Parts,
         _scope: &Scope<'_>,
     ) -> Result<Grant, Error> {
-        Ok(Grant::default())
+        let client = self.client_addr(req);
+        let user: Option<String> = None;
+        let key = match (&user, client) {
+            (Some(u), _) => Some(ClientKey::User(u.clone())),
+            (None, Some(a)) => Some(ClientKey::Addr(a)),
+            // Called without a connection (the router in unit tests): nothing to limit by.
+            (None, None) => None,
+        };
+        let throttle = match &key {
+            Some(key) => {
+                self.limits
+                    .admit(key)
+                    .map_err(|retry_after| Error::TooManyRequests { retry_after })?;
+                self.limits.throttle(key)
+            }
+            None => None,
+        };
+        Ok(Grant {
+            user,
+            client,
+            throttle,
+            key,
+        })
+    }
+
+    /// Whether [`Edge::download`] must be asked before a request starts an upstream download.
+    pub(crate) fn limits_downloads(&self) -> bool {
+        self.limits.limits_downloads()
+    }
+
+    /// Count an upstream download the admitted request is about to cause; the permit is held
+    /// until its answer ends. `429` when the client already causes its limit.
+    pub(crate) fn download(&self, grant: &Grant) -> Result<Option<DownloadPermit>, Error> {
+        let Some(key) = &grant.key else {
+            return Ok(None);
+        };
+        self.limits
+            .download(key)
+            .map_err(|()| Error::TooManyRequests {
+                retry_after: Duration::from_secs(1),
+            })
     }
 }

@@ -347,6 +347,7 @@ async fn send_region(
             cached_until = pos + window as u64;
         }
         let count = count.min((cached_until - pos) as usize);
+        let count = sf.allow(count).await;
         let file = region.file();
         let sent = stream
             .async_io(Interest::WRITABLE, || {

@@ -161,6 +161,20 @@ impl Upstream {
                 builder = builder.add_root_certificate(c);
             }
         }
+        if !cfg.resolve.is_empty() {
+            let url = url::Url::parse(&cfg.base_url())
+                .map_err(|e| Error::Config(format!("url {}: {e}", cfg.base_url())))?;
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+                return Err(Error::Config(format!("url {url} has no host to resolve")));
+            };
+            let addrs: Vec<std::net::SocketAddr> = cfg
+                .resolve
+                .iter()
+                .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, port))
+                .collect();
+            builder = builder.resolve_to_addrs(host.trim_matches(['[', ']']), &addrs);
+        }
         if cfg.insecure_skip_verify == Some(true) {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }

@@ -29,6 +29,11 @@ type Handler = fn(Arc<Seen>, String, Request) -> Response;
 
 async fn serve(seen: Arc<Seen>, handler: Handler) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, seen, handler)
+}
+
+/// [`serve`] on a listener of the caller's.
+fn serve_on(listener: tokio::net::TcpListener, seen: Arc<Seen>, handler: Handler) -> String {
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
     let b2 = base.clone();
@@ -426,4 +431,69 @@ async fn a_probe_answered_with_a_head_but_no_body_keeps_the_upstream_down() {
         probed.is_err() && health.is_down(),
         "a head without its body does not bring the upstream back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_address_of_a_host_costs_a_share_of_one_connect_timeout_then_the_connection_is_reused(
+) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::time::{Duration, Instant};
+    // The registry answers on 127.0.0.1:PORT; 127.0.0.2:PORT is black-holed: a listener with
+    // backlog 0 whose queue our own connects fill, that never accepts, so SYNs go unanswered.
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = live.local_addr().unwrap().port();
+    let seen = Arc::new(Seen::default());
+    serve_on(live, seen.clone(), cdn);
+    let dead: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let hole = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    hole.bind(&SockAddr::from(dead)).unwrap();
+    hole.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..3 {
+        let f = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        f.set_nonblocking(true).unwrap();
+        let _ = f.connect(&SockAddr::from(dead));
+        fillers.push(f);
+    }
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(dead)
+        )
+        .await
+        .is_err(),
+        "the dead address must swallow connects for this test to mean anything"
+    );
+    // A host name (never looked up: `resolve` pins it) whose first address is the dead one.
+    let up = Upstream::new(&UpstreamConfig {
+        name: "pinned".into(),
+        url: Some(format!("http://registry.test:{port}")),
+        resolve: vec!["127.0.0.2".into(), "127.0.0.1".into()],
+        connect_timeout_secs: Some(6),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = Instant::now();
+    let r = up.send(&get("blobs/sha256:x")).await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "blob bytes");
+    let first = started.elapsed();
+    // The two addresses share the 6 s connect timeout: about 3 s on the dead one, then the
+    // live one. Not the whole timeout, and never a failure.
+    assert!(
+        first < Duration::from_millis(5500),
+        "the first request waited {first:?}: the dead address took the whole connect timeout"
+    );
+    let started = Instant::now();
+    for _ in 0..5 {
+        let r = up.send(&get("blobs/sha256:x")).await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "blob bytes");
+    }
+    let later = started.elapsed();
+    assert!(
+        later < Duration::from_millis(2500),
+        "five more requests took {later:?}: they must reuse the live connection, not retry the dead address"
+    );
+    assert!(!up.is_down(), "a reachable upstream is not marked down");
+    assert_eq!(seen.auth_headers.lock().unwrap().len(), 6);
+    drop((hole, fillers));
 }
