@@ -81,10 +81,13 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => match Config::load(config.as_deref()) {
-            Ok(c) => {
-                print!("{}", c.to_toml_masked());
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match crate::edge::tls::check(&c) {
+                Ok(()) => {
+                    print!("{}", c.to_toml_masked());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            },
             Err(e) => fail(e),
         },
         Command::Cache { location, command } => {

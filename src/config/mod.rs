@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod tls;
 mod upstream;
 
+pub use tls::{SniCert, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, DEFAULT_TLS_RELOAD_INTERVAL_SECS};
 pub use upstream::{
     builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
     DEFAULT_TAG_TTL,
@@ -93,6 +95,23 @@ pub struct Config {
     pub hot_manifest_bytes: ByteSize,
     /// Tag records kept in memory besides on disk (0: none).
     pub hot_tag_entries: usize,
+    /// PEM certificate chain (leaf first) of `listen`; with `tls_key` the listener speaks HTTPS
+    /// (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`) instead of plain HTTP. Reloaded when the file
+    /// changes and on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// More certificates for `listen`, chosen by the name the client asks for (TLS SNI); a client
+    /// naming none of them, or no name, gets `tls_cert`.
+    pub tls_sni: Vec<SniCert>,
+    /// Seconds a client may take to finish the TLS handshake after connecting.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds between checks of the certificate and key files for changes (0: reload on SIGHUP only).
+    pub tls_reload_interval_secs: u64,
+    /// Optional plain-HTTP listener (e.g. "0.0.0.0:80") that answers `/healthz` and redirects
+    /// every other request to the same host, path and query over HTTPS (308) on the port of
+    /// `listen`. Needs `tls_cert`.
+    pub http_redirect_listen: Option<String>,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -118,6 +137,12 @@ impl Default for Config {
             gc_interval_secs: 60,
             hot_manifest_bytes: ByteSize(32 << 20),
             hot_tag_entries: 100_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_sni: Vec::new(),
+            tls_handshake_timeout_secs: DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+            tls_reload_interval_secs: DEFAULT_TLS_RELOAD_INTERVAL_SECS,
+            http_redirect_listen: None,
             upstreams: Vec::new(),
         }
     }
@@ -227,6 +252,22 @@ impl Config {
         if self.max_manifest_bytes == 0 {
             return Err(invalid("max_manifest_bytes", "must be greater than 0"));
         }
+        tls::validate_listener(&|f: &str| f.to_string(), &self.tls_cert, &self.tls_key, &self.tls_sni)?;
+        if self.tls_handshake_timeout_secs == 0 {
+            return Err(invalid("tls_handshake_timeout_secs", "must be at least 1 second"));
+        }
+        if let Some(r) = &self.http_redirect_listen {
+            let addr = parse_addr("http_redirect_listen", r)?;
+            if self.tls_cert.is_none() {
+                return Err(invalid(
+                    "http_redirect_listen",
+                    "redirects to HTTPS, so `listen` needs `tls_cert` and `tls_key`",
+                ));
+            }
+            if addr == parse_addr("listen", &self.listen)? && addr.port() != 0 {
+                return Err(invalid("http_redirect_listen", "must differ from `listen`"));
+            }
+        }
         let mut prefixes = HashSet::new();
         let mut hosts = HashSet::new();
         let mut listens = HashSet::new();
@@ -279,6 +320,13 @@ impl Config {
                         format!("{l} is already used by another listener"),
                     ));
                 }
+            }
+            tls::validate_listener(&key, &u.tls_cert, &u.tls_key, &u.tls_sni)?;
+            if u.listen.is_none() && (u.tls_cert.is_some() || !u.tls_sni.is_empty()) {
+                return Err(invalid(
+                    key("tls_cert"),
+                    "is for the upstream's dedicated `listen`, which is not set",
+                ));
             }
             if let Some(p) = &u.proxy {
                 let proxy =

@@ -60,6 +60,13 @@ pub struct UpstreamConfig {
     pub insecure_skip_verify: Option<bool>,
     /// PEM file of extra CA certificates to trust for this upstream (a private registry's CA).
     pub ca_file: Option<PathBuf>,
+    /// PEM certificate chain of this upstream's dedicated `listen` (HTTPS, as the top-level
+    /// `tls_cert` for the shared listener).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// More certificates for the dedicated `listen`, chosen by SNI.
+    pub tls_sni: Vec<super::SniCert>,
 }
 
 /// How a cached tag past its TTL is revalidated.
@@ -204,7 +211,10 @@ impl UpstreamConfig {
             connect_timeout_secs,
             read_timeout_secs,
             insecure_skip_verify,
-            ca_file
+            ca_file,
+            tls_cert,
+            tls_key,
+            tls_sni
         );
     }
 }

@@ -14,6 +14,8 @@
 // interface; until then the edge admits everyone.
 #![allow(dead_code)]
 
+pub(crate) mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
