@@ -61,7 +61,7 @@ pub(crate) enum Error {
         what: String,
         cert: PathBuf,
         key: PathBuf,
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
 }
 
@@ -239,7 +239,7 @@ fn load_entry(what: &str, s: &Source) -> Result<Entry, Error> {
             what: what.to_string(),
             cert: s.cert.clone(),
             key: s.key.clone(),
-            source,
+            source: Box::new(source),
         },
     })?;
     Ok(Entry {
@@ -318,7 +318,7 @@ impl Acceptor {
                 what: settings.what.clone(),
                 cert: settings.sources[0].cert.clone(),
                 key: settings.sources[0].key.clone(),
-                source,
+                source: Box::new(source),
             })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
