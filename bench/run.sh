@@ -30,6 +30,13 @@
 #   BENCH_WAN=only bench/run.sh   the WAN section alone (extra arguments then go to wan.py)
 #   BENCH_REPS=N                  also sets the WAN section's repetitions (its default is 3)
 #
+# TLS section (bench/tls.py, about 2 min): regmirror's HTTPS listener beside nginx over HTTPS with
+# the same certificate and cipher: warm blob GB/s and CPU-s per GB with 4 clients, TLS 1.3
+# new-connection handshakes per second, and whether the kernel offers kTLS.
+#
+#   BENCH_TLS=1 bench/run.sh      the loopback benchmark, then the TLS section
+#   BENCH_TLS=only bench/run.sh   the TLS section alone
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -54,6 +61,12 @@ case $wan in
   1|only) tools+=([skopeo]=skopeo [ctr]=containerd [containerd]=containerd [ip]=iproute2 [tc]=iproute2
                   [nsenter]=util-linux) ;;
   *) echo "bench: BENCH_WAN=$wan: use 1 (loopback, then WAN) or only (WAN alone)" >&2; exit 1 ;;
+esac
+tls=${BENCH_TLS:-}
+case $tls in
+  ""|0) tls="" ;;
+  1|only) tools+=([openssl]=openssl) ;;
+  *) echo "bench: BENCH_TLS=$tls: use 1 (loopback, then TLS) or only (TLS alone)" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -104,6 +117,16 @@ fi
 
 loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results" "${baseline_args[@]}")
+tls_bench=(python3 "$repo_root/bench/tls.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
+if [[ -n $tls ]]; then
+  [[ $tls == only ]] || "${loopback[@]}" "$@"
+  "${tls_bench[@]}"
+  [[ -n $wan ]] || exit 0
+  wan_args=()
+  exec "${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror" \
+    --results "$repo_root/bench/results" "${wan_args[@]}"
+fi
 [[ -n $wan ]] || exec "${loopback[@]}" "$@"
 wan_args=()
 if [[ $wan == only ]]; then
