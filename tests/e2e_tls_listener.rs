@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use sha2::Digest as _;
 use support::client::RegistryClient;
-use support::clients::{expect_success, read_dir_layout, Containerd, Podman};
+use support::clients::{expect_success, read_dir_layout, Containerd, Dockerd, Podman};
 use support::faults::{metric, random_bytes, wait_for};
 use support::image::Blob;
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
@@ -543,4 +543,59 @@ async fn a_key_that_does_not_match_its_certificate_stops_the_start_naming_both_f
             }
         }
     }
+}
+
+/// `/etc/docker/certs.d/<host:port>/`, removed on drop: dockerd reads a registry's (and a
+/// mirror's) CA only from there (no flag moves it); the port is the test's own, unique.
+struct DockerCertsDir(PathBuf);
+
+impl Drop for DockerCertsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_pulls_through_an_https_registry_mirror_trusting_the_ca_from_certs_d() {
+    let mut tools = TOOLS.to_vec();
+    tools.extend_from_slice(support::clients::DOCKER_TOOLS);
+    require_tools!(&tools);
+    let hub = Registry::plain().await;
+    let seeded = seed(&hub, "library/busybox", "library/single", "tls dockerd").await;
+    let rc = RegistryClient::new(&hub.url(), None);
+    push_multi(&rc, "library/busybox", &seeded.index, &["latest"]).await;
+    let work = tempfile::tempdir().unwrap();
+    let certs = make_certs(work.path());
+    let mut config = MirrorConfig::new(vec![UpstreamEntry::new("docker.io", &hub.url())]);
+    config.extra = tls_extra(&certs.cert, &certs.key);
+    let mirror = Regmirror::start(config).await;
+
+    let bridge = Dockerd::bridge(&mirror.addr());
+    let inner = format!("127.0.0.1:{}", bridge.inner_port);
+    let _ca = DockerCertsDir(cert_dir(&Path::new("/etc/docker/certs.d").join(&inner), &certs));
+    std::fs::write(
+        bridge.config_dir().join("daemon.json"),
+        serde_json::json!({ "registry-mirrors": [format!("https://{inner}")] }).to_string(),
+    )
+    .unwrap();
+    let docker = tokio::task::spawn_blocking(move || bridge.start()).await.unwrap();
+    let out = tokio::task::block_in_place(|| docker.docker(&["pull", "busybox"]));
+    expect_success(&out, "docker pull busybox through the https mirror");
+    let amd64 = seeded.index.child("amd64");
+    let out = tokio::task::block_in_place(|| {
+        docker.docker(&["image", "inspect", "busybox", "--format", "{{.Id}} {{json .RepoDigests}}"])
+    });
+    assert_eq!(
+        expect_success(&out, "docker image inspect").trim(),
+        format!("{} [\"busybox@{}\"]", amd64.config.digest, seeded.index.manifest.digest)
+    );
+    let reqs = mirror.requests();
+    for b in amd64.blobs() {
+        assert!(
+            reqs.iter().any(|r| r.method == "GET" && r.path.ends_with(&b.digest) && r.status == 200),
+            "dockerd fetched {} through the mirror",
+            b.digest
+        );
+    }
+    drop(docker);
 }
