@@ -77,8 +77,6 @@ http {{
     ssl_certificate_key {key};
     ssl_protocols TLSv1.3;
     ssl_conf_command Ciphersuites {CIPHER};
-    ssl_session_tickets off;
-    ssl_session_cache off;
     location = /blob {{ default_type application/octet-stream; alias {blob_file}; }}
     location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
   }}

@@ -67,3 +67,48 @@ pub(super) fn validate_listener(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn tls_mistakes_name_the_key() {
+        let cases = [
+            ("tls_cert = \"/c.pem\"", "tls_cert"),
+            ("tls_key = \"/k.pem\"", "tls_cert"),
+            ("[[tls_sni]]\ncert = \"/c\"\nkey = \"/k\"", "tls_sni"),
+            (
+                "tls_cert = \"/c\"\ntls_key = \"/k\"\n[[tls_sni]]\ncert = \"/c2\"",
+                "tls_sni[0]",
+            ),
+            (
+                "tls_cert = \"/c\"\ntls_key = \"/k\"\n[[tls_sni]]\ncert = \"/c2\"\nkey = \"/k2\"\nnames = [\"a.*.example\"]",
+                "tls_sni[0].names",
+            ),
+            ("http_redirect_listen = \"127.0.0.1:80\"", "http_redirect_listen"),
+            (
+                "tls_cert = \"/c\"\ntls_key = \"/k\"\nhttp_redirect_listen = \"nowhere\"",
+                "http_redirect_listen",
+            ),
+            ("tls_handshake_timeout_secs = 0", "tls_handshake_timeout_secs"),
+            (
+                "[[upstream]]\nname = \"a.io\"\ntls_cert = \"/c\"\ntls_key = \"/k\"",
+                "upstream[0].tls_cert",
+            ),
+            (
+                "[[upstream]]\nname = \"a.io\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"/c\"",
+                "upstream[0].tls_cert",
+            ),
+        ];
+        for (text, key) in cases {
+            let c = Config::from_toml(text).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+        let ok = "default_upstream = \"\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\nhttp_redirect_listen = \"127.0.0.1:80\"\n\
+                  [[tls_sni]]\ncert = \"/c2\"\nkey = \"/k2\"\nnames = [\"*.mirror.example.com\", \"k8s.example.com\"]\n\
+                  [[upstream]]\nname = \"a.io\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n";
+        Config::from_toml(ok).unwrap().validate().unwrap();
+    }
+}
