@@ -7,6 +7,7 @@ loopback, in one temporary directory:
   upstream   distribution (Debian docker-registry), seeded with a 256 MB random layer
   regmirror  the release binary, its shared listener on HTTPS (tls_cert / tls_key), the blob warm
   nginx      nginx serving the upstream's own blob file over HTTPS (`ssl_*`)
+  plain      the same regmirror binary on plain HTTP (its sendfile path), warm: what TLS costs it
 
 Both servers use the same ECDSA P-256 certificate, TLS 1.3 only and the same cipher suite
 (TLS_AES_256_GCM_SHA384, the client's first choice; nginx is pinned to it with
@@ -123,9 +124,10 @@ def wait_https(proc, path, timeout=20):
 def negotiated(port):
     out = subprocess.run(["sh", "-c", f"openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null"],
                          capture_output=True, text=True).stdout
-    proto = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Protocol")), "?")
-    cipher = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.strip().startswith("Cipher")), "?")
-    return proto, cipher
+    # "New, TLSv1.3, Cipher is TLS_AES_256_GCM_SHA384"
+    line = next((l for l in out.splitlines() if l.startswith("New, ")), "New, ?, Cipher is ?")
+    parts = line.split(", ")
+    return parts[1], parts[-1].replace("Cipher is ", "")
 
 
 def wrk_https(work, port, path, conns, seconds, headers=()):
@@ -154,6 +156,7 @@ def main():
         ulps = []
     ktls = "tls" in ulps
     work = tempfile.mkdtemp(prefix="regmirror-bench-tls-")
+    os.chmod(work, 0o755)  # nginx workers (www-data) read the upstream's blob file
     import atexit
     atexit.register(bench.stop_all)
 
@@ -170,6 +173,11 @@ def main():
         raise SystemExit(f"bench: regmirror over https answered {got} for the blob")
     ng = start_nginx_tls(work, bench.distribution_blob_file(upstream.root, blob["digest"]), cert, key)
     wait_https(ng, "/healthz")
+    # The same regmirror binary on plain HTTP (its sendfile path), warm: what TLS costs it.
+    plain = bench.start_regmirror(args.binary, work, os.path.join(work, "plain-data"), upstream.port, name="regmirror-plain")
+    bench.ready(plain, "regmirror (plain)")
+    if bench.sha256_of_url(plain.port, path) != blob["digest"]:
+        raise SystemExit("bench: plain regmirror served the wrong bytes")
     servers = [("regmirror", rm, path), ("nginx", ng, "/blob")]
     suites = {name: negotiated(p.port) for name, p, _ in servers}
     for name, (proto, cipher) in suites.items():
@@ -178,7 +186,14 @@ def main():
         curl(p.port, pth)
 
     raw = {n: {"gbps": [], "cpu_s_per_gb": [], "hs_per_s": [], "cpu_s_per_1k_hs": []} for n, _, _ in servers}
+    raw["regmirror-plain"] = {"gbps": [], "cpu_s_per_gb": []}
     for rep in range(args.reps):
+        cpu0 = plain.cpu_seconds()
+        r = bench.wrk(work, plain.port, path, 4, 4)
+        cpu = plain.cpu_seconds() - cpu0
+        gb = r["bytes"] / GB
+        raw["regmirror-plain"]["gbps"].append(gb / (r["duration_us"] / 1e6))
+        raw["regmirror-plain"]["cpu_s_per_gb"].append(cpu / gb)
         order = servers if rep % 2 == 0 else list(reversed(servers))
         for name, p, pth in order:
             cpu0 = p.cpu_seconds()
@@ -204,6 +219,10 @@ def main():
         ("warm blob over HTTPS 256MB, 4 clients, GB/s", r["gbps"], n["gbps"], r["gbps"] / n["gbps"], ">= 1.0"),
         ("server CPU-s per GB (same)", r["cpu_s_per_gb"], n["cpu_s_per_gb"], r["cpu_s_per_gb"] / n["cpu_s_per_gb"], "<= 1.2"),
         ("TLS 1.3 new-connection handshakes/s (16 conns)", r["hs_per_s"], n["hs_per_s"], r["hs_per_s"] / n["hs_per_s"], ">= 1.0"),
+        ("  regmirror HTTPS vs its plain-HTTP sendfile path, GB/s", r["gbps"], med["regmirror-plain"]["gbps"],
+         r["gbps"] / med["regmirror-plain"]["gbps"], "report"),
+        ("  regmirror HTTPS vs its plain-HTTP sendfile path, CPU-s/GB", r["cpu_s_per_gb"],
+         med["regmirror-plain"]["cpu_s_per_gb"], r["cpu_s_per_gb"] / med["regmirror-plain"]["cpu_s_per_gb"], "report"),
         ("server CPU-s per 1000 handshakes", r["cpu_s_per_1k_hs"], n["cpu_s_per_1k_hs"],
          r["cpu_s_per_1k_hs"] / n["cpu_s_per_1k_hs"], "report"),
     ]
@@ -211,11 +230,11 @@ def main():
     print(f"TLS: {platform.node()} {os.cpu_count()} CPUs, kernel {platform.release()}, median of {args.reps}; "
           f"kTLS {'available' if ktls else 'NOT available (tcp_available_ulp: ' + ' '.join(ulps) + ')'}; "
           f"negotiated: " + ", ".join(f"{k} {v[0]} {v[1]}" for k, v in suites.items()))
-    print(f"{'measure':50} {'regmirror':>10} {'nginx':>10} {'ratio':>7}  target")
+    print(f"{'measure':58} {'regmirror':>10} {'peer':>10} {'ratio':>7}  target  (peer: nginx over TLS; 'vs plain' rows: regmirror on plain HTTP)")
     for m, a, b, ratio, target in rows:
         met = "" if target == "report" else (
             "met" if (ratio >= float(target[3:]) if target.startswith(">=") else ratio <= float(target[3:])) else "MISSED")
-        print(f"{m:50} {a:10.3f} {b:10.3f} {ratio:7.2f}  {target} {met}")
+        print(f"{m:58} {a:10.3f} {b:10.3f} {ratio:7.2f}  {target} {met}")
     os.makedirs(args.results, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = os.path.join(args.results, f"tls-{stamp}.json")
