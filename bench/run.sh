@@ -43,6 +43,13 @@
 #   BENCH_AUTH=1 bench/run.sh     the loopback benchmark, then the auth section (then WAN if asked)
 #   BENCH_AUTH=only bench/run.sh  the auth section alone (extra arguments then go to auth.py)
 #
+# TLS section (bench/tls.py, about 2 min): regmirror's HTTPS listener beside nginx over HTTPS with
+# the same certificate and cipher: warm blob GB/s and CPU-s per GB with 4 clients, TLS 1.3
+# new-connection handshakes per second, and whether the kernel offers kTLS.
+#
+#   BENCH_TLS=1 bench/run.sh      the loopback benchmark, then the TLS section
+#   BENCH_TLS=only bench/run.sh   the TLS section alone
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -79,6 +86,12 @@ case $auth in
   ""|0) auth="" ;;
   1|only) tools+=([htpasswd]=apache2-utils) ;;
   *) echo "bench: BENCH_AUTH=$auth: use 1 (loopback, then auth) or only (auth alone)" >&2; exit 1 ;;
+esac
+tls=${BENCH_TLS:-}
+case $tls in
+  ""|0) tls="" ;;
+  1|only) tools+=([openssl]=openssl) ;;
+  *) echo "bench: BENCH_TLS=$tls: use 1 (loopback, then TLS) or only (TLS alone)" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -133,13 +146,15 @@ coldcpu_cmd=(python3 "$repo_root/bench/coldcpu.py" --binary "$repo_root/target/r
   --results "$repo_root/bench/results" "${baseline_args[@]}")
 auth_cmd=(python3 "$repo_root/bench/auth.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+tls_cmd=(python3 "$repo_root/bench/tls.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth wan; do
+for s in coldcpu auth tls wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -152,4 +167,5 @@ fi
 "${loopback[@]}" "$@"
 [[ -z $coldcpu ]] || "${coldcpu_cmd[@]}"
 [[ -z $auth ]] || "${auth_cmd[@]}"
+[[ -z $tls ]] || "${tls_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

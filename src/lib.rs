@@ -15,14 +15,17 @@
 //! - `cache`: the pull-through logic, a facade over `BlobCache` (hits, fills through the
 //!   `FillTable` single-flight, ranges) and `ManifestCache` (digests, tags and their freshness,
 //!   stale serving, tags lists), with access tracking and eviction.
-//! - `edge`: who is asking and whether they may: TLS for the listeners, client authentication,
-//!   access policy, per-client limits. The server hands it sockets, the api asks it once per
-//!   routed request ([`edge::Edge::admit`]); it never calls the cache.
+//! - `edge`: who is asking and whether they may: TLS for the listeners (`edge::tls`: PEM
+//!   certificates chosen by SNI, reloaded on change and SIGHUP, the handshake and its timeout),
+//!   client authentication, access policy, per-client limits. The server hands it sockets, the
+//!   api asks it once per routed request ([`edge::Edge::admit`]); it never calls the cache.
 //! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], one function per endpoint,
 //!   errors -> OCI JSON in one place.
 //! - `metrics`: names of every Prometheus series and the exporter.
-//! - `server`: listeners (shared and per-upstream), graceful shutdown, and the HTTP/1.1 front that
-//!   sends blob bodies with `sendfile(2)` (hyper serves everything it does not take).
+//! - `server`: listeners (shared and per-upstream, plain or HTTPS through `edge::tls`), graceful
+//!   shutdown, the HTTP/1.1 front that sends blob bodies with `sendfile(2)` on plain listeners
+//!   (hyper serves everything it does not take, and every HTTPS connection), and the plain-HTTP
+//!   redirect listener (`http_redirect_listen`).
 //! - `client_config`: generates docker / containerd / podman / kubeadm / kubespray configuration.
 //! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
 //!   Linux-gated, each with its SAFETY argument.

@@ -27,6 +27,8 @@ pub(crate) const UPSTREAM_UP: &str = "regmirror_upstream_up";
 pub(crate) const REVALIDATIONS: &str = "regmirror_revalidations_total";
 pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
+pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
+pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -116,6 +118,25 @@ fn describe() {
         STALE_SERVED,
         "Manifests served stale because the upstream was unavailable"
     );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes on HTTPS listeners by result (ok, failed, timeout), ALPN protocol and TLS version"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "Certificate reloads by result (ok; failed: the previous certificates stay)"
+    );
+}
+
+/// One TLS handshake: `result` ok / failed / timeout; `alpn` and `version` "-" unless ok.
+pub(crate) fn tls_handshake(result: &'static str, alpn: &'static str, version: &'static str) {
+    metrics::counter!(TLS_HANDSHAKES, "result" => result, "alpn" => alpn, "version" => version)
+        .increment(1);
+}
+
+/// One certificate reload that read the files: `result` ok / failed.
+pub(crate) fn tls_reload(result: &'static str) {
+    metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// Render the current metrics in the Prometheus text format.

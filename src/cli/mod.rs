@@ -81,7 +81,10 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => match Config::load(config.as_deref()) {
-            Ok(c) => match crate::edge::Edge::check(&c) {
+            Ok(c) => match crate::edge::Edge::check(&c)
+                .map_err(|e| e.to_string())
+                .and_then(|()| crate::edge::tls::check(&c).map_err(|e| e.to_string()))
+            {
                 Ok(()) => {
                     print!("{}", c.to_toml_masked());
                     ExitCode::SUCCESS

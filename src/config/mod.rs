@@ -10,12 +10,15 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 mod limits;
-mod upstream;
 
 pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
 pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
+mod tls;
+mod upstream;
+
+pub use tls::{SniCert, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, DEFAULT_TLS_RELOAD_INTERVAL_SECS};
 pub use upstream::{
     builtin_upstreams, Revalidate, UpstreamConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT,
     DEFAULT_TAG_TTL,
@@ -108,6 +111,23 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Per-client and global limits (`[limits]`); all off by default.
     pub limits: LimitsConfig,
+    /// PEM certificate chain (leaf first) of `listen`; with `tls_key` the listener speaks HTTPS
+    /// (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`) instead of plain HTTP. Reloaded when the file
+    /// changes and on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// More certificates for `listen`, chosen by the name the client asks for (TLS SNI); a client
+    /// naming none of them, or no name, gets `tls_cert`.
+    pub tls_sni: Vec<SniCert>,
+    /// Seconds a client may take to finish the TLS handshake after connecting.
+    pub tls_handshake_timeout_secs: u64,
+    /// Seconds between checks of the certificate and key files for changes (0: reload on SIGHUP only).
+    pub tls_reload_interval_secs: u64,
+    /// Optional plain-HTTP listener (e.g. "0.0.0.0:80") that answers `/healthz` and redirects
+    /// every other request to the same host, path and query over HTTPS (308) on the port of
+    /// `listen`. Needs `tls_cert`.
+    pub http_redirect_listen: Option<String>,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -141,6 +161,12 @@ impl Default for Config {
             hot_link_entries: 200_000,
             trusted_proxies: Vec::new(),
             limits: LimitsConfig::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_sni: Vec::new(),
+            tls_handshake_timeout_secs: DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+            tls_reload_interval_secs: DEFAULT_TLS_RELOAD_INTERVAL_SECS,
+            http_redirect_listen: None,
             upstreams: Vec::new(),
             auth: None,
             access: Vec::new(),
@@ -254,6 +280,30 @@ impl Config {
         }
         parse_trusted_proxies(&self.trusted_proxies)?;
         self.limits.validate()?;
+        tls::validate_listener(
+            &|f: &str| f.to_string(),
+            &self.tls_cert,
+            &self.tls_key,
+            &self.tls_sni,
+        )?;
+        if self.tls_handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "tls_handshake_timeout_secs",
+                "must be at least 1 second",
+            ));
+        }
+        if let Some(r) = &self.http_redirect_listen {
+            let addr = parse_addr("http_redirect_listen", r)?;
+            if self.tls_cert.is_none() {
+                return Err(invalid(
+                    "http_redirect_listen",
+                    "redirects to HTTPS, so `listen` needs `tls_cert` and `tls_key`",
+                ));
+            }
+            if addr == parse_addr("listen", &self.listen)? && addr.port() != 0 {
+                return Err(invalid("http_redirect_listen", "must differ from `listen`"));
+            }
+        }
         let mut prefixes = HashSet::new();
         let mut hosts = HashSet::new();
         let mut listens = HashSet::new();
@@ -306,6 +356,13 @@ impl Config {
                         format!("{l} is already used by another listener"),
                     ));
                 }
+            }
+            tls::validate_listener(&key, &u.tls_cert, &u.tls_key, &u.tls_sni)?;
+            if u.listen.is_none() && (u.tls_cert.is_some() || !u.tls_sni.is_empty()) {
+                return Err(invalid(
+                    key("tls_cert"),
+                    "is for the upstream's dedicated `listen`, which is not set",
+                ));
             }
             if let Some(p) = &u.proxy {
                 let proxy =

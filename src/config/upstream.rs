@@ -75,6 +75,13 @@ pub struct UpstreamConfig {
     /// What a client refused by `allow` / `deny` reads (`403 DENIED`), e.g. "this image is not
     /// mirrored here, see https://wiki.example/mirror".
     pub deny_message: Option<String>,
+    /// PEM certificate chain of this upstream's dedicated `listen` (HTTPS, as the top-level
+    /// `tls_cert` for the shared listener).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// More certificates for the dedicated `listen`, chosen by SNI.
+    pub tls_sni: Vec<super::SniCert>,
 }
 
 /// How a cached tag past its TTL is revalidated.
@@ -224,7 +231,10 @@ impl UpstreamConfig {
             anonymous_pull,
             allow,
             deny,
-            deny_message
+            deny_message,
+            tls_cert,
+            tls_key,
+            tls_sni
         );
     }
 }

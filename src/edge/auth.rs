@@ -459,10 +459,12 @@ fn default_realm(parts: &http::request::Parts) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
         })
         .unwrap_or("localhost");
-    // HTTP/2 requests carry their scheme; HTTP/1.1 ones do not. Once the listeners speak TLS
-    // (edge/tls.rs), the server should mark requests that arrived over it so that this says
-    // "https" for HTTP/1.1 too; until then an HTTPS front needs `auth.realm`.
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
+    // HTTP/2 requests carry their scheme; HTTP/1.1 ones do not, but the server marks those that
+    // arrived over TLS. Behind a TLS-terminating proxy, set `auth.realm`.
+    let scheme = match parts.extensions.get::<super::OverTls>() {
+        Some(_) => "https",
+        None => parts.uri.scheme_str().unwrap_or("http"),
+    };
     format!("{scheme}://{host}{TOKEN_PATH}")
 }
 

@@ -15,6 +15,8 @@ mod limits;
 mod policy;
 mod token;
 
+pub(crate) mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,6 +32,11 @@ use policy::{Decision, Policy, Who};
 /// extension (both the HTTP/1.1 fast path and hyper's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Peer(pub SocketAddr);
+
+/// Marks a request that arrived over TLS (attached by the server beside [`Peer`]), so that the
+/// URLs the edge gives the client (the token realm) say `https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OverTls;
 
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

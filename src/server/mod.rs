@@ -5,13 +5,14 @@
 //! in [`http1`] (which answers through the same router), everything else goes to hyper.
 
 mod http1;
+mod redirect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, App, Listener};
 use crate::cache::Cache;
 use crate::config::{parse_addr, Config};
+use crate::edge::tls::{self, Acceptor};
 use crate::routing::RoutingTable;
 
 /// A start-up failure, phrased for the operator.
@@ -41,26 +43,39 @@ pub(crate) enum Error {
     Cache(#[from] crate::cache::Error),
     #[error("{0}")]
     Edge(#[from] crate::edge::StartError),
+    #[error("{0}")]
+    Tls(#[from] crate::edge::tls::Error),
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
 
-/// A bound listener and the upstream it is dedicated to (None: all upstreams).
+/// A bound listener, the upstream it is dedicated to (None: all upstreams) and its TLS (None:
+/// plain HTTP).
 pub(crate) struct Bound {
     pub listener: TcpListener,
     pub upstream: Option<String>,
+    pub tls: Option<Arc<Acceptor>>,
 }
 
 /// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
+/// Certificates are loaded before anything is bound, so a bad file stops the start.
 pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
     let mut out = Vec::new();
-    let mut wanted: Vec<(String, Option<String>)> = vec![(config.listen.clone(), None)];
+    let tls = |s: Option<tls::Settings>| -> Result<Option<Arc<Acceptor>>, Error> {
+        Ok(s.map(Acceptor::new).transpose()?.map(Arc::new))
+    };
+    let mut wanted: Vec<(String, Option<String>, Option<Arc<Acceptor>>)> = vec![(
+        config.listen.clone(),
+        None,
+        tls(tls::Settings::shared(config))?,
+    )];
     for u in &config.upstreams {
         if let Some(l) = &u.listen {
-            wanted.push((l.clone(), Some(u.name.clone())));
+            let t = tls(tls::Settings::dedicated(config, u))?;
+            wanted.push((l.clone(), Some(u.name.clone()), t));
         }
     }
-    for (addr, upstream) in wanted {
+    for (addr, upstream, tls) in wanted {
         let what = upstream
             .as_ref()
             .map(|u| format!("upstream {u}"))
@@ -77,9 +92,34 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
                 what,
                 source,
             })?;
-        out.push(Bound { listener, upstream });
+        out.push(Bound {
+            listener,
+            upstream,
+            tls,
+        });
     }
     Ok(out)
+}
+
+/// Bind `http_redirect_listen`, if set.
+async fn bind_redirect(config: &Config) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = &config.http_redirect_listen else {
+        return Ok(None);
+    };
+    let what = "redirect to https".to_string();
+    let sock = parse_addr("http_redirect_listen", addr).map_err(|e| Error::Bind {
+        addr: addr.clone(),
+        what: what.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    TcpListener::bind(sock)
+        .await
+        .map(Some)
+        .map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            what,
+            source,
+        })
 }
 
 /// Open storage and the cache, bind, announce and serve until `shutdown` completes.
@@ -126,7 +166,23 @@ pub(crate) async fn run(
         edge: crate::edge::Edge::from_config(&config)?,
     });
     let bound = bind(&config).await?;
-    serve(app, bound, Limits::from_config(&config), shutdown).await
+    let redirect = bind_redirect(&config).await?;
+    let limits = Limits::from_config(&config);
+    let reload = Duration::from_secs(config.tls_reload_interval_secs);
+    let stop = CancellationToken::new();
+    let tls: Vec<Arc<Acceptor>> = bound.iter().filter_map(|b| b.tls.clone()).collect();
+    tls::spawn_reloader(tls, reload, stop.clone());
+    if let Some(listener) = redirect {
+        // Redirect to the port the shared listener really has (it may be port 0 in tests).
+        let https_port = bound[0].listener.local_addr().map_err(Error::Serve)?.port();
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        println!("regmirror: listening on http://{addr} (redirect to https port {https_port})");
+        tracing::info!(%addr, https_port, "listening (HTTP to HTTPS redirect and /healthz)");
+        tokio::spawn(redirect::serve(listener, https_port, limits, stop.clone()));
+    }
+    let served = serve(app, bound, limits, shutdown).await;
+    stop.cancel();
+    served
 }
 
 /// Per-connection limits against slow and abusive clients.
@@ -164,13 +220,25 @@ pub(crate) async fn serve(
             .as_ref()
             .map(|u| format!("upstream {u}"))
             .unwrap_or_else(|| "all upstreams".into());
-        println!("regmirror: listening on http://{addr} ({what})");
-        tracing::info!(%addr, serves = %what, "listening");
+        match &b.tls {
+            Some(t) => println!(
+                "regmirror: listening on https://{addr} ({what}; {})",
+                t.describe()
+            ),
+            None => println!("regmirror: listening on http://{addr} ({what})"),
+        }
+        tracing::info!(%addr, serves = %what, tls = b.tls.is_some(), "listening");
         let router = api::router(Listener {
             app: app.clone(),
             upstream: b.upstream,
         });
-        tasks.spawn(accept_loop(b.listener, router, limits, token.clone()));
+        tasks.spawn(accept_loop(
+            b.listener,
+            b.tls,
+            router,
+            limits,
+            token.clone(),
+        ));
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -186,6 +254,7 @@ pub(crate) async fn serve(
 /// Accept connections until `stop`, then let open connections finish (bounded).
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<Arc<Acceptor>>,
     router: axum::Router,
     limits: Limits,
     stop: CancellationToken,
@@ -218,15 +287,33 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let peer = crate::edge::Peer(peer);
+        let over_tls = tls.is_some();
         let service = TowerToHyperService::new(tower::util::MapRequest::new(
             router.clone(),
             move |mut r: http::Request<hyper::body::Incoming>| {
                 r.extensions_mut().insert(peer);
+                if over_tls {
+                    r.extensions_mut().insert(crate::edge::OverTls);
+                }
                 r
             },
         ));
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let (router, stop) = (router.clone(), stop.clone());
+        if let Some(tls) = tls.clone() {
+            // HTTPS: the handshake (bounded by its own timeout), then hyper for the connection's
+            // life, h2 or HTTP/1.1 as ALPN agreed.
+            tokio::spawn(async move {
+                let Some(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "TLS connection ended with an error");
+                }
+            });
+            continue;
+        }
         tokio::spawn(async move {
             // hyper's header timeout starts with the first byte: a client that connects and sends
             // nothing would hold its socket forever. Give it the same time to start.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::env::{wait_http_ready, ChildGuard};
+use super::env::{wait_http_ready_with, ChildGuard};
 
 /// The environment variables regmirror takes configuration from (`src/cli`, `src/config.rs`).
 const CONFIG_ENV: &[&str] = &[
@@ -283,7 +283,16 @@ impl Regmirror {
         };
         for u in std::iter::once(&url).chain(dedicated.values()) {
             let ready = format!("{u}/v2/");
-            if let Err(e) = wait_http_ready(&ready, &[200, 401], &mut guard, START_TIMEOUT).await {
+            // Readiness only: an HTTPS listener's certificate is what the test itself checks.
+            let probe = reqwest::Client::builder()
+                .no_proxy()
+                .danger_accept_invalid_certs(true)
+                .timeout(Duration::from_millis(500))
+                .build()
+                .expect("probe client");
+            if let Err(e) =
+                wait_http_ready_with(&probe, &ready, &[200, 401], &mut guard, START_TIMEOUT).await
+            {
                 self.fail(e);
             }
         }
@@ -390,7 +399,8 @@ impl Regmirror {
 
     /// `127.0.0.1:PORT` of the shared listener (for skopeo references and raw requests).
     pub fn addr(&self) -> String {
-        self.url.trim_start_matches("http://").to_string()
+        let url = self.url.trim_start_matches("https://");
+        url.trim_start_matches("http://").to_string()
     }
 
     /// `http://ADDR` of the dedicated listener of `upstream` (matched against the printed label).
@@ -469,11 +479,17 @@ pub fn tail(text: &str, n: usize) -> String {
 }
 
 /// `regmirror: listening on http://127.0.0.1:41234 (all upstreams)` -> (url, None);
-/// `... (upstream 127.0.0.1:5101)` -> (url, Some("127.0.0.1:5101")).
+/// `... (upstream 127.0.0.1:5101)` -> (url, Some("127.0.0.1:5101")); an HTTPS listener prints
+/// `https://` and `(all upstreams; TLS)`, whose `; ...` is left out. The plain-HTTP redirect
+/// listener's line (`(redirect to https port N)`) is not a mirror listener: None.
 pub fn parse_listening(line: &str) -> Option<(String, Option<String>)> {
     let rest = line.trim().strip_prefix("regmirror: listening on ")?;
     let (url, label) = rest.split_once(' ').unwrap_or((rest, ""));
     let label = label.trim().trim_start_matches('(').trim_end_matches(')');
+    let label = label.split(';').next().unwrap_or("").trim();
+    if label.starts_with("redirect") {
+        return None;
+    }
     let upstream = label
         .strip_prefix("upstream ")
         .map(|u| u.trim().to_string());

@@ -100,3 +100,82 @@ pub fn openssl(args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The key type of a certificate [`issue`] makes.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyKind {
+    Rsa,
+    EcdsaP256,
+    Ed25519,
+}
+
+/// A leaf certificate signed by `ca` (or by itself when `ca` is None) in `dir`: `STEM.pem` (the
+/// leaf, then the CA when signed by it: a chain) and `STEM.key`. `san` is an openssl
+/// subjectAltName value ("DNS:a.test,IP:127.0.0.1"); `days` may be negative (already expired).
+pub fn issue(
+    dir: &Path,
+    ca: Option<&Certs>,
+    stem: &str,
+    cn: &str,
+    san: &str,
+    days: i32,
+    kind: KeyKind,
+) -> (PathBuf, PathBuf) {
+    let p = |n: String| dir.join(n).display().to_string();
+    let (key, csr, cert, ext) = (
+        p(format!("{stem}.key")),
+        p(format!("{stem}.csr")),
+        p(format!("{stem}.leaf.pem")),
+        p(format!("{stem}.ext")),
+    );
+    let newkey: &[&str] = match kind {
+        KeyKind::Rsa => &["-newkey", "rsa:2048"],
+        KeyKind::EcdsaP256 => &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        KeyKind::Ed25519 => &["-newkey", "ed25519"],
+    };
+    let subj = format!("/CN={cn}");
+    let mut args = vec!["req"];
+    args.extend_from_slice(newkey);
+    args.extend_from_slice(&["-nodes", "-subj", &subj, "-keyout", &key, "-out", &csr]);
+    openssl(&args);
+    std::fs::write(&ext, format!("subjectAltName={san}\n")).expect("write ext");
+    let days = days.to_string();
+    let mut args = vec![
+        "x509", "-req", "-in", &csr, "-days", &days, "-extfile", &ext,
+    ];
+    let (ca_pem, ca_key);
+    match ca {
+        Some(ca) => {
+            ca_pem = ca.ca.display().to_string();
+            ca_key = ca.ca.with_file_name("ca.key").display().to_string();
+            args.extend_from_slice(&["-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial"]);
+        }
+        None => args.extend_from_slice(&["-signkey", &key]),
+    }
+    args.extend_from_slice(&["-out", &cert]);
+    openssl(&args);
+    let mut chain = std::fs::read(&cert).expect("read leaf");
+    if let Some(ca) = ca {
+        chain.extend(std::fs::read(&ca.ca).expect("read CA"));
+    }
+    let chain_path = dir.join(format!("{stem}.pem"));
+    std::fs::write(&chain_path, chain).expect("write chain");
+    (chain_path, PathBuf::from(key))
+}
+
+/// The subject and serial of the certificate the TLS server at `addr` presents for `sni`
+/// (`openssl s_client`), e.g. "subject=CN = one.test serial=1A2B...".
+pub fn served_certificate(addr: &str, sni: &str) -> String {
+    let script = format!(
+        "openssl s_client -connect {addr} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -subject -serial"
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("run openssl s_client");
+    String::from_utf8_lossy(&out.stdout)
+        .replace('\n', " ")
+        .trim()
+        .to_string()
+}

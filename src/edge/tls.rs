@@ -1,0 +1,407 @@
+//! TLS for the listeners: certificates from PEM files, chosen by SNI, reloaded in place.
+//!
+//! Owns: reading and checking certificate chains and keys, the rustls server configuration
+//! (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`, the aws-lc-rs provider reqwest already builds),
+//! the handshake with its timeout, and the handshake counters. The server hands it each accepted
+//! TCP connection of an HTTPS listener ([`Acceptor::accept`]) and serves what comes back with
+//! hyper. Must not call `api`, `cache`, `upstream` or `storage`.
+//!
+//! A listener's certificates live behind one lock that each handshake reads once: a reload
+//! ([`reload`]) swaps the whole set, so connections already open keep the keys they agreed and
+//! the next handshake gets the new certificate. A file that does not load keeps the old set.
+
+mod reload;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{Config, SniCert, UpstreamConfig};
+
+pub(crate) use reload::spawn_reloader;
+
+/// Why a listener's certificates could not be loaded; each message names the files.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum Error {
+    /// A file could not be read.
+    #[error("TLS for {what}: cannot read {path}: {source}")]
+    Read {
+        what: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The certificate file holds no PEM certificate.
+    #[error("TLS for {what}: {path}: no PEM certificate (BEGIN CERTIFICATE) in it")]
+    NoCertificate { what: String, path: PathBuf },
+    /// The key file holds no private key this build can use.
+    #[error("TLS for {what}: {path}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it: {why}")]
+    NoKey {
+        what: String,
+        path: PathBuf,
+        why: String,
+    },
+    /// The key is not the one the certificate was issued for.
+    #[error("TLS for {what}: the key {key} does not match the certificate {cert}")]
+    Mismatch {
+        what: String,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// The key or certificate is of a kind rustls refuses.
+    #[error("TLS for {what}: {cert} / {key}: {source}")]
+    Invalid {
+        what: String,
+        cert: PathBuf,
+        key: PathBuf,
+        source: Box<rustls::Error>,
+    },
+}
+
+/// One certificate of a listener: its files and the names it serves (empty: its SAN names).
+#[derive(Debug, Clone, PartialEq)]
+struct Source {
+    cert: PathBuf,
+    key: PathBuf,
+    names: Vec<String>,
+}
+
+/// What one HTTPS listener serves: its certificates (the first answers clients that name no
+/// configured host), and its timeouts.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// The listener, for messages: "all upstreams" or "upstream NAME".
+    pub what: String,
+    sources: Vec<Source>,
+    handshake_timeout: Duration,
+}
+
+impl Settings {
+    /// The shared listener's TLS, if `tls_cert` is set.
+    pub(crate) fn shared(config: &Config) -> Option<Settings> {
+        Settings::new(
+            "all upstreams",
+            config.tls_cert.as_ref()?,
+            config.tls_key.as_ref()?,
+            &config.tls_sni,
+            config,
+        )
+    }
+
+    /// The dedicated listener of `u`, if it sets `tls_cert`.
+    pub(crate) fn dedicated(config: &Config, u: &UpstreamConfig) -> Option<Settings> {
+        Settings::new(
+            &format!("upstream {}", u.name),
+            u.tls_cert.as_ref()?,
+            u.tls_key.as_ref()?,
+            &u.tls_sni,
+            config,
+        )
+    }
+
+    fn new(
+        what: &str,
+        cert: &Path,
+        key: &Path,
+        sni: &[SniCert],
+        config: &Config,
+    ) -> Option<Settings> {
+        let mut sources = vec![Source {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            names: Vec::new(),
+        }];
+        sources.extend(sni.iter().map(|s| Source {
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+            names: s.names.clone(),
+        }));
+        Some(Settings {
+            what: what.to_string(),
+            sources,
+            handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
+        })
+    }
+}
+
+/// Load every listener's certificates once, as the server would at start (for `config check`).
+pub(crate) fn check(config: &Config) -> Result<(), Error> {
+    let dedicated = config
+        .upstreams
+        .iter()
+        .filter(|u| u.listen.is_some())
+        .filter_map(|u| Settings::dedicated(config, u));
+    for s in Settings::shared(config).into_iter().chain(dedicated) {
+        CertSet::load(&s)?;
+    }
+    Ok(())
+}
+
+/// A loaded certificate and the names it answers.
+#[derive(Debug)]
+struct Entry {
+    key: Arc<CertifiedKey>,
+    /// Lower-case names: exact, or `*.suffix` for one label.
+    names: Vec<String>,
+}
+
+/// One generation of a listener's certificates; `entries[0]` is the default.
+#[derive(Debug)]
+struct CertSet {
+    entries: Vec<Entry>,
+}
+
+impl CertSet {
+    fn load(settings: &Settings) -> Result<CertSet, Error> {
+        let entries = settings
+            .sources
+            .iter()
+            .map(|s| load_entry(&settings.what, s))
+            .collect::<Result<_, _>>()?;
+        Ok(CertSet { entries })
+    }
+
+    /// The certificate for the SNI name `sni` (the default when none matches or none is sent).
+    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        if let (Some(sni), true) = (sni, self.entries.len() > 1) {
+            let sni = sni.to_ascii_lowercase();
+            // Exact names first, then wildcards, so `a.example.com` beats `*.example.com`.
+            for exact in [true, false] {
+                for e in &self.entries {
+                    if e.names.iter().any(|n| name_matches(n, &sni, exact)) {
+                        return e.key.clone();
+                    }
+                }
+            }
+        }
+        self.entries[0].key.clone()
+    }
+}
+
+/// Whether the configured (or SAN) `name` covers the client's `sni`; `exact` selects the pass.
+fn name_matches(name: &str, sni: &str, exact: bool) -> bool {
+    match name.strip_prefix("*.") {
+        None => exact && name == sni,
+        Some(suffix) => {
+            !exact
+                && sni
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
+        }
+    }
+}
+
+fn read(what: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read, parse and check one certificate chain and its key.
+fn load_entry(what: &str, s: &Source) -> Result<Entry, Error> {
+    let cert_pem = read(what, &s.cert)?;
+    let key_pem = read(what, &s.key)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(Error::NoCertificate {
+            what: what.to_string(),
+            path: s.cert.clone(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| Error::NoKey {
+        what: what.to_string(),
+        path: s.key.clone(),
+        why: e.to_string(),
+    })?;
+    let names = if s.names.is_empty() {
+        san_names(&chain[0])
+    } else {
+        s.names.iter().map(|n| n.to_ascii_lowercase()).collect()
+    };
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => Error::Mismatch {
+            what: what.to_string(),
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+        },
+        source => Error::Invalid {
+            what: what.to_string(),
+            cert: s.cert.clone(),
+            key: s.key.clone(),
+            source: Box::new(source),
+        },
+    })?;
+    Ok(Entry {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// The DNS names of a certificate's subjectAltName, lower-cased (none when it does not parse:
+/// rustls then refuses it at the handshake, and the default certificate answers).
+fn san_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    webpki::EndEntityCert::try_from(cert)
+        .map(|c| c.valid_dns_names().map(str::to_ascii_lowercase).collect())
+        .unwrap_or_default()
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// The certificate resolver of one listener: the current [`CertSet`], swapped whole on reload.
+#[derive(Debug)]
+struct Resolver {
+    current: RwLock<Arc<CertSet>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A poisoned lock only means a reload panicked mid-swap; the set inside is whole.
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(set.pick(hello.server_name()))
+    }
+}
+
+/// The TLS side of one HTTPS listener.
+pub(crate) struct Acceptor {
+    settings: Settings,
+    resolver: Arc<Resolver>,
+    inner: tokio_rustls::TlsAcceptor,
+    /// Modification stamps of the files the current set (or the last failed attempt) was read from.
+    stamps: std::sync::Mutex<Vec<Stamp>>,
+}
+
+/// What tells a changed file: modification time, size and inode.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamps(settings: &Settings) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    settings
+        .sources
+        .iter()
+        .flat_map(|s| [&s.cert, &s.key])
+        .map(|p| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                    m.ino(),
+                )
+            })
+        })
+        .collect()
+}
+
+impl Acceptor {
+    /// Load the listener's certificates; refuses a file that does not load, naming it.
+    pub(crate) fn new(settings: Settings) -> Result<Acceptor, Error> {
+        let before = stamps(&settings);
+        let set = CertSet::load(&settings)?;
+        let resolver = Arc::new(Resolver {
+            current: RwLock::new(Arc::new(set)),
+        });
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|source| Error::Invalid {
+                what: settings.what.clone(),
+                cert: settings.sources[0].cert.clone(),
+                key: settings.sources[0].key.clone(),
+                source: Box::new(source),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        server.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+        Ok(Acceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            resolver,
+            stamps: std::sync::Mutex::new(before),
+            settings,
+        })
+    }
+
+    /// For the `listening on` line: "TLS, 2 certificates".
+    pub(crate) fn describe(&self) -> String {
+        match self.settings.sources.len() {
+            1 => "TLS".to_string(),
+            n => format!("TLS, {n} certificates by SNI"),
+        }
+    }
+
+    /// The TLS handshake on an accepted connection, bounded by `tls_handshake_timeout_secs`.
+    /// None (logged and counted) when it fails or stalls; the connection is then dropped.
+    pub(crate) async fn accept(&self, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
+        let peer = tcp.peer_addr().ok();
+        match tokio::time::timeout(self.settings.handshake_timeout, self.inner.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let (_, conn) = tls.get_ref();
+                let alpn = match conn.alpn_protocol() {
+                    Some(b"h2") => "h2",
+                    Some(b"http/1.1") => "http/1.1",
+                    _ => "none",
+                };
+                let version = match conn.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                    Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                    _ => "other",
+                };
+                crate::metrics::tls_handshake("ok", alpn, version);
+                Some(tls)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+                crate::metrics::tls_handshake("failed", "-", "-");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = ?peer, "TLS handshake timed out");
+                crate::metrics::tls_handshake("timeout", "-", "-");
+                None
+            }
+        }
+    }
+
+    /// Re-read the files if any changed since the last attempt (or always, when `force`).
+    /// A set that does not load leaves the current one in place; the reason is logged.
+    pub(crate) fn reload(&self, force: bool) -> Result<bool, Error> {
+        let now = stamps(&self.settings);
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && *seen == now {
+                return Ok(false);
+            }
+            *seen = now;
+        }
+        let set = CertSet::load(&self.settings)?;
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        Ok(true)
+    }
+
+    /// The listener, for messages.
+    pub(crate) fn what(&self) -> &str {
+        &self.settings.what
+    }
+}
+
+#[cfg(test)]
+mod tests;
