@@ -13,7 +13,8 @@
 //! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `tags`: tag
 //!   freshness; `hot`: the in-memory copies of small objects.
 //! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
-//! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI.
+//! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI;
+//!   `records`: manifests, tag records and blob presence for prefetch, export and import.
 
 mod access;
 mod blobs;
@@ -24,6 +25,7 @@ pub(crate) mod inventory;
 mod lists;
 mod manifests;
 mod negative;
+pub(crate) mod records;
 mod revalidate;
 mod tags;
 mod upstreams;
