@@ -30,6 +30,13 @@
 #   BENCH_WAN=only bench/run.sh   the WAN section alone (extra arguments then go to wan.py)
 #   BENCH_REPS=N                  also sets the WAN section's repetitions (its default is 3)
 #
+# Prefetch section (bench/prefetch.py, about 2 min): `regmirror prefetch` of N images sharing a base
+# layer through a cold mirror beside `skopeo copy` of the same images into one OCI layout, with the
+# upstream GETs per blob from distribution's access log.
+#
+#   BENCH_PREFETCH=1 bench/run.sh     the prefetch section, then the loopback benchmark
+#   BENCH_PREFETCH=only bench/run.sh  the prefetch section alone (extra arguments go to prefetch.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -54,6 +61,12 @@ case $wan in
   1|only) tools+=([skopeo]=skopeo [ctr]=containerd [containerd]=containerd [ip]=iproute2 [tc]=iproute2
                   [nsenter]=util-linux) ;;
   *) echo "bench: BENCH_WAN=$wan: use 1 (loopback, then WAN) or only (WAN alone)" >&2; exit 1 ;;
+esac
+prefetch=${BENCH_PREFETCH:-}
+case $prefetch in
+  ""|0) prefetch="" ;;
+  1|only) tools+=([skopeo]=skopeo) ;;
+  *) echo "bench: BENCH_PREFETCH=$prefetch: use 1 (prefetch, then loopback) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -101,6 +114,11 @@ elif [[ -n ${BENCH_BASELINE:-} ]]; then
   fi
   baseline_args=(--baseline "$base_bin" --baseline-label "$base_short")
 fi
+
+prefetch_cmd=(python3 "$repo_root/bench/prefetch.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
+[[ $prefetch != only ]] || exec "${prefetch_cmd[@]}" "$@"
+[[ -z $prefetch ]] || "${prefetch_cmd[@]}"
 
 loopback=(python3 "$repo_root/bench/bench.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results" "${baseline_args[@]}")

@@ -1,16 +1,19 @@
 //! End-to-end tests for air-gapped transport (issue 16 part 2): `regmirror export` of cached images
 //! to an OCI image layout tarball, `regmirror import` on a second data directory, and a mirror on
-//! that directory serving every image by tag and by digest with every upstream unreachable; a
+//! that directory serving every image by tag and by digest to skopeo and containerd with every
+//! upstream unreachable; a
 //! tarball with one byte changed is refused with the digest named and nothing imported; skopeo
 //! reads the export as an `oci-archive:`.
 //!
-//! Real parts: distribution 2.8 (Debian's `docker-registry`), the regmirror binary, skopeo.
+//! Real parts: distribution 2.8 (Debian's `docker-registry`), the regmirror binary, skopeo,
+//! containerd's `ctr`.
 
 mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use support::clients::{client_config_write, Containerd};
 use support::env::{files_under, free_port};
 use support::mirror::{run, MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
@@ -140,7 +143,7 @@ fn objects(data: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_then_import_serves_every_image_with_the_upstream_gone() {
-    require_tools!(&["docker-registry", "skopeo"]);
+    require_tools!(&["docker-registry", "skopeo", "containerd", "ctr"]);
     let mut s = setup().await;
     let plain = s.export("images.tar", &[]);
     let zst = s.export("images.tar.zst", &["--zstd"]);
@@ -216,6 +219,56 @@ async fn export_then_import_serves_every_image_with_the_upstream_gone() {
         &sd.docker,
         "docker by digest",
     );
+
+    // containerd, through hosts files from `regmirror client-config` (its fallback, the registry
+    // itself, is stopped).
+    let hosts = s.work.path().join("certs.d");
+    let registry = s.registry.host();
+    client_config_write(
+        &[
+            "containerd",
+            "--mirror",
+            &offline.url,
+            "--style",
+            "ns",
+            "--registry",
+            &registry,
+        ],
+        &hosts,
+    );
+    let containerd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .unwrap();
+    for (name, digest) in [
+        (
+            format!("{registry}/library/busybox:v1"),
+            &sd.index.manifest.digest,
+        ),
+        (
+            format!("{registry}/library/busybox:list"),
+            &sd.list.manifest.digest,
+        ),
+        (
+            format!("{registry}/library/hello:docker"),
+            &sd.docker.manifest.digest,
+        ),
+    ] {
+        let out = containerd.pull("offline", &hosts, &name);
+        assert!(
+            out.status.success(),
+            "ctr pull {name}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            containerd.image_digest("offline", &name).as_ref(),
+            Some(digest),
+            "{name}"
+        );
+    }
+    let content = containerd.content_digests("offline");
+    for d in sd.index.child("amd64").digests() {
+        assert!(content.contains(&d), "containerd holds {d}");
+    }
 
     // Importing again adds nothing new and still succeeds.
     let out = import(&plain, &s.work.path().join("offline-zstd"));
