@@ -312,6 +312,7 @@ async fn commit(
             report.blobs_present += 1;
             continue;
         }
+        // plan() put only digests of staged files in plan.blobs.
         let (path, _) = &staged.files[d];
         storage
             .put_file(&records::blob_key(d), path)
