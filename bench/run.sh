@@ -50,6 +50,13 @@
 #   BENCH_TLS=1 bench/run.sh      the loopback benchmark, then the TLS section
 #   BENCH_TLS=only bench/run.sh   the TLS section alone
 #
+# Prefetch section (bench/prefetch.py, about 2 min): `regmirror prefetch` of N images sharing a base
+# layer through a cold mirror beside `skopeo copy` of the same images into one OCI layout, with the
+# upstream GETs per blob from distribution's access log.
+#
+#   BENCH_PREFETCH=1 bench/run.sh     the loopback benchmark, then the prefetch section
+#   BENCH_PREFETCH=only bench/run.sh  the prefetch section alone (extra arguments go to prefetch.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -92,6 +99,12 @@ case $tls in
   ""|0) tls="" ;;
   1|only) tools+=([openssl]=openssl) ;;
   *) echo "bench: BENCH_TLS=$tls: use 1 (loopback, then TLS) or only (TLS alone)" >&2; exit 1 ;;
+esac
+prefetch=${BENCH_PREFETCH:-}
+case $prefetch in
+  ""|0) prefetch="" ;;
+  1|only) tools+=([skopeo]=skopeo) ;;
+  *) echo "bench: BENCH_PREFETCH=$prefetch: use 1 (loopback, then prefetch) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -148,13 +161,15 @@ auth_cmd=(python3 "$repo_root/bench/auth.py" --binary "$repo_root/target/release
   --results "$repo_root/bench/results")
 tls_cmd=(python3 "$repo_root/bench/tls.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+prefetch_cmd=(python3 "$repo_root/bench/prefetch.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls wan; do
+for s in coldcpu auth tls prefetch wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -168,4 +183,5 @@ fi
 [[ -z $coldcpu ]] || "${coldcpu_cmd[@]}"
 [[ -z $auth ]] || "${auth_cmd[@]}"
 [[ -z $tls ]] || "${tls_cmd[@]}"
+[[ -z $prefetch ]] || "${prefetch_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: command line (`serve`, `config check`, `cache`, `client-config`); process set-up only.
+//! - [`cli`]: command line (`serve`, `config check`, `cache`, `client-config`, `prefetch`,
+//!   `export`, `import`); process set-up only.
 //! - [`config`]: the TOML configuration, embedded defaults, environment overrides, validation.
 //! - [`oci`]: pure OCI types: digests, names, references, media types, byte ranges. No I/O.
 //! - [`routing`]: (listener, Host, `?ns=`, path) -> (upstream, repository). Pure, table-tested.
@@ -26,12 +27,17 @@
 //!   shutdown, the HTTP/1.1 front that sends blob bodies with `sendfile(2)` on plain listeners
 //!   (hyper serves everything it does not take, and every HTTPS connection), and the plain-HTTP
 //!   redirect listener (`http_redirect_listen`).
+//! - `prefetch`: pull image lists into the cache ahead of use, through a running mirror (HTTP)
+//!   or the `cache` facade opened in-process; per-image progress bars, plain lines, JSON.
+//! - `transfer`: air-gapped export (cached images -> OCI image layout tarball) and import (every
+//!   digest verified, then blobs, manifests and tag records through `cache::records`).
 //! - `client_config`: generates docker / containerd / podman / kubeadm / kubespray configuration.
 //! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
 //!   Linux-gated, each with its SAFETY argument.
 //!
 //! Calls go one way: `server` -> `edge` (sockets) and `api`; `api` -> `edge` (admission) and
-//! `cache`; `cache` -> (`upstream`, `storage`, `staging`); `storage` and
+//! `cache`; `cache` -> (`upstream`, `storage`, `staging`); `prefetch` -> `cache` (or a mirror
+//! over HTTP); `transfer` -> `cache::records` and `storage`; `storage` and
 //! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
 //! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
 //! every request, whichever side parsed it.
@@ -49,9 +55,11 @@ pub mod config;
 mod edge;
 mod metrics;
 pub mod oci;
+mod prefetch;
 pub mod routing;
 mod server;
 mod staging;
 mod storage;
 mod sys;
+mod transfer;
 pub mod upstream;

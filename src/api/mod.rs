@@ -364,6 +364,15 @@ fn common_headers(h: &mut HeaderMap, digest: &str, content_type: &str, len: u64)
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
+/// `X-Regmirror-Cache: hit|miss|joined|stale|revalidating|passthrough` on manifest and blob
+/// answers: where the answer came from (`regmirror prefetch --mirror` skips what is a hit).
+fn cache_status(h: &mut HeaderMap, status: CacheStatus) {
+    h.insert(
+        "x-regmirror-cache",
+        HeaderValue::from_static(status.as_str()),
+    );
+}
+
 fn manifest_response(m: crate::cache::Manifest) -> Response {
     let mut resp = Response::new(Body::from(m.body));
     common_headers(
@@ -372,6 +381,7 @@ fn manifest_response(m: crate::cache::Manifest) -> Response {
         &m.media_type,
         m.size,
     );
+    cache_status(resp.headers_mut(), m.status);
     let warning = match m.status {
         CacheStatus::Stale => Some(STALE_WARNING),
         CacheStatus::Revalidating => Some(REVALIDATING_WARNING),
@@ -417,6 +427,7 @@ fn blob_response(b: crate::cache::Blob, pace: Pace) -> Response {
     if let Some(sf) = send_file {
         resp.extensions_mut().insert(sf);
     }
+    cache_status(resp.headers_mut(), b.status);
     let h = resp.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     match (b.range, b.size) {

@@ -14,7 +14,8 @@
 //!   freshness; `hot`: the in-memory copies of small objects.
 //! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
 //! - `links`: which (upstream, repository) holds which digest; nothing is served without one.
-//! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI.
+//! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI;
+//!   `records`: manifests, tag records, blob presence and links for prefetch, export and import.
 
 mod access;
 mod blobs;
@@ -26,6 +27,7 @@ mod links;
 mod lists;
 mod manifests;
 mod negative;
+pub(crate) mod records;
 mod revalidate;
 mod tags;
 mod upstreams;

@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `config check`, `client-config`, `cache`.
+//! Command-line interface: `serve`, `config check`, `client-config`, `cache`, `prefetch`,
+//! `export`, `import`.
 //!
 //! Owns: argument parsing and process set-up (tracing, runtime). Calls into the library; holds no
 //! registry logic of its own.
@@ -7,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cache_cmd;
+mod prefetch;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +54,12 @@ enum Command {
         #[command(subcommand)]
         command: cache_cmd::CacheCommand,
     },
+    /// Pull images into the cache ahead of use, with progress like a pull.
+    Prefetch(prefetch::Args),
+    /// Write cached images to an OCI image layout tarball (for an air-gapped mirror).
+    Export(transfer::ExportArgs),
+    /// Add the images of an OCI image layout tarball to the cache, every digest verified first.
+    Import(transfer::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +115,9 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Prefetch(args) => prefetch::main(args),
+        Command::Export(args) => transfer::export(args),
+        Command::Import(args) => transfer::import(args),
         Command::ClientConfig(args) => match crate::client_config::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
