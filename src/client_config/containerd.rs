@@ -22,13 +22,7 @@ pub(super) fn generate(req: &Request) -> Result<Output, Error> {
             contents: hosts_toml(req, style, r),
             private: req.trust.credentials.is_some(),
         });
-        if let Some(pem) = &req.trust.ca_pem {
-            files.push(File {
-                path: format!("{r}/ca.crt").into(),
-                contents: pem.clone(),
-                private: false,
-            });
-        }
+        files.extend(req.trust.ca_file(format!("{r}/ca.crt")));
     }
     let mut notes = vec![format!(
         "containerd reads these files from the directory named by config_path in its CRI registry section \

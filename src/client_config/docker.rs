@@ -64,22 +64,14 @@ pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, 
 fn trust_files(req: &Request, notes: &mut Vec<String>) -> Vec<File> {
     let host = &req.mirror.host;
     let mut files = Vec::new();
-    if let Some(pem) = &req.trust.ca_pem {
-        files.push(File {
-            path: format!("certs.d/{host}/ca.crt").into(),
-            contents: pem.clone(),
-            private: false,
-        });
+    if let Some(ca) = req.trust.ca_file(format!("certs.d/{host}/ca.crt")) {
+        files.push(ca);
         notes.push(format!(
             "dockerd trusts the mirror's CA from /etc/docker/certs.d/{host}/ca.crt (no restart needed)"
         ));
     }
-    if let Some(contents) = req.trust.auths_json(host) {
-        files.push(File {
-            path: "config.json".into(),
-            contents,
-            private: true,
-        });
+    if let Some(auths) = req.trust.auths_file("config.json", host) {
+        files.push(auths);
         notes.push(format!(
             "config.json is the docker CLI's (~/.docker/config.json or $DOCKER_CONFIG/config.json; merge its \
              auths entry, or run `docker login {host}`): it logs `docker pull {host}/...` in. Pulls that \

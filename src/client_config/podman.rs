@@ -100,22 +100,14 @@ pub(super) fn generate(req: &Request, existing: Option<&str>) -> Result<Output, 
         private: false,
     }];
     let host = &req.mirror.host;
-    if let Some(pem) = &req.trust.ca_pem {
-        files.push(File {
-            path: format!("certs.d/{host}/ca.crt").into(),
-            contents: pem.clone(),
-            private: false,
-        });
+    if let Some(ca) = req.trust.ca_file(format!("certs.d/{host}/ca.crt")) {
+        files.push(ca);
         notes.push(format!(
             "the containers tools trust the mirror's CA from /etc/containers/certs.d/{host}/ca.crt"
         ));
     }
-    if let Some(contents) = req.trust.auths_json(host) {
-        files.push(File {
-            path: "auth.json".into(),
-            contents,
-            private: true,
-        });
+    if let Some(auths) = req.trust.auths_file("auth.json", host) {
+        files.push(auths);
         notes.push(
             "auth.json is read from ${XDG_RUNTIME_DIR}/containers/auth.json (root: /run/containers/0/auth.json), \
              then $HOME/.config/containers/auth.json; or point REGISTRY_AUTH_FILE / --authfile at it"

@@ -46,6 +46,24 @@ impl Trust {
         })
     }
 
+    /// The CA as the file `path` (e.g. `certs.d/<host>/ca.crt`), when `--ca-file` was given.
+    pub(crate) fn ca_file(&self, path: String) -> Option<super::File> {
+        Some(super::File {
+            path: path.into(),
+            contents: self.ca_pem.clone()?,
+            private: false,
+        })
+    }
+
+    /// The credentials for `host` as the `auths` file `name` (config.json, auth.json), 0600.
+    pub(crate) fn auths_file(&self, name: &str, host: &str) -> Option<super::File> {
+        Some(super::File {
+            path: name.into(),
+            contents: self.auths_json(host)?,
+            private: true,
+        })
+    }
+
     /// `base64(user:password)`: the Basic credentials, as config.json and auth.json store them.
     pub(crate) fn basic(&self) -> Option<String> {
         self.credentials
