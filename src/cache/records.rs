@@ -55,6 +55,26 @@ pub(crate) async fn blob_size(storage: &dyn Storage, d: &Digest) -> Result<Optio
     }
 }
 
+/// Whether `upstream`/`repo` holds the cached blob `d`: stored, and linked to that repository
+/// (a blob cached for another repository is not served under this one until confirmed).
+pub(crate) async fn blob_held(
+    storage: &dyn Storage,
+    (upstream, repo): (&str, &str),
+    d: &Digest,
+) -> Result<bool> {
+    if blob_size(storage, d).await?.is_none() {
+        return Ok(false);
+    }
+    match storage
+        .head(&keys::link(Kind::Blob, upstream, repo, d))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(storage::Error::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Store a verified manifest of `repo` (the caller checked `body` hashes to `d`).
 /// Write it after the blobs and child manifests it references: its links follow it.
 pub(crate) async fn put_manifest(
@@ -148,5 +168,36 @@ mod tests {
         let images = super::super::inventory::images(s, "").await.unwrap();
         assert_eq!(images.len(), 1, "the inventory sees the tag");
         assert_eq!(blob_size(s, &d).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_held_only_by_the_repositories_a_manifest_links_it_to() {
+        let (_dir, opened) = crate::storage::temporary().await;
+        let s = opened.storage.as_ref();
+        let layer = Bytes::from_static(b"layer bytes");
+        let ld = Digest::sha256_of(&layer);
+        s.put(&blob_key(&ld), layer.clone()).await.unwrap();
+        assert!(
+            !blob_held(s, ("u", "a"), &ld).await.unwrap(),
+            "stored, but no repository holds it yet"
+        );
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{ld}","size":11}},"layers":[{{"digest":"{ld}","size":11}}]}}"#
+        );
+        let md = Digest::sha256_of(body.as_bytes());
+        put_manifest(s, ("u", "a"), &md, "x/y", body.as_bytes())
+            .await
+            .unwrap();
+        assert!(blob_held(s, ("u", "a"), &ld).await.unwrap());
+        assert!(
+            !blob_held(s, ("u", "b"), &ld).await.unwrap(),
+            "another repository of the same upstream does not"
+        );
+        assert!(
+            !blob_held(s, ("v", "a"), &ld).await.unwrap(),
+            "nor another upstream"
+        );
+        let missing = Digest::sha256_of(b"not stored");
+        assert!(!blob_held(s, ("u", "a"), &missing).await.unwrap());
     }
 }

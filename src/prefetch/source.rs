@@ -222,10 +222,10 @@ impl Source for DirectSource {
         })
     }
 
-    async fn blob_cached(&self, _img: &ImageRef, d: &Digest) -> Result<bool, Error> {
-        Ok(records::blob_size(self.storage.as_ref(), d)
-            .await?
-            .is_some())
+    async fn blob_cached(&self, img: &ImageRef, d: &Digest) -> Result<bool, Error> {
+        // Stored for another repository is not enough: fetching it through the cache links it
+        // here (one upstream HEAD), so a mirror on this directory serves it with no upstream.
+        Ok(records::blob_held(self.storage.as_ref(), (&img.registry, &img.repository), d).await?)
     }
 
     async fn fetch_blob(
