@@ -29,6 +29,8 @@ pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
 pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
 pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
+pub(crate) const ACME_ORDERS: &str = "regmirror_acme_orders_total";
+pub(crate) const ACME_EXPIRY: &str = "regmirror_acme_certificate_expiry_timestamp_seconds";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -120,11 +122,20 @@ fn describe() {
     );
     describe_counter!(
         TLS_HANDSHAKES,
-        "TLS handshakes on HTTPS listeners by result (ok, failed, timeout), ALPN protocol and TLS version"
+        "TLS handshakes on HTTPS listeners by result (ok, failed, timeout, acme: a TLS-ALPN-01 validation), ALPN protocol and TLS version"
     );
     describe_counter!(
         TLS_RELOADS,
         "Certificate reloads by result (ok; failed: the previous certificates stay)"
+    );
+    describe_counter!(
+        ACME_ORDERS,
+        "ACME certificate orders by result (ok; failed: retried later, the current certificate stays)"
+    );
+    describe_gauge!(
+        ACME_EXPIRY,
+        Unit::Seconds,
+        "When the ACME certificate in service expires (Unix time)"
     );
 }
 
@@ -137,6 +148,20 @@ pub(crate) fn tls_handshake(result: &'static str, alpn: &'static str, version: &
 /// One certificate reload that read the files: `result` ok / failed.
 pub(crate) fn tls_reload(result: &'static str) {
     metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// One ACME order that ended: `result` ok / failed.
+pub(crate) fn acme_order(result: &'static str) {
+    metrics::counter!(ACME_ORDERS, "result" => result).increment(1);
+}
+
+/// When the ACME certificate in service expires (Unix seconds), for expiry alerts.
+pub(crate) fn acme_expiry(not_after: &std::time::SystemTime) {
+    let secs = not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!(ACME_EXPIRY).set(secs);
 }
 
 /// Render the current metrics in the Prometheus text format.

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod acme;
 mod limits;
 
 pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
+pub use acme::{AcmeConfig, Challenge as AcmeChallenge, LETS_ENCRYPT};
 pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
@@ -128,6 +130,9 @@ pub struct Config {
     /// every other request to the same host, path and query over HTTPS (308) on the port of
     /// `listen`. Needs `tls_cert`.
     pub http_redirect_listen: Option<String>,
+    /// Automatic certificates for `listen` from an ACME CA (`[acme]`); `listen` then speaks HTTPS
+    /// even without `tls_cert` (whose certificate, if set, still answers the names ACME does not).
+    pub acme: Option<AcmeConfig>,
     /// The upstream registries.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
@@ -167,6 +172,7 @@ impl Default for Config {
             tls_handshake_timeout_secs: DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
             tls_reload_interval_secs: DEFAULT_TLS_RELOAD_INTERVAL_SECS,
             http_redirect_listen: None,
+            acme: None,
             upstreams: Vec::new(),
             auth: None,
             access: Vec::new(),
@@ -292,12 +298,15 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if let Some(a) = &self.acme {
+            a.validate(self.http_redirect_listen.is_some())?;
+        }
         if let Some(r) = &self.http_redirect_listen {
             let addr = parse_addr("http_redirect_listen", r)?;
-            if self.tls_cert.is_none() {
+            if self.tls_cert.is_none() && self.acme.is_none() {
                 return Err(invalid(
                     "http_redirect_listen",
-                    "redirects to HTTPS, so `listen` needs `tls_cert` and `tls_key`",
+                    "redirects to HTTPS, so `listen` needs `tls_cert` and `tls_key`, or `[acme]`",
                 ));
             }
             if addr == parse_addr("listen", &self.listen)? && addr.port() != 0 {

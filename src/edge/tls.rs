@@ -10,6 +10,7 @@
 //! ([`reload`]) swaps the whole set, so connections already open keep the keys they agreed and
 //! the next handshake gets the new certificate. A file that does not load keeps the old set.
 
+pub(crate) mod acme;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -80,66 +81,82 @@ pub(crate) struct Settings {
     /// The listener, for messages: "all upstreams" or "upstream NAME".
     pub what: String,
     sources: Vec<Source>,
+    /// The ACME certificate of the shared listener (`[acme]`), tried before the files.
+    acme: Option<Arc<acme::Certs>>,
     handshake_timeout: Duration,
 }
 
 impl Settings {
-    /// The shared listener's TLS, if `tls_cert` is set.
-    pub(crate) fn shared(config: &Config) -> Option<Settings> {
-        Settings::new(
-            "all upstreams",
-            config.tls_cert.as_ref()?,
-            config.tls_key.as_ref()?,
-            &config.tls_sni,
-            config,
-        )
+    /// The shared listener's TLS, if `tls_cert` is set or `acme` is given (`[acme]`).
+    pub(crate) fn shared(config: &Config, acme: Option<Arc<acme::Certs>>) -> Option<Settings> {
+        let files = config.tls_cert.as_ref().zip(config.tls_key.as_ref());
+        if files.is_none() && acme.is_none() {
+            return None;
+        }
+        let mut s = Settings::new("all upstreams", files, &config.tls_sni, config);
+        s.acme = acme;
+        Some(s)
     }
 
     /// The dedicated listener of `u`, if it sets `tls_cert`.
     pub(crate) fn dedicated(config: &Config, u: &UpstreamConfig) -> Option<Settings> {
-        Settings::new(
+        let files = Some((u.tls_cert.as_ref()?, u.tls_key.as_ref()?));
+        Some(Settings::new(
             &format!("upstream {}", u.name),
-            u.tls_cert.as_ref()?,
-            u.tls_key.as_ref()?,
+            files,
             &u.tls_sni,
             config,
-        )
+        ))
     }
 
     fn new(
         what: &str,
-        cert: &Path,
-        key: &Path,
+        files: Option<(&PathBuf, &PathBuf)>,
         sni: &[SniCert],
         config: &Config,
-    ) -> Option<Settings> {
-        let mut sources = vec![Source {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            names: Vec::new(),
-        }];
+    ) -> Settings {
+        let mut sources: Vec<Source> = files
+            .map(|(cert, key)| Source {
+                cert: cert.clone(),
+                key: key.clone(),
+                names: Vec::new(),
+            })
+            .into_iter()
+            .collect();
         sources.extend(sni.iter().map(|s| Source {
             cert: s.cert.clone(),
             key: s.key.clone(),
             names: s.names.clone(),
         }));
-        Some(Settings {
+        Settings {
             what: what.to_string(),
             sources,
+            acme: None,
             handshake_timeout: Duration::from_secs(config.tls_handshake_timeout_secs),
-        })
+        }
     }
 }
 
-/// Load every listener's certificates once, as the server would at start (for `config check`).
+/// Load every listener's certificates once, as the server would at start, and the ACME CA's
+/// roots (for `config check`).
 pub(crate) fn check(config: &Config) -> Result<(), Error> {
     let dedicated = config
         .upstreams
         .iter()
         .filter(|u| u.listen.is_some())
         .filter_map(|u| Settings::dedicated(config, u));
-    for s in Settings::shared(config).into_iter().chain(dedicated) {
+    for s in Settings::shared(config, None).into_iter().chain(dedicated) {
         CertSet::load(&s)?;
+    }
+    if let Some(path) = config.acme.as_ref().and_then(|a| a.ca_file.as_ref()) {
+        let what = "acme.ca_file";
+        let pem = read(what, path)?;
+        if CertificateDer::pem_slice_iter(&pem).next().is_none() {
+            return Err(Error::NoCertificate {
+                what: what.to_string(),
+                path: path.clone(),
+            });
+        }
     }
     Ok(())
 }
@@ -152,7 +169,8 @@ struct Entry {
     names: Vec<String>,
 }
 
-/// One generation of a listener's certificates; `entries[0]` is the default.
+/// One generation of a listener's certificate files; `entries[0]` is the default (none: an
+/// ACME-only listener).
 #[derive(Debug)]
 struct CertSet {
     entries: Vec<Entry>,
@@ -169,19 +187,19 @@ impl CertSet {
     }
 
     /// The certificate for the SNI name `sni` (the default when none matches or none is sent).
-    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let (Some(sni), true) = (sni, self.entries.len() > 1) {
             let sni = sni.to_ascii_lowercase();
             // Exact names first, then wildcards, so `a.example.com` beats `*.example.com`.
             for exact in [true, false] {
                 for e in &self.entries {
                     if e.names.iter().any(|n| name_matches(n, &sni, exact)) {
-                        return e.key.clone();
+                        return Some(e.key.clone());
                     }
                 }
             }
         }
-        self.entries[0].key.clone()
+        self.entries.first().map(|e| e.key.clone())
     }
 }
 
@@ -260,10 +278,12 @@ fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
-/// The certificate resolver of one listener: the current [`CertSet`], swapped whole on reload.
+/// The certificate resolver of one listener: the current [`CertSet`], swapped whole on reload,
+/// and the ACME certificate and challenge answers when `[acme]` is on.
 #[derive(Debug)]
 struct Resolver {
     current: RwLock<Arc<CertSet>>,
+    acme: Option<Arc<acme::Certs>>,
 }
 
 impl ResolvesServerCert for Resolver {
@@ -274,7 +294,21 @@ impl ResolvesServerCert for Resolver {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        Some(set.pick(hello.server_name()))
+        let sni = hello.server_name();
+        if let Some(acme) = &self.acme {
+            // The CA validating TLS-ALPN-01 offers only `acme-tls/1` (RFC 8737 section 3).
+            let challenge = hello
+                .alpn()
+                .map(|mut p| p.next() == Some(acme::ALPN_ACME_TLS) && p.next().is_none())
+                .unwrap_or(false);
+            if challenge {
+                return acme.alpn_challenge(sni);
+            }
+            if let Some(k) = acme.for_name(sni, set.entries.is_empty()) {
+                return Some(k);
+            }
+        }
+        set.pick(sni)
     }
 }
 
@@ -315,18 +349,23 @@ impl Acceptor {
         let set = CertSet::load(&settings)?;
         let resolver = Arc::new(Resolver {
             current: RwLock::new(Arc::new(set)),
+            acme: settings.acme.clone(),
         });
+        let first = settings.sources.first();
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|source| Error::Invalid {
                 what: settings.what.clone(),
-                cert: settings.sources[0].cert.clone(),
-                key: settings.sources[0].key.clone(),
+                cert: first.map(|s| s.cert.clone()).unwrap_or_default(),
+                key: first.map(|s| s.key.clone()).unwrap_or_default(),
                 source: Box::new(source),
             })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if settings.acme.as_ref().is_some_and(|a| a.wants_alpn()) {
+            server.alpn_protocols.push(acme::ALPN_ACME_TLS.to_vec());
+        }
         server.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
         Ok(Acceptor {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
@@ -338,9 +377,15 @@ impl Acceptor {
 
     /// For the `listening on` line: "TLS, 2 certificates".
     pub(crate) fn describe(&self) -> String {
-        match self.settings.sources.len() {
+        let files = match self.settings.sources.len() {
+            0 => String::new(),
             1 => "TLS".to_string(),
             n => format!("TLS, {n} certificates by SNI"),
+        };
+        match (&self.settings.acme, files.is_empty()) {
+            (None, _) => files,
+            (Some(_), true) => "TLS, ACME".to_string(),
+            (Some(_), false) => format!("{files} + ACME"),
         }
     }
 
@@ -354,6 +399,7 @@ impl Acceptor {
                 let alpn = match conn.alpn_protocol() {
                     Some(b"h2") => "h2",
                     Some(b"http/1.1") => "http/1.1",
+                    Some(acme::ALPN_ACME_TLS) => "acme-tls/1",
                     _ => "none",
                 };
                 let version = match conn.protocol_version() {
@@ -361,6 +407,12 @@ impl Acceptor {
                     Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
                     _ => "other",
                 };
+                if alpn == "acme-tls/1" {
+                    // A CA validating TLS-ALPN-01: the handshake was the whole answer.
+                    crate::metrics::tls_handshake("acme", alpn, version);
+                    tracing::info!(peer = ?peer, "ACME: answered a TLS-ALPN-01 validation");
+                    return None;
+                }
                 crate::metrics::tls_handshake("ok", alpn, version);
                 Some(tls)
             }

@@ -59,7 +59,10 @@ pub(crate) struct Bound {
 
 /// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
 /// Certificates are loaded before anything is bound, so a bad file stops the start.
-pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
+pub(crate) async fn bind(
+    config: &Config,
+    acme: Option<Arc<tls::acme::Certs>>,
+) -> Result<Vec<Bound>, Error> {
     let mut out = Vec::new();
     let tls = |s: Option<tls::Settings>| -> Result<Option<Arc<Acceptor>>, Error> {
         Ok(s.map(Acceptor::new).transpose()?.map(Arc::new))
@@ -67,7 +70,7 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
     let mut wanted: Vec<(String, Option<String>, Option<Arc<Acceptor>>)> = vec![(
         config.listen.clone(),
         None,
-        tls(tls::Settings::shared(config))?,
+        tls(tls::Settings::shared(config, acme))?,
     )];
     for u in &config.upstreams {
         if let Some(l) = &u.listen {
@@ -165,20 +168,33 @@ pub(crate) async fn run(
         routing: RoutingTable::new(&config),
         edge: crate::edge::Edge::from_config(&config)?,
     });
-    let bound = bind(&config).await?;
+    let acme = config
+        .acme
+        .as_ref()
+        .map(|a| tls::acme::Certs::new(a, &config.data_dir));
+    let bound = bind(&config, acme.clone()).await?;
     let redirect = bind_redirect(&config).await?;
     let limits = Limits::from_config(&config);
     let reload = Duration::from_secs(config.tls_reload_interval_secs);
     let stop = CancellationToken::new();
     let tls: Vec<Arc<Acceptor>> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     tls::spawn_reloader(tls, reload, stop.clone());
+    if let Some(certs) = &acme {
+        tls::acme::spawn(certs.clone(), stop.clone());
+    }
     if let Some(listener) = redirect {
         // Redirect to the port the shared listener really has (it may be port 0 in tests).
         let https_port = bound[0].listener.local_addr().map_err(Error::Serve)?.port();
         let addr = listener.local_addr().map_err(Error::Serve)?;
         println!("regmirror: listening on http://{addr} (redirect to https port {https_port})");
         tracing::info!(%addr, https_port, "listening (HTTP to HTTPS redirect and /healthz)");
-        tokio::spawn(redirect::serve(listener, https_port, limits, stop.clone()));
+        tokio::spawn(redirect::serve(
+            listener,
+            https_port,
+            limits,
+            acme.clone(),
+            stop.clone(),
+        ));
     }
     let served = serve(app, bound, limits, shutdown).await;
     stop.cancel();

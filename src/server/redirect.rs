@@ -1,11 +1,14 @@
 //! The plain-HTTP companion of an HTTPS mirror (`http_redirect_listen`): `/healthz` answers
 //! here (load balancers often probe over HTTP), every other request is sent to the same host,
-//! path and query over HTTPS with `308 Permanent Redirect` (method and body kept).
+//! path and query over HTTPS with `308 Permanent Redirect` (method and body kept). With
+//! `[acme]` and `challenge = "http-01"`, the CA's `/.well-known/acme-challenge/TOKEN` requests
+//! are answered here too.
 //!
 //! Owns: this listener's accept loop and its two answers. It serves no content and never calls
 //! the api.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,12 +20,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Limits;
+use crate::edge::tls::acme::Certs;
+
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// Accept and answer until `stop`.
 pub(super) async fn serve(
     listener: TcpListener,
     https_port: u16,
     limits: Limits,
+    acme: Option<Arc<Certs>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -37,9 +44,18 @@ pub(super) async fn serve(
             },
             _ = stop.cancelled() => return,
         };
+        let acme = acme.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(answer(&req, https_port))
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let acme = acme.clone();
+                async move {
+                    if let (Some(token), Some(certs)) =
+                        (req.uri().path().strip_prefix(ACME_CHALLENGE), &acme)
+                    {
+                        return Ok::<_, Infallible>(challenge(certs, token));
+                    }
+                    Ok::<_, Infallible>(answer(&req, https_port))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -50,6 +66,22 @@ pub(super) async fn serve(
                 tracing::debug!(error = %e, "redirect connection ended with an error");
             }
         });
+    }
+}
+
+/// The key authorization of an HTTP-01 validation in progress, or 404.
+fn challenge(certs: &Certs, token: &str) -> Response<Full<Bytes>> {
+    match certs.http_challenge(token) {
+        Some(key_authorization) => {
+            tracing::info!("ACME: answered an HTTP-01 validation");
+            let mut resp = Response::new(Full::new(Bytes::from(key_authorization)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            resp
+        }
+        None => text(StatusCode::NOT_FOUND, "no such ACME challenge\n"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`registry`]: spawn `docker-registry serve` (plain, htpasswd Basic, token auth, or an https
 //!   twin on the same storage), count its access log.
 //! - [`tls`]: a private CA and a server certificate for 127.0.0.1, and the `openssl` runner.
+//! - [`pebble`]: Debian's `pebble` ACME test CA with `pebble-challtestsrv` as its DNS, on loopback.
 //! - [`proxies`]: outbound proxies on loopback (tinyproxy, squid, microsocks), each with its own
 //!   config and log, and the requests their logs show.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
@@ -60,6 +61,7 @@ pub mod image;
 pub mod ledger;
 pub mod mirror;
 pub mod netfaults;
+pub mod pebble;
 pub mod proxies;
 pub mod raw_http;
 pub mod registry;
