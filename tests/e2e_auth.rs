@@ -57,6 +57,7 @@ async fn auth_world(dir: &Path) -> World {
         c.upstreams[1].anonymous_pull = Some(true);
         let mut auth = toml::Table::new();
         auth.insert("htpasswd".into(), file.display().to_string().into());
+        auth.insert("protect_metrics".into(), true.into());
         c.extra.top.insert("auth".into(), toml::Value::Table(auth));
         let mut rule = toml::Table::new();
         rule.insert("users".into(), toml::Value::Array(vec!["intern".into()]));
@@ -107,6 +108,20 @@ async fn clients_authenticate_and_the_policy_decides() {
         "{challenge}"
     );
     assert_eq!(params.get("service").map(String::as_str), Some("regmirror"));
+
+    // `protect_metrics`: /metrics wants a user too.
+    assert_eq!(
+        get(&m, "/metrics", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let metrics = get(&m, "/metrics", Some(&basic(ALICE.0, ALICE.1))).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().contains("regmirror_http_requests_total"));
+    assert_eq!(
+        get(&m, "/healthz", None).await.status,
+        StatusCode::OK,
+        "probes stay open"
+    );
 
     // A wrong password: 401 on the registry endpoint and on the token endpoint, and the upstream
     // is asked nothing for it.

@@ -147,7 +147,10 @@ async fn dispatch(
         }
         Endpoint::Health => return Ok((StatusCode::OK, "ok\n").into_response()),
         Endpoint::Ready => return ready(cache).await,
-        Endpoint::Metrics => return Ok(metrics_response()),
+        Endpoint::Metrics => {
+            outcome.user = edge.admit_metrics(req).await?.user;
+            return Ok(metrics_response());
+        }
         Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
         Endpoint::Manifest { name, reference } => {
             let route = route(listener, req, query, &name, outcome)?;

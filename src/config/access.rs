@@ -29,6 +29,9 @@ pub struct AuthConfig {
     /// Let clients without credentials pull from every upstream (per upstream:
     /// `[[upstream]] anonymous_pull`).
     pub anonymous_pull: bool,
+    /// `/metrics` only for authenticated users (Prometheus `basic_auth` with an htpasswd user);
+    /// default: open, as exporters usually are (keep it off the internet by other means then).
+    pub protect_metrics: bool,
 }
 
 impl Default for AuthConfig {
@@ -40,6 +43,7 @@ impl Default for AuthConfig {
             token_ttl_secs: 900,
             token_key_file: None,
             anonymous_pull: false,
+            protect_metrics: false,
         }
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct Edge {
     auth: Option<Auth>,
     policy: Policy,
     limits: Limits,
+    /// `[auth] protect_metrics`.
+    protect_metrics: bool,
 }
 
 /// Why the edge cannot start, naming the key or file to fix.
@@ -121,6 +123,7 @@ impl Edge {
             auth,
             policy: Policy::from_config(config),
             limits: Limits::from_config(config),
+            protect_metrics: config.auth.as_ref().is_some_and(|a| a.protect_metrics),
         })
     }
 
@@ -218,6 +221,15 @@ impl Edge {
             }
             identity => Ok(grant(identity)),
         }
+    }
+
+    /// Admit a request for `/metrics`: everyone, unless `[auth] protect_metrics` asks for an
+    /// authenticated user.
+    pub(crate) async fn admit_metrics(&self, req: &http::request::Parts) -> Result<Grant, Error> {
+        if self.protect_metrics {
+            return self.admit_base(req).await;
+        }
+        Ok(grant(Identity::Nobody))
     }
 
     /// Answer the token endpoint (`GET` with the query, `POST` with its form `body`); None when
