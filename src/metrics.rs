@@ -29,6 +29,10 @@ pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
 pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
 pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
+pub(crate) const PREFETCH_RUNS: &str = "regmirror_prefetch_runs_total";
+pub(crate) const PREFETCH_LAST_RUN: &str = "regmirror_prefetch_last_run_timestamp_seconds";
+pub(crate) const PREFETCH_LAST_IMAGES: &str = "regmirror_prefetch_last_run_images";
+pub(crate) const PREFETCH_BYTES: &str = "regmirror_prefetch_fetched_bytes_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -122,6 +126,21 @@ fn describe() {
         TLS_HANDSHAKES,
         "TLS handshakes on HTTPS listeners by result (ok, failed, timeout), ALPN protocol and TLS version"
     );
+    describe_counter!(PREFETCH_RUNS, "Runs of each [[prefetch]] schedule");
+    describe_gauge!(
+        PREFETCH_LAST_RUN,
+        Unit::Seconds,
+        "When the last run of each [[prefetch]] schedule finished (seconds since the epoch)"
+    );
+    describe_gauge!(
+        PREFETCH_LAST_IMAGES,
+        "Images of the last run of each [[prefetch]] schedule by outcome (ok: fetched or already cached; failed)"
+    );
+    describe_counter!(
+        PREFETCH_BYTES,
+        Unit::Bytes,
+        "Bytes fetched from upstreams by [[prefetch]] schedules"
+    );
     describe_counter!(
         TLS_RELOADS,
         "Certificate reloads by result (ok; failed: the previous certificates stay)"
@@ -137,6 +156,18 @@ pub(crate) fn tls_handshake(result: &'static str, alpn: &'static str, version: &
 /// One certificate reload that read the files: `result` ok / failed.
 pub(crate) fn tls_reload(result: &'static str) {
     metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// One finished run of the `[[prefetch]]` schedule `schedule`.
+pub(crate) fn prefetch_run(schedule: &str, finished: u64, ok: u64, failed: u64, bytes: u64) {
+    let s = schedule.to_string();
+    metrics::counter!(PREFETCH_RUNS, "schedule" => s.clone()).increment(1);
+    metrics::gauge!(PREFETCH_LAST_RUN, "schedule" => s.clone()).set(finished as f64);
+    metrics::gauge!(PREFETCH_LAST_IMAGES, "schedule" => s.clone(), "outcome" => "ok")
+        .set(ok as f64);
+    metrics::gauge!(PREFETCH_LAST_IMAGES, "schedule" => s.clone(), "outcome" => "failed")
+        .set(failed as f64);
+    metrics::counter!(PREFETCH_BYTES, "schedule" => s).increment(bytes);
 }
 
 /// Render the current metrics in the Prometheus text format.
