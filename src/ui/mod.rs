@@ -386,24 +386,42 @@ impl Ui {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let pulls = lock(&self.pulls);
-        let matched: Vec<&ImageRow> = snap
+        let hit =
+            |r: &&ImageRow| q.is_empty() || q.split_whitespace().all(|w| r.haystack.contains(w));
+        let matched = if q.is_empty() {
+            snap.rows.len()
+        } else {
+            snap.rows.iter().filter(hit).count()
+        };
+        let page: Vec<&ImageRow> = snap
             .rows
             .iter()
-            .filter(|r| q.is_empty() || q.split_whitespace().all(|w| r.haystack.contains(w)))
-            .collect();
-        let items: Vec<Value> = matched
-            .iter()
+            .filter(hit)
             .skip(offset)
             .take(limit)
-            .map(|r| {
-                let (mut last, mut n) = (r.last_access, 0);
-                for t in &r.tags {
-                    if let Some(p) = pulls.get(&format!("{}/{}:{t}", r.upstream, r.repository)) {
-                        last = last.max(p.last);
-                        n += p.pulls;
+            .collect();
+        // The tallies of the page's tags, read under the lock the request path also takes: the
+        // lock is held for the lookups only, not while the JSON is built.
+        let tallies: Vec<(u64, u64)> = {
+            let pulls = lock(&self.pulls);
+            page.iter()
+                .map(|r| {
+                    let (mut last, mut n) = (r.last_access, 0);
+                    for t in &r.tags {
+                        if let Some(p) = pulls.get(&format!("{}/{}:{t}", r.upstream, r.repository))
+                        {
+                            last = last.max(p.last);
+                            n += p.pulls;
+                        }
                     }
-                }
+                    (last, n)
+                })
+                .collect()
+        };
+        let items: Vec<Value> = page
+            .iter()
+            .zip(tallies)
+            .map(|(r, (last, n))| {
                 let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
                 v["last_pulled"] = json!(last);
                 v["pulls"] = json!(n);
@@ -415,7 +433,7 @@ impl Ui {
             "scan_seconds": snap.seconds,
             "scan_error": snap.error,
             "total": snap.rows.len(),
-            "matched": matched.len(),
+            "matched": matched,
             "offset": offset,
             "limit": limit,
             "items": items,
