@@ -57,6 +57,13 @@
 #   BENCH_PREFETCH=1 bench/run.sh     the loopback benchmark, then the prefetch section
 #   BENCH_PREFETCH=only bench/run.sh  the prefetch section alone (extra arguments go to prefetch.py)
 #
+# Status-page section (bench/status.py, about 2 min): warm manifest-by-tag req/s with `ui = false`,
+# with the page on and nobody looking, and with a client fetching /api/v1/status and / every second;
+# then /api/v1/status latency on a generated data directory of 100k cached objects.
+#
+#   BENCH_STATUS=1 bench/run.sh     the loopback benchmark, then the status-page section
+#   BENCH_STATUS=only bench/run.sh  the status-page section alone (extra arguments go to status.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -105,6 +112,12 @@ case $prefetch in
   ""|0) prefetch="" ;;
   1|only) tools+=([skopeo]=skopeo) ;;
   *) echo "bench: BENCH_PREFETCH=$prefetch: use 1 (loopback, then prefetch) or only" >&2; exit 1 ;;
+esac
+status=${BENCH_STATUS:-}
+case $status in
+  ""|0) status="" ;;
+  1|only) ;;
+  *) echo "bench: BENCH_STATUS=$status: use 1 (loopback, then status page) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -163,13 +176,15 @@ tls_cmd=(python3 "$repo_root/bench/tls.py" --binary "$repo_root/target/release/r
   --results "$repo_root/bench/results")
 prefetch_cmd=(python3 "$repo_root/bench/prefetch.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+status_cmd=(python3 "$repo_root/bench/status.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls prefetch wan; do
+for s in coldcpu auth tls prefetch status wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -184,4 +199,5 @@ fi
 [[ -z $auth ]] || "${auth_cmd[@]}"
 [[ -z $tls ]] || "${tls_cmd[@]}"
 [[ -z $prefetch ]] || "${prefetch_cmd[@]}"
+[[ -z $status ]] || "${status_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-static ca-certificates
     tinyproxy squid microsocks
     bsdutils # `script`: the pseudo-terminal of tests/e2e_prefetch.rs
-    pebble) # the ACME test CA of tests/e2e_acme.rs
+    pebble # the ACME test CA of tests/e2e_acme.rs
+    chromium) # headless, renders the status page in tests/e2e_ui.rs
 # The real clients of tests/e2e_clients.rs (dockerd, containerd, podman) and what they need.
 while read -r p; do [[ -n "$p" ]] && PACKAGES+=("$p"); done < scripts/apt-clients.txt
 

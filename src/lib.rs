@@ -31,13 +31,15 @@
 //!   or the `cache` facade opened in-process; per-image progress bars, plain lines, JSON.
 //! - `transfer`: air-gapped export (cached images -> OCI image layout tarball) and import (every
 //!   digest verified, then blobs, manifests and tag records through `cache::records`).
+//! - `ui`: the status page (`/`, `/ui`) and `/api/v1/status`: request counters the api feeds,
+//!   a background snapshot of the cache (image list, size), fills, upstream health, schedules.
 //! - `client_config`: generates docker / containerd / podman / kubeadm / kubespray configuration.
 //! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
 //!   Linux-gated, each with its SAFETY argument.
 //!
 //! Calls go one way: `server` -> `edge` (sockets) and `api`; `api` -> `edge` (admission) and
 //! `cache`; `cache` -> (`upstream`, `storage`, `staging`); `prefetch` -> `cache` (or a mirror
-//! over HTTP); `transfer` -> `cache::records` and `storage`; `storage` and
+//! over HTTP); `api` -> `ui` -> (`cache` accessors, `prefetch` schedule reports); `transfer` -> `cache::records` and `storage`; `storage` and
 //! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
 //! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
 //! every request, whichever side parsed it.
@@ -62,4 +64,5 @@ mod staging;
 mod storage;
 mod sys;
 mod transfer;
+mod ui;
 pub mod upstream;

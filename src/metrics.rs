@@ -31,6 +31,10 @@ pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
 pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
 pub(crate) const ACME_ORDERS: &str = "regmirror_acme_orders_total";
 pub(crate) const ACME_EXPIRY: &str = "regmirror_acme_certificate_expiry_timestamp_seconds";
+pub(crate) const PREFETCH_RUNS: &str = "regmirror_prefetch_runs_total";
+pub(crate) const PREFETCH_LAST_RUN: &str = "regmirror_prefetch_last_run_timestamp_seconds";
+pub(crate) const PREFETCH_LAST_IMAGES: &str = "regmirror_prefetch_last_run_images";
+pub(crate) const PREFETCH_BYTES: &str = "regmirror_prefetch_fetched_bytes_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -124,6 +128,21 @@ fn describe() {
         TLS_HANDSHAKES,
         "TLS handshakes on HTTPS listeners by result (ok, failed, timeout, acme: a TLS-ALPN-01 validation), ALPN protocol and TLS version"
     );
+    describe_counter!(PREFETCH_RUNS, "Runs of each [[prefetch]] schedule");
+    describe_gauge!(
+        PREFETCH_LAST_RUN,
+        Unit::Seconds,
+        "When the last run of each [[prefetch]] schedule finished (seconds since the epoch)"
+    );
+    describe_gauge!(
+        PREFETCH_LAST_IMAGES,
+        "Images of the last run of each [[prefetch]] schedule by outcome (ok: fetched or already cached; failed)"
+    );
+    describe_counter!(
+        PREFETCH_BYTES,
+        Unit::Bytes,
+        "Bytes fetched from upstreams by [[prefetch]] schedules"
+    );
     describe_counter!(
         TLS_RELOADS,
         "Certificate reloads by result (ok; failed: the previous certificates stay)"
@@ -162,6 +181,18 @@ pub(crate) fn acme_expiry(not_after: &std::time::SystemTime) {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     metrics::gauge!(ACME_EXPIRY).set(secs);
+}
+
+/// One finished run of the `[[prefetch]]` schedule `schedule`.
+pub(crate) fn prefetch_run(schedule: &str, finished: u64, ok: u64, failed: u64, bytes: u64) {
+    let s = schedule.to_string();
+    metrics::counter!(PREFETCH_RUNS, "schedule" => s.clone()).increment(1);
+    metrics::gauge!(PREFETCH_LAST_RUN, "schedule" => s.clone()).set(finished as f64);
+    metrics::gauge!(PREFETCH_LAST_IMAGES, "schedule" => s.clone(), "outcome" => "ok")
+        .set(ok as f64);
+    metrics::gauge!(PREFETCH_LAST_IMAGES, "schedule" => s.clone(), "outcome" => "failed")
+        .set(failed as f64);
+    metrics::counter!(PREFETCH_BYTES, "schedule" => s).increment(bytes);
 }
 
 /// Render the current metrics in the Prometheus text format.

@@ -43,6 +43,10 @@ pub enum Endpoint {
     Ready,
     /// `GET /metrics`: Prometheus text format.
     Metrics,
+    /// `GET /api/v1/status`: the status page's JSON (when `ui` is on).
+    Status,
+    /// `GET /` or `/ui`: the status page (when `ui` is on).
+    Page,
     /// `GET /token` (Docker's token flow) or `POST /token` (OAuth2, containerd): the mirror's
     /// own token endpoint, when authentication is on.
     Token,
@@ -59,6 +63,7 @@ impl Endpoint {
             Endpoint::Unsupported { .. } => "unsupported",
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => "ops",
             Endpoint::Token => "token",
+            Endpoint::Status | Endpoint::Page => "ui",
         }
     }
 }
@@ -82,6 +87,8 @@ impl Endpoint {
             "/healthz" if read => return Ok(Endpoint::Health),
             "/readyz" if read => return Ok(Endpoint::Ready),
             "/metrics" if read => return Ok(Endpoint::Metrics),
+            "/api/v1/status" if read => return Ok(Endpoint::Status),
+            "/" | "/ui" | "/ui/" if read => return Ok(Endpoint::Page),
             crate::edge::TOKEN_PATH if read || method == Method::POST => {
                 return Ok(Endpoint::Token)
             }

@@ -31,6 +31,8 @@ pub(crate) struct App {
     pub cache: Arc<Cache>,
     pub routing: RoutingTable,
     pub edge: Edge,
+    /// The status page; None with `ui = false`.
+    pub ui: Option<Arc<crate::ui::Ui>>,
 }
 
 /// State of one listener: the shared app, and the upstream when the listener is dedicated to one.
@@ -53,6 +55,8 @@ struct Outcome {
     cache: Option<CacheStatus>,
     /// The authenticated user the edge admitted.
     user: Option<String>,
+    /// The tag of a manifest asked for by tag (a pull, for the status page).
+    tag: Option<String>,
 }
 
 /// Largest token request body (an OAuth2 form of user, password, service and scopes).
@@ -78,9 +82,13 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
     };
     let form = form.as_deref();
     let result = dispatch(&listener, &req, query.as_deref(), form, &mut outcome).await;
+    let mut failure = None;
     let mut resp = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             tracing::warn!(%method, %path, error = %e, "request failed");
+        }
+        if listener.app.ui.is_some() {
+            failure = Some(e.to_string());
         }
         e.into_response()
     });
@@ -102,6 +110,9 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         metrics::counter!(crate::metrics::CACHE_REQUESTS, "kind" => kind, "status" => c.as_str())
             .increment(1);
     }
+    if let Some(ui) = &listener.app.ui {
+        record(ui, &method, &path, kind, &outcome, &resp, failure);
+    }
     tracing::info!(
         client = client.map(|c| c.to_string()).as_deref().unwrap_or("-"),
         %method,
@@ -119,6 +130,39 @@ async fn handle(State(listener): State<Listener>, req: Request) -> Response {
         "request"
     );
     resp
+}
+
+/// Count an answered request on the status page.
+fn record(
+    ui: &crate::ui::Ui,
+    method: &Method,
+    path: &str,
+    kind: &'static str,
+    outcome: &Outcome,
+    resp: &Response,
+    error: Option<String>,
+) {
+    let blob_bytes = if kind == "blob" && method == Method::GET && resp.status().is_success() {
+        resp.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    ui.record(&crate::ui::Answered {
+        kind,
+        method: method.as_str(),
+        path,
+        upstream: outcome.route.as_ref().map(|r| r.upstream.as_str()),
+        repository: outcome.route.as_ref().map(|r| r.repository.as_str()),
+        tag: outcome.tag.as_deref(),
+        cache: outcome.cache,
+        status: resp.status().as_u16(),
+        blob_bytes,
+        error,
+    });
 }
 
 async fn dispatch(
@@ -151,9 +195,21 @@ async fn dispatch(
             outcome.user = edge.admit_metrics(req).await?.user;
             return Ok(metrics_response());
         }
+        Endpoint::Status | Endpoint::Page => {
+            // The status page lives on the shared listener only, and only with `ui` on.
+            let ui = match (&listener.app.ui, &listener.upstream) {
+                (Some(ui), None) => ui,
+                _ => return Err(Error::NotFound),
+            };
+            outcome.user = edge.admit_status(req).await?.user;
+            return Ok(ui_response(ui, &endpoint, query));
+        }
         Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
         Endpoint::Manifest { name, reference } => {
             let route = route(listener, req, query, &name, outcome)?;
+            if listener.app.ui.is_some() && !reference.contains(':') {
+                outcome.tag = Some(reference.clone());
+            }
             outcome.user = admit(listener, req, &route, Action::Pull).await?.user;
             let answer = manifest(cache, &route, req, &reference, head).await;
             (route, answer)
@@ -321,6 +377,31 @@ async fn ready(cache: &Cache) -> Result<Response, Error> {
         }
     }
     Ok((StatusCode::OK, body).into_response())
+}
+
+/// The status page or its JSON; never cached by browsers or proxies.
+fn ui_response(ui: &crate::ui::Ui, endpoint: &Endpoint, query: Option<&str>) -> Response {
+    let mut resp = match endpoint {
+        Endpoint::Status => axum::Json(ui.status(query)).into_response(),
+        _ => {
+            let mut r = crate::ui::PAGE.into_response();
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                ),
+            );
+            r
+        }
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn metrics_response() -> Response {

@@ -112,6 +112,11 @@ impl BlobCache {
         }
     }
 
+    /// How far each fill running now has got.
+    pub(crate) fn fill_progress(&self) -> Vec<super::FillProgress> {
+        self.fills.progress()
+    }
+
     /// Number of blob fills running now.
     #[cfg(test)]
     pub(crate) fn fills_in_flight(&self) -> usize {

@@ -86,6 +86,8 @@ pub(crate) struct Evictor {
     storage: Arc<dyn Storage>,
     in_use: Arc<InUse>,
     policy: Policy,
+    /// What the last run measured, and when (the status page's cache size).
+    last: std::sync::Mutex<Option<(Report, SystemTime)>>,
 }
 
 impl Evictor {
@@ -94,7 +96,13 @@ impl Evictor {
             storage,
             in_use,
             policy,
+            last: std::sync::Mutex::new(None),
         }
+    }
+
+    /// What the last run measured (bytes and objects left), and when; None before the first.
+    pub(crate) fn last_measured(&self) -> Option<(Report, SystemTime)> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The configured policy.
@@ -106,6 +114,8 @@ impl Evictor {
     pub(crate) async fn evict(&self, policy: Policy) -> Result<Report> {
         let in_use = self.in_use.clone();
         let report = run(self.storage.as_ref(), policy, &move |k| in_use.contains(k)).await?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((report.clone(), SystemTime::now()));
         metrics::gauge!(crate::metrics::CACHE_BYTES).set(report.bytes as f64);
         metrics::gauge!(crate::metrics::CACHE_OBJECTS).set(report.objects as f64);
         // The removals were counted as they happened; this makes both series exist from the first

@@ -26,6 +26,20 @@ pub(crate) trait FillTable: Send + Sync + 'static {
     fn join(&self, digest: &Digest) -> Option<Arc<Fill>>;
     /// Fills running now.
     fn in_flight(&self) -> usize;
+    /// How far each fill running now has got (for the status page; no I/O).
+    fn progress(&self) -> Vec<FillProgress>;
+}
+
+/// How far one fill has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FillProgress {
+    pub(crate) digest: Digest,
+    /// When the fill started.
+    pub(crate) started: std::time::SystemTime,
+    /// Bytes received from the upstream so far (0 until it answered).
+    pub(crate) received: u64,
+    /// The size, once the upstream announced it.
+    pub(crate) expected: Option<u64>,
 }
 
 /// What [`FillTable::start_or_join`] handed out.
@@ -48,6 +62,7 @@ pub(crate) struct FillStatus {
 /// One download in flight, as joiners hold it.
 pub(crate) struct Fill {
     digest: Digest,
+    started: std::time::SystemTime,
     status: watch::Receiver<FillStatus>,
 }
 
@@ -155,6 +170,7 @@ impl FillTable for LocalFills {
         let (tx, rx) = watch::channel(FillStatus::default());
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            started: std::time::SystemTime::now(),
             status: rx,
         });
         map.insert(digest.clone(), fill.clone());
@@ -182,6 +198,32 @@ impl FillTable for LocalFills {
             .unwrap_or_else(|p| p.into_inner())
             .len()
     }
+
+    fn progress(&self) -> Vec<FillProgress> {
+        let map = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<FillProgress> = map
+            .values()
+            .filter(|f| !f.ended())
+            .map(|f| {
+                let (received, expected) = match &f.status.borrow().spool {
+                    Some(s) => s.received(),
+                    None => (0, None),
+                };
+                FillProgress {
+                    digest: f.digest.clone(),
+                    started: f.started,
+                    received,
+                    expected,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.started);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +243,17 @@ mod tests {
         assert!(matches!(t.start_or_join(&digest(1)), Flight::Join(f) if Arc::ptr_eq(&f, &fill)));
         assert!(matches!(t.start_or_join(&digest(2)), Flight::Start(..)));
         assert!(t.join(&digest(1)).is_some());
+        let p = t.progress();
+        // digest 2's permit was dropped at once, which failed that fill.
+        assert_eq!(p.len(), 1, "the running fill shows: {p:?}");
+        assert_eq!(p[0].digest, digest(1));
+        assert_eq!(
+            (p[0].received, p[0].expected),
+            (0, None),
+            "no upstream answer yet"
+        );
         permit.finish();
+        assert!(t.progress().is_empty(), "an ended fill is not shown");
         assert!(matches!(fill.wait_started().await.outcome, Some(Ok(()))));
         assert!(t.join(&digest(1)).is_none(), "an ended fill is forgotten");
         assert!(matches!(t.start_or_join(&digest(1)), Flight::Start(..)));

@@ -117,6 +117,51 @@ pub(crate) async fn closure(storage: &dyn Storage, top: &Digest) -> Result<BTree
     Ok(keys_found)
 }
 
+/// The platforms (`os/arch[/variant]`) of a cached image: its index's entries (attestations
+/// left out), or the os and architecture of a single manifest's config. Empty when unknown.
+pub(crate) async fn platforms(storage: &dyn Storage, top: &Digest) -> Vec<String> {
+    let Ok(raw) = storage.get(&keys::manifest(top)).await else {
+        return Vec::new();
+    };
+    let Some(v) = decode_manifest(raw)
+        .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+    else {
+        return Vec::new();
+    };
+    let name = |p: &serde_json::Value| -> Option<String> {
+        let (os, arch) = (p["os"].as_str()?, p["architecture"].as_str()?);
+        if os == "unknown" {
+            return None;
+        }
+        Some(match p["variant"].as_str() {
+            Some(var) => format!("{os}/{arch}/{var}"),
+            None => format!("{os}/{arch}"),
+        })
+    };
+    if let Some(children) = v["manifests"].as_array() {
+        let mut out: Vec<String> = children
+            .iter()
+            .filter_map(|c| name(&c["platform"]))
+            .collect();
+        out.dedup();
+        return out;
+    }
+    let Some(cd) = v["config"]["digest"]
+        .as_str()
+        .and_then(|s| s.parse::<Digest>().ok())
+    else {
+        return Vec::new();
+    };
+    match storage.get(&keys::blob(&cd)).await {
+        Ok(b) if b.len() < 1 << 20 => serde_json::from_slice::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|c| name(&c))
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a removal did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Removed {

@@ -44,6 +44,7 @@ use crate::upstream;
 pub(crate) use crate::staging::FileRegion;
 use blobs::BlobCache;
 pub(crate) use blobs::{Blob, BlobBody};
+pub(crate) use flight::FillProgress;
 use manifests::ManifestCache;
 pub(crate) use manifests::{Manifest, TagsPage};
 
@@ -283,6 +284,47 @@ impl Cache {
         self.upstreams.health()
     }
 
+    /// How far each blob fill running now has got (no I/O).
+    pub(crate) fn fill_progress(&self) -> Vec<FillProgress> {
+        self.blobs.fill_progress()
+    }
+
+    /// Health, latency, last failure and rate limit of every upstream client made so far.
+    pub(crate) fn upstream_status(&self) -> Vec<UpstreamStatus> {
+        self.upstreams
+            .all()
+            .into_iter()
+            .map(|u| UpstreamStatus {
+                health: u.health(),
+                stats: u.stats(),
+                rate_limit: u.rate_limit(),
+            })
+            .collect()
+    }
+
+    /// What the last measurement or eviction run found in the cache, and when (no I/O).
+    pub(crate) fn usage(&self) -> Option<(evict::Report, std::time::SystemTime)> {
+        self.evictor.last_measured()
+    }
+
+    /// Measure the cache now (lists every object; evicts nothing).
+    pub(crate) async fn measure(&self) -> Result<evict::Report> {
+        self.evictor.evict(evict::Policy::default()).await
+    }
+
+    /// Every cached tag with its size and platforms (reads storage: for background refreshes).
+    pub(crate) async fn images(&self) -> Result<Vec<(inventory::Image, Vec<String>)>> {
+        let mut out = Vec::new();
+        for i in inventory::images(self.storage.as_ref(), "").await? {
+            let platforms = match i.digest.parse() {
+                Ok(d) => inventory::platforms(self.storage.as_ref(), &d).await,
+                Err(_) => Vec::new(),
+            };
+            out.push((i, platforms));
+        }
+        Ok(out)
+    }
+
     /// Ready to serve: storage accepts a write and a delete.
     pub(crate) async fn check_ready(&self) -> Result<()> {
         self.storage
@@ -297,6 +339,13 @@ impl Cache {
     pub(crate) fn fills_in_flight(&self) -> usize {
         self.blobs.fills_in_flight()
     }
+}
+
+/// What the status page shows of one upstream.
+pub(crate) struct UpstreamStatus {
+    pub(crate) health: upstream::HealthReport,
+    pub(crate) stats: upstream::StatsReading,
+    pub(crate) rate_limit: upstream::RateLimit,
 }
 
 /// Storage keys, drawn as a tree in [`crate::storage`].

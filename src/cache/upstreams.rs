@@ -51,6 +51,14 @@ impl Upstreams {
         all
     }
 
+    /// Every client made so far, by name.
+    pub(crate) fn all(&self) -> Vec<Arc<Upstream>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
     /// The client for `name` if one exists already (never makes one).
     pub(crate) fn existing(&self, name: &str) -> Option<Arc<Upstream>> {
         self.map

@@ -17,8 +17,11 @@ pub use acme::{AcmeConfig, Challenge as AcmeChallenge, LETS_ENCRYPT};
 pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
+mod prefetch;
 mod tls;
 mod upstream;
+
+pub use prefetch::{PrefetchSchedule, DEFAULT_PREFETCH_INTERVAL_SECS};
 
 pub use tls::{SniCert, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, DEFAULT_TLS_RELOAD_INTERVAL_SECS};
 pub use upstream::{
@@ -141,6 +144,12 @@ pub struct Config {
     /// The access policy (`[[access]]`): rules tried in order, the first match decides.
     #[serde(rename = "access")]
     pub access: Vec<AccessRule>,
+    /// Serve the status page at `/` and `/ui` and its JSON at `/api/v1/status` on `listen`.
+    pub ui: bool,
+    /// Seconds between the status page's background scans of the cache (image list, size).
+    pub ui_refresh_secs: u64,
+    /// Image lists pulled into the cache on a schedule (`[[prefetch]]`).
+    pub prefetch: Vec<PrefetchSchedule>,
 }
 
 impl Default for Config {
@@ -176,6 +185,9 @@ impl Default for Config {
             upstreams: Vec::new(),
             auth: None,
             access: Vec::new(),
+            ui: true,
+            ui_refresh_secs: 30,
+            prefetch: Vec::new(),
         }
     }
 }
@@ -286,6 +298,10 @@ impl Config {
         }
         parse_trusted_proxies(&self.trusted_proxies)?;
         self.limits.validate()?;
+        if self.ui_refresh_secs == 0 {
+            return Err(invalid("ui_refresh_secs", "must be at least 1 second"));
+        }
+        prefetch::validate(&self.prefetch)?;
         tls::validate_listener(
             &|f: &str| f.to_string(),
             &self.tls_cert,

@@ -232,6 +232,32 @@ impl Edge {
         Ok(grant(Identity::Nobody))
     }
 
+    /// Admit (or refuse) a request for the status page or its JSON. Without `[auth]` everyone
+    /// may; with it, any user of the htpasswd file (Basic credentials or a token naming them),
+    /// and clients without credentials only when `[auth] anonymous_pull = true` (anonymous
+    /// clients may pull anything not denied). The challenge is Basic, so that a browser asks for
+    /// the user and password.
+    pub(crate) async fn admit_status(&self, req: &http::request::Parts) -> Result<Grant, Error> {
+        let Some(auth) = &self.auth else {
+            return Ok(grant(Identity::Nobody));
+        };
+        let refuse = |message: &str| Error::Unauthenticated {
+            message: message.to_string(),
+            challenge: auth.basic_challenge(),
+        };
+        match auth
+            .identify(&req.headers)
+            .await
+            .map_err(|bad| refuse(bad.0))?
+        {
+            Identity::User(u) => Ok(grant(Identity::User(u))),
+            _ if self.policy.anonymous_by_default() => Ok(grant(Identity::Nobody)),
+            _ => Err(refuse(
+                "authentication required: the status page needs a user of the mirror",
+            )),
+        }
+    }
+
     /// Answer the token endpoint (`GET` with the query, `POST` with its form `body`); None when
     /// authentication is off (there is no token endpoint then).
     pub(crate) async fn token(

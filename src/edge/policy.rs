@@ -82,6 +82,12 @@ impl Policy {
         }
     }
 
+    /// Whether a client without credentials may pull what no rule says otherwise
+    /// (`[auth] anonymous_pull`, or authentication off).
+    pub(crate) fn anonymous_by_default(&self) -> bool {
+        !self.auth || self.anonymous_default
+    }
+
     /// Whether a client without credentials may pull anything at all (the token endpoint then
     /// hands out anonymous tokens).
     pub(crate) fn anonymous_possible(&self) -> bool {

@@ -11,9 +11,11 @@
 //! - [`inputs`]: `-f FILE` lists and `image:` lines of Kubernetes YAML.
 //! - [`walk`]: resolve manifests, pick platforms, fetch blobs with a concurrency limit.
 //! - [`progress`]: bars (a terminal), plain lines, JSON, and the summary table.
+//! - [`schedule`]: `[[prefetch]]` lists `serve` runs every `interval_secs` through its own cache.
 
 pub(crate) mod inputs;
 pub(crate) mod progress;
+pub(crate) mod schedule;
 pub(crate) mod source;
 pub(crate) mod walk;
 

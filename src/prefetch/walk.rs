@@ -63,10 +63,16 @@ pub(crate) async fn run(
         progress,
         shared: Mutex::default(),
     });
-    let jobs = images.into_iter().enumerate().map(|(i, img)| {
-        let run = run.clone();
-        async move { run.image(i, img).await }
-    });
+    // Collected first: a lazy iterator's closure in the stream makes the future not `Send` for
+    // every lifetime, and `serve` spawns this future.
+    let jobs: Vec<_> = images
+        .into_iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let run = run.clone();
+            async move { run.image(i, img).await }
+        })
+        .collect();
     futures::stream::iter(jobs).buffered(n).collect().await
 }
 
@@ -128,14 +134,14 @@ impl Run {
                 Status::WouldFetch
             });
         }
-        let outcomes = futures::stream::iter(
-            missing
-                .iter()
-                .map(|(d, size)| async move { (self.blob(i, img, d).await, *size) }),
-        )
-        .buffer_unordered(self.opts.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await;
+        let jobs: Vec<_> = missing
+            .iter()
+            .map(|(d, size)| async move { (self.blob(i, img, d).await, *size) })
+            .collect();
+        let outcomes = futures::stream::iter(jobs)
+            .buffer_unordered(self.opts.concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
         for (outcome, size) in outcomes {
             match outcome? {
                 Got::Fetched(n) => {

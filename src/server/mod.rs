@@ -145,6 +145,7 @@ pub(crate) async fn run(
             "removed temporary files left by a previous run"
         );
     }
+    let storage = opened.storage.clone();
     let cache = Arc::new(Cache::new(&config, opened.storage, opened.staging_dir)?);
     let policy = cache.evict_policy();
     {
@@ -163,11 +164,7 @@ pub(crate) async fn run(
             }
         });
     }
-    let app = Arc::new(App {
-        cache,
-        routing: RoutingTable::new(&config),
-        edge: crate::edge::Edge::from_config(&config)?,
-    });
+    let edge = crate::edge::Edge::from_config(&config)?;
     let acme = config
         .acme
         .as_ref()
@@ -177,6 +174,23 @@ pub(crate) async fn run(
     let limits = Limits::from_config(&config);
     let reload = Duration::from_secs(config.tls_reload_interval_secs);
     let stop = CancellationToken::new();
+    let schedules = Arc::new(crate::prefetch::schedule::Schedules::from_config(&config));
+    schedules.spawn(cache.clone(), storage, stop.clone());
+    let ui = config.ui.then(|| {
+        let ui = Arc::new(crate::ui::Ui::new(
+            cache.clone(),
+            schedules,
+            policy.max_size,
+        ));
+        ui.spawn_refresher(Duration::from_secs(config.ui_refresh_secs), stop.clone());
+        ui
+    });
+    let app = Arc::new(App {
+        cache,
+        routing: RoutingTable::new(&config),
+        edge,
+        ui,
+    });
     let tls: Vec<Arc<Acceptor>> = bound.iter().filter_map(|b| b.tls.clone()).collect();
     tls::spawn_reloader(tls, reload, stop.clone());
     if let Some(certs) = &acme {

@@ -54,6 +54,12 @@ impl Spool {
         self.state.borrow().size
     }
 
+    /// Bytes written so far and the total size once known (for the status page).
+    pub(crate) fn received(&self) -> (u64, Option<u64>) {
+        let s = self.state.borrow();
+        (s.written, s.size)
+    }
+
     /// A receiver of this spool's progress, for [`Spool::wait_readable`].
     pub(crate) fn progress(&self) -> watch::Receiver<SpoolState> {
         self.state.clone()

@@ -9,6 +9,7 @@
 pub mod auth;
 mod calls;
 mod health;
+mod stats;
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,7 @@ use auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
 pub(crate) use calls::ManifestHead;
 use health::Health;
 pub(crate) use health::Report as HealthReport;
+pub(crate) use stats::Reading as StatsReading;
 
 /// An upstream failure, by what the cache needs to decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,6 +96,8 @@ pub(crate) struct Upstream {
     basic: Option<(String, String)>,
     tokens: TokenCache,
     rate_limit: Mutex<RateLimit>,
+    /// Latency and the last failure, for the status page.
+    stats: stats::Stats,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -193,6 +197,7 @@ impl Upstream {
             basic,
             tokens: TokenCache::default(),
             rate_limit: Mutex::new(RateLimit::default()),
+            stats: stats::Stats::default(),
             health: Arc::new(Health::new(&cfg.name, cfg.probe_max_interval())),
             deadline: cfg.request_deadline(),
         })
@@ -219,6 +224,11 @@ impl Upstream {
     /// The upstream's health, for `/readyz` and operators.
     pub(crate) fn health(&self) -> HealthReport {
         self.health.report()
+    }
+
+    /// Latency and the last failure, for the status page.
+    pub(crate) fn stats(&self) -> StatsReading {
+        self.stats.read()
     }
 
     /// Send `req` within the request deadline, unless the upstream is known to be down (then it
@@ -466,6 +476,7 @@ impl Upstream {
         let name = self.name.clone();
         metrics::histogram!(crate::metrics::UPSTREAM_SECONDS, "upstream" => name.clone())
             .record(sent.elapsed().as_secs_f64());
+        self.stats.answered(sent.elapsed().as_micros() as u64);
         match outcome {
             Ok(r) => {
                 let status = r.status().as_u16().to_string();
@@ -477,6 +488,7 @@ impl Upstream {
                         "server_error"
                     };
                     metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
+                    self.stats.failed(format!("answered {}", r.status()));
                 }
             }
             Err(e) => {
@@ -488,6 +500,7 @@ impl Upstream {
                     "other"
                 };
                 metrics::counter!(crate::metrics::UPSTREAM_ERRORS, "upstream" => name, "kind" => kind).increment(1);
+                self.stats.failed(describe_send(e, self.proxy.as_deref()));
             }
         }
     }
