@@ -29,6 +29,9 @@ pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
 pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
 pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
+pub(crate) const WEBHOOK_REVIEWS: &str = "regmirror_webhook_reviews_total";
+pub(crate) const WEBHOOK_REWRITES: &str = "regmirror_webhook_rewrites_total";
+pub(crate) const WEBHOOK_SKIPS: &str = "regmirror_webhook_skips_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -137,6 +140,21 @@ pub(crate) fn tls_handshake(result: &'static str, alpn: &'static str, version: &
 /// One certificate reload that read the files: `result` ok / failed.
 pub(crate) fn tls_reload(result: &'static str) {
     metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// One AdmissionReview answered: `result` patched / unchanged / malformed / wrong_version.
+pub(crate) fn webhook_review(result: &'static str) {
+    metrics::counter!(WEBHOOK_REVIEWS, "result" => result).increment(1);
+}
+
+/// One image rewritten by the webhook, by the registry it named.
+pub(crate) fn webhook_rewrite(registry: &str) {
+    metrics::counter!(WEBHOOK_REWRITES, "registry" => registry.to_string()).increment(1);
+}
+
+/// One image (or whole object) the webhook left alone, by reason.
+pub(crate) fn webhook_skip(reason: &'static str) {
+    metrics::counter!(WEBHOOK_SKIPS, "reason" => reason).increment(1);
 }
 
 /// Render the current metrics in the Prometheus text format.

@@ -60,6 +60,12 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Add the images of an OCI image layout tarball to the cache, every digest verified first.
     Import(transfer::ImportArgs),
+    /// Run the mutating admission webhook that rewrites pod images to the mirror (HTTPS).
+    Webhook {
+        /// The webhook's TOML file (listen, tls_cert/tls_key, mirror, [[registry]], ...).
+        #[arg(long, env = "REGMIRROR_WEBHOOK_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +124,7 @@ pub fn main() -> ExitCode {
         Command::Prefetch(args) => prefetch::main(args),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
+        Command::Webhook { config } => crate::webhook::main(&config),
         Command::ClientConfig(args) => match crate::client_config::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -150,7 +157,7 @@ fn serve(path: Option<PathBuf>, flags: impl Fn(&str) -> Option<String>) -> ExitC
     }
 }
 
-fn init_tracing(format: &str) {
+pub(crate) fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).
