@@ -31,6 +31,19 @@ fi
 
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
+# Independent checkers of tests/e2e_webhook.rs and tests/e2e_kube.rs (pinned): PyPI jsonpatch applies
+# the webhook's JSONPatches, kubernetes-validate checks objects against several Kubernetes versions.
+PY_PACKAGES=(jsonpatch==1.33 kubernetes-validate==1.37.0)
+if ! python3 - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+    echo "scripts/test.sh: pip installing ${PY_PACKAGES[*]}"
+    python3 -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages "${PY_PACKAGES[@]}"
+fi
+
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 threads="${REGMIRROR_TEST_THREADS:-$(( $(nproc) > 4 ? 4 : $(nproc) ))}"

@@ -11,6 +11,8 @@
 //! - [`tls`]: a private CA and a server certificate for 127.0.0.1, and the `openssl` runner.
 //! - [`proxies`]: outbound proxies on loopback (tinyproxy, squid, microsocks), each with its own
 //!   config and log, and the requests their logs show.
+//! - [`pycheck`]: independent checkers in Python: PyPI `jsonpatch` applies a JSONPatch,
+//!   `kubernetes-validate` checks objects against several Kubernetes versions' schemas.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
 //! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
 //!   HTTP/1.1 request for paths no URL library would leave alone.
@@ -61,6 +63,7 @@ pub mod ledger;
 pub mod mirror;
 pub mod netfaults;
 pub mod proxies;
+pub mod pycheck;
 pub mod raw_http;
 pub mod registry;
 pub mod seed;
