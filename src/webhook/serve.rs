@@ -29,12 +29,21 @@ struct Webhook {
     scope: Scope,
 }
 
-/// `regmirror webhook --config FILE`.
-pub(crate) fn main(path: &Path) -> ExitCode {
+/// `regmirror webhook --config FILE [--check]`.
+pub(crate) fn main(path: &Path, check_only: bool) -> ExitCode {
     let config = match WebhookConfig::load(path) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    if check_only {
+        println!(
+            "{}: ok ({} registries rewritten to {})",
+            path.display(),
+            config.registries.len(),
+            config.mirror
+        );
+        return ExitCode::SUCCESS;
+    }
     crate::cli::init_tracing(&config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
