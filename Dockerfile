@@ -17,10 +17,11 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked && cp target/release/regmirror /regmirror
-RUN sh deploy/image/rootfs.sh /regmirror /rootfs
+RUN sh deploy/image/rootfs.sh /regmirror /image
 
 FROM scratch
-COPY --from=build /rootfs/ /
+COPY --from=build /image/rootfs/ /
+COPY --from=build --chown=10001:10001 /image/data/ /var/lib/regmirror/
 # --- runtime (shared with deploy/image/runtime.Dockerfile) ---
 ARG VERSION=0.1.0
 ARG REVISION=unknown

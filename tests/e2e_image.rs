@@ -89,7 +89,7 @@ async fn scratch_image_runs_read_only_as_non_root_and_serves_pulls() {
     let out = Command::new("sh")
         .arg(format!("{root}/deploy/image/rootfs.sh"))
         .arg(env!("CARGO_BIN_EXE_regmirror"))
-        .arg(ctx.path().join("rootfs"))
+        .arg(ctx.path())
         .output()
         .unwrap();
     expect_success(&out, "deploy/image/rootfs.sh");

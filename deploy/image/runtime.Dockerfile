@@ -4,6 +4,7 @@
 # with no registry reachable, and checks that both stay the same.
 FROM scratch
 COPY rootfs/ /
+COPY --chown=10001:10001 data/ /var/lib/regmirror/
 # --- runtime (shared with the root Dockerfile) ---
 ARG VERSION=0.1.0
 ARG REVISION=unknown
