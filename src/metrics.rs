@@ -129,6 +129,15 @@ fn describe() {
         TLS_RELOADS,
         "Certificate reloads by result (ok; failed: the previous certificates stay)"
     );
+    describe_counter!(
+        WEBHOOK_REVIEWS,
+        "Admission reviews answered by the webhook, by result (patched, unchanged, malformed, wrong_version)"
+    );
+    describe_counter!(WEBHOOK_REWRITES, "Images the webhook rewrote, by registry");
+    describe_counter!(
+        WEBHOOK_SKIPS,
+        "Images (or whole objects) the webhook left alone, by reason"
+    );
 }
 
 /// One TLS handshake: `result` ok / failed / timeout; `alpn` and `version` "-" unless ok.
@@ -147,14 +156,14 @@ pub(crate) fn webhook_review(result: &'static str) {
     metrics::counter!(WEBHOOK_REVIEWS, "result" => result).increment(1);
 }
 
-/// One image rewritten by the webhook, by the registry it named.
-pub(crate) fn webhook_rewrite(registry: &str) {
-    metrics::counter!(WEBHOOK_REWRITES, "registry" => registry.to_string()).increment(1);
+/// `n` images rewritten by the webhook, by the registry they named.
+pub(crate) fn webhook_rewrite(registry: &str, n: u64) {
+    metrics::counter!(WEBHOOK_REWRITES, "registry" => registry.to_string()).increment(n);
 }
 
-/// One image (or whole object) the webhook left alone, by reason.
-pub(crate) fn webhook_skip(reason: &'static str) {
-    metrics::counter!(WEBHOOK_SKIPS, "reason" => reason).increment(1);
+/// `n` images (or whole objects) the webhook left alone, by reason.
+pub(crate) fn webhook_skip(reason: &'static str, n: u64) {
+    metrics::counter!(WEBHOOK_SKIPS, "reason" => reason).increment(n);
 }
 
 /// Render the current metrics in the Prometheus text format.

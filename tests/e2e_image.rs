@@ -17,7 +17,16 @@ use support::registry::Registry;
 use support::seed::seed;
 
 const TOOLS: &[&str] = &[
-    "docker-registry", "skopeo", "dockerd", "docker", "socat", "nsenter", "ip", "ldd", "strip", "curl",
+    "docker-registry",
+    "skopeo",
+    "dockerd",
+    "docker",
+    "socat",
+    "nsenter",
+    "ip",
+    "ldd",
+    "strip",
+    "curl",
 ];
 
 /// The lines after the `# --- runtime` marker.
@@ -32,12 +41,24 @@ fn runtime_stage(text: &str) -> Vec<&str> {
 fn root_dockerfile_ends_with_the_tested_runtime_stage() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
-    let runtime = std::fs::read_to_string(format!("{root}/deploy/image/runtime.Dockerfile")).unwrap();
+    let runtime =
+        std::fs::read_to_string(format!("{root}/deploy/image/runtime.Dockerfile")).unwrap();
     let (a, b) = (runtime_stage(&dockerfile), runtime_stage(&runtime));
     assert!(b.len() > 10, "runtime.Dockerfile has its marker and stage");
-    assert_eq!(a, b, "the root Dockerfile's runtime stage differs from deploy/image/runtime.Dockerfile");
-    for needed in ["USER 10001:10001", "VOLUME [\"/var/lib/regmirror\"]", "HEALTHCHECK", "org.opencontainers.image.title"] {
-        assert!(b.iter().any(|l| l.contains(needed)), "runtime stage lacks {needed}");
+    assert_eq!(
+        a, b,
+        "the root Dockerfile's runtime stage differs from deploy/image/runtime.Dockerfile"
+    );
+    for needed in [
+        "USER 10001:10001",
+        "VOLUME [\"/var/lib/regmirror\"]",
+        "HEALTHCHECK",
+        "org.opencontainers.image.title",
+    ] {
+        assert!(
+            b.iter().any(|l| l.contains(needed)),
+            "runtime stage lacks {needed}"
+        );
     }
 }
 
@@ -67,7 +88,11 @@ fn in_netns(d: &Dockerd, program: &str, args: &[&str]) -> Output {
 fn dir_size(p: &Path) -> u64 {
     let m = std::fs::symlink_metadata(p).unwrap();
     if m.is_dir() {
-        std::fs::read_dir(p).unwrap().flatten().map(|e| dir_size(&e.path())).sum()
+        std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| dir_size(&e.path()))
+            .sum()
     } else {
         m.len()
     }
@@ -81,7 +106,9 @@ async fn scratch_image_runs_read_only_as_non_root_and_serves_pulls() {
     let bridge = Dockerd::bridge(&hub.host());
     let inner_upstream = format!("http://127.0.0.1:{}", bridge.inner_port);
     std::fs::write(bridge.config_dir().join("daemon.json"), "{}").unwrap();
-    let d = tokio::task::spawn_blocking(move || bridge.start()).await.unwrap();
+    let d = tokio::task::spawn_blocking(move || bridge.start())
+        .await
+        .unwrap();
 
     // The build context: the runtime tree from the binary cargo built, and the runtime stage.
     let ctx = tempfile::tempdir().unwrap();
@@ -93,18 +120,42 @@ async fn scratch_image_runs_read_only_as_non_root_and_serves_pulls() {
         .output()
         .unwrap();
     expect_success(&out, "deploy/image/rootfs.sh");
-    std::fs::copy(format!("{root}/deploy/image/runtime.Dockerfile"), ctx.path().join("Dockerfile")).unwrap();
-    let binary = std::fs::metadata(ctx.path().join("rootfs/usr/local/bin/regmirror")).unwrap().len();
+    std::fs::copy(
+        format!("{root}/deploy/image/runtime.Dockerfile"),
+        ctx.path().join("Dockerfile"),
+    )
+    .unwrap();
+    let binary = std::fs::metadata(ctx.path().join("rootfs/usr/local/bin/regmirror"))
+        .unwrap()
+        .len();
     let tree = dir_size(&ctx.path().join("rootfs"));
-    let out = docker(&d, &["build", "-q", "-t", "regmirror:e2e", ctx.path().to_str().unwrap()]);
+    let out = docker(
+        &d,
+        &[
+            "build",
+            "-q",
+            "-t",
+            "regmirror:e2e",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
     expect_success(&out, "docker build");
-    let size: u64 = expect_success(&docker(&d, &["image", "inspect", "-f", "{{.Size}}", "regmirror:e2e"]), "inspect")
-        .trim()
-        .parse()
-        .unwrap();
+    let size: u64 = expect_success(
+        &docker(
+            &d,
+            &["image", "inspect", "-f", "{{.Size}}", "regmirror:e2e"],
+        ),
+        "inspect",
+    )
+    .trim()
+    .parse()
+    .unwrap();
     let ratio = size as f64 / binary as f64;
     eprintln!("image: {size} bytes, binary (stripped) {binary} bytes, rootfs {tree} bytes: image / binary = {ratio:.3}");
-    assert!(ratio <= 1.5, "image {size} bytes is {ratio:.2}x the binary ({binary} bytes)");
+    assert!(
+        ratio <= 1.5,
+        "image {size} bytes is {ratio:.2}x the binary ({binary} bytes)"
+    );
 
     // The mirror's config, docker.io pointed at the upstream (inside the namespace: the bridge).
     let cfg_dir = tempfile::tempdir().unwrap();
@@ -119,20 +170,54 @@ async fn scratch_image_runs_read_only_as_non_root_and_serves_pulls() {
     let out = docker(
         &d,
         &[
-            "run", "-d", "--name", "regmirror-e2e", "--read-only", "--user", "10001:10001",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "host",
-            "-v", "regmirror-e2e-data:/var/lib/regmirror", "-v", &mount,
-            "-e", "REGMIRROR_CONFIG=/etc/regmirror/config.toml", "regmirror:e2e",
+            "run",
+            "-d",
+            "--name",
+            "regmirror-e2e",
+            "--read-only",
+            "--user",
+            "10001:10001",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--network",
+            "host",
+            "-v",
+            "regmirror-e2e-data:/var/lib/regmirror",
+            "-v",
+            &mount,
+            "-e",
+            "REGMIRROR_CONFIG=/etc/regmirror/config.toml",
+            "regmirror:e2e",
         ],
     );
     expect_success(&out, "docker run");
-    let inspect = |f: &str| expect_success(&docker(&d, &["inspect", "-f", f, "regmirror-e2e"]), "docker inspect").trim().to_string();
-    assert_eq!(inspect("{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}"), "true 10001:10001");
+    let inspect = |f: &str| {
+        expect_success(
+            &docker(&d, &["inspect", "-f", f, "regmirror-e2e"]),
+            "docker inspect",
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(
+        inspect("{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}"),
+        "true 10001:10001"
+    );
 
     // Ready: the image's own HEALTHCHECK command, run inside the container.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = docker(&d, &["exec", "regmirror-e2e", "/usr/local/bin/regmirror", "healthcheck"]);
+        let out = docker(
+            &d,
+            &[
+                "exec",
+                "regmirror-e2e",
+                "/usr/local/bin/regmirror",
+                "healthcheck",
+            ],
+        );
         if out.status.success() {
             break;
         }
@@ -153,31 +238,67 @@ async fn scratch_image_runs_read_only_as_non_root_and_serves_pulls() {
         &d,
         "skopeo",
         &[
-            "--insecure-policy", "copy", "--all", "--retry-times=0", "--src-no-creds", "--src-tls-verify=false",
-            "docker://127.0.0.1:5000/library/busybox:v1", &format!("dir:{}", layout.display()),
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--retry-times=0",
+            "--src-no-creds",
+            "--src-tls-verify=false",
+            "docker://127.0.0.1:5000/library/busybox:v1",
+            &format!("dir:{}", layout.display()),
         ],
     );
     expect_success(&out, "skopeo copy --all through the container");
     let got = read_dir_layout(&layout);
-    assert_eq!(got.manifest(), &seeded.index.manifest.bytes[..], "the index, byte for byte");
-    let mut want: Vec<String> = seeded.index.children.iter().map(|c| c.manifest.digest.clone()).collect();
+    assert_eq!(
+        got.manifest(),
+        &seeded.index.manifest.bytes[..],
+        "the index, byte for byte"
+    );
+    let mut want: Vec<String> = seeded
+        .index
+        .children
+        .iter()
+        .map(|c| c.manifest.digest.clone())
+        .collect();
     let mut instances = got.instance_digests();
     want.sort();
     instances.sort();
     assert_eq!(instances, want, "every platform's manifest");
     // The blobs went to the volume, written by the non-root user.
-    let mountpoint = expect_success(&docker(&d, &["volume", "inspect", "-f", "{{.Mountpoint}}", "regmirror-e2e-data"]), "volume inspect");
+    let mountpoint = expect_success(
+        &docker(
+            &d,
+            &[
+                "volume",
+                "inspect",
+                "-f",
+                "{{.Mountpoint}}",
+                "regmirror-e2e-data",
+            ],
+        ),
+        "volume inspect",
+    );
     let owned: Vec<u32> = support::env::files_under(Path::new(mountpoint.trim()))
         .iter()
         .map(|p| std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(p).unwrap()))
         .collect();
-    assert!(!owned.is_empty() && owned.iter().all(|&u| u == 10001), "files in the data volume, all uid 10001: {owned:?}");
+    assert!(
+        !owned.is_empty() && owned.iter().all(|&u| u == 10001),
+        "files in the data volume, all uid 10001: {owned:?}"
+    );
 
     // docker stop: SIGTERM, a clean exit well before docker's 10 s kill.
     let t = Instant::now();
-    expect_success(&docker(&d, &["stop", "-t", "10", "regmirror-e2e"]), "docker stop");
+    expect_success(
+        &docker(&d, &["stop", "-t", "10", "regmirror-e2e"]),
+        "docker stop",
+    );
     let took = t.elapsed();
-    assert_eq!(inspect("{{.State.ExitCode}} {{.State.OOMKilled}}"), "0 false");
+    assert_eq!(
+        inspect("{{.State.ExitCode}} {{.State.OOMKilled}}"),
+        "0 false"
+    );
     assert!(took < Duration::from_secs(5), "docker stop took {took:?}");
     eprintln!("docker stop: {took:?}, exit code 0");
     let _ = docker(&d, &["rm", "-f", "regmirror-e2e"]);

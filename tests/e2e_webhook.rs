@@ -105,10 +105,14 @@ fn review(uid: &str, namespace: &str, object: &Value, operation: &str, sub: Opti
 
 /// Every image of a workload object, in the order containers, initContainers, ephemeralContainers.
 fn images(object: &Value) -> Vec<String> {
-    let spec = ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"]
-        .iter()
-        .find_map(|p| object.pointer(p).filter(|s| s.get("containers").is_some()))
-        .expect("pod spec");
+    let spec = [
+        "/spec",
+        "/spec/template/spec",
+        "/spec/jobTemplate/spec/template/spec",
+    ]
+    .iter()
+    .find_map(|p| object.pointer(p).filter(|s| s.get("containers").is_some()))
+    .expect("pod spec");
     ["containers", "initContainers", "ephemeralContainers"]
         .iter()
         .flat_map(|f| spec[f].as_array().cloned().unwrap_or_default())
@@ -140,44 +144,87 @@ fn cases() -> Vec<Case> {
     vec![
         case(
             "bare names and library/",
-            pod("p1", json!({"containers": containers(&["nginx", "library/redis:7", "bitnami/redis", "docker.io/library/alpine:3.19"])})),
-            vec![format!("{m}/docker.io/library/nginx"), format!("{m}/docker.io/library/redis:7"),
-                 format!("{m}/docker.io/bitnami/redis"), format!("{m}/docker.io/library/alpine:3.19")],
+            pod(
+                "p1",
+                json!({"containers": containers(&["nginx", "library/redis:7", "bitnami/redis", "docker.io/library/alpine:3.19"])}),
+            ),
+            vec![
+                format!("{m}/docker.io/library/nginx"),
+                format!("{m}/docker.io/library/redis:7"),
+                format!("{m}/docker.io/bitnami/redis"),
+                format!("{m}/docker.io/library/alpine:3.19"),
+            ],
         ),
         case(
             "registries with ports, host alias, not mirrored",
-            pod("p2", json!({"containers": containers(&["127.0.0.1:5101/team/app:2", "registry.k8s.io/pause:3.9", "quay.io/prometheus/node-exporter:v1"])})),
-            vec![format!("{m}/local/team/app:2"), format!("{K8S_HOST}/pause:3.9"), "quay.io/prometheus/node-exporter:v1".into()],
+            pod(
+                "p2",
+                json!({"containers": containers(&["127.0.0.1:5101/team/app:2", "registry.k8s.io/pause:3.9", "quay.io/prometheus/node-exporter:v1"])}),
+            ),
+            vec![
+                format!("{m}/local/team/app:2"),
+                format!("{K8S_HOST}/pause:3.9"),
+                "quay.io/prometheus/node-exporter:v1".into(),
+            ],
         ),
         case(
             "digests and tags with digests",
-            pod("p3", json!({"containers": containers(&[&format!("busybox@{d}"), &format!("ghcr.io/org/tool:v1.2@{d}"), &format!("registry.k8s.io/coredns/coredns:v1.11.1@{d}")])})),
-            vec![format!("{m}/docker.io/library/busybox@{d}"), format!("{m}/ghcr.io/org/tool:v1.2@{d}"),
-                 format!("{K8S_HOST}/coredns/coredns:v1.11.1@{d}")],
+            pod(
+                "p3",
+                json!({"containers": containers(&[&format!("busybox@{d}"), &format!("ghcr.io/org/tool:v1.2@{d}"), &format!("registry.k8s.io/coredns/coredns:v1.11.1@{d}")])}),
+            ),
+            vec![
+                format!("{m}/docker.io/library/busybox@{d}"),
+                format!("{m}/ghcr.io/org/tool:v1.2@{d}"),
+                format!("{K8S_HOST}/coredns/coredns:v1.11.1@{d}"),
+            ],
         ),
         case(
             "init containers",
-            pod("p4", json!({"containers": containers(&["nginx:1.25"]), "initContainers": [{"name": "init", "image": "ghcr.io/org/migrate:1"}]})),
-            vec![format!("{m}/docker.io/library/nginx:1.25"), format!("{m}/ghcr.io/org/migrate:1")],
+            pod(
+                "p4",
+                json!({"containers": containers(&["nginx:1.25"]), "initContainers": [{"name": "init", "image": "ghcr.io/org/migrate:1"}]}),
+            ),
+            vec![
+                format!("{m}/docker.io/library/nginx:1.25"),
+                format!("{m}/ghcr.io/org/migrate:1"),
+            ],
         ),
         Case {
             name: "ephemeral containers (pods/ephemeralcontainers update)",
             namespace: "apps",
-            object: pod("p5", json!({"containers": containers(&[&format!("{m}/docker.io/library/nginx")]),
-                                     "ephemeralContainers": [{"name": "debug", "image": "busybox:1.36", "targetContainerName": "c0"}]})),
+            object: pod(
+                "p5",
+                json!({"containers": containers(&[&format!("{m}/docker.io/library/nginx")]),
+                                     "ephemeralContainers": [{"name": "debug", "image": "busybox:1.36", "targetContainerName": "c0"}]}),
+            ),
             operation: "UPDATE",
             sub: Some("ephemeralcontainers"),
-            want: vec![format!("{m}/docker.io/library/nginx"), format!("{m}/docker.io/library/busybox:1.36")],
+            want: vec![
+                format!("{m}/docker.io/library/nginx"),
+                format!("{m}/docker.io/library/busybox:1.36"),
+            ],
         },
         case(
             "deployment template",
-            deployment(json!({"containers": containers(&["nginx", "registry.k8s.io/pause"]), "initContainers": [{"name": "i", "image": "alpine"}]})),
-            vec![format!("{m}/docker.io/library/nginx"), format!("{K8S_HOST}/pause"), format!("{m}/docker.io/library/alpine")],
+            deployment(
+                json!({"containers": containers(&["nginx", "registry.k8s.io/pause"]), "initContainers": [{"name": "i", "image": "alpine"}]}),
+            ),
+            vec![
+                format!("{m}/docker.io/library/nginx"),
+                format!("{K8S_HOST}/pause"),
+                format!("{m}/docker.io/library/alpine"),
+            ],
         ),
         case(
             "cronjob template",
-            cronjob(json!({"containers": containers(&["ghcr.io/org/report:2024", "curlimages/curl:8.5.0"])})),
-            vec![format!("{m}/ghcr.io/org/report:2024"), format!("{m}/docker.io/curlimages/curl:8.5.0")],
+            cronjob(
+                json!({"containers": containers(&["ghcr.io/org/report:2024", "curlimages/curl:8.5.0"])}),
+            ),
+            vec![
+                format!("{m}/ghcr.io/org/report:2024"),
+                format!("{m}/docker.io/curlimages/curl:8.5.0"),
+            ],
         ),
         Case {
             name: "excluded namespace",
@@ -189,8 +236,14 @@ fn cases() -> Vec<Case> {
         },
         case(
             "already mirrored",
-            pod("p7", json!({"containers": containers(&[&format!("{m}/docker.io/library/nginx:1"), &format!("{K8S_HOST}/pause:3.9")])})),
-            vec![format!("{m}/docker.io/library/nginx:1"), format!("{K8S_HOST}/pause:3.9")],
+            pod(
+                "p7",
+                json!({"containers": containers(&[&format!("{m}/docker.io/library/nginx:1"), &format!("{K8S_HOST}/pause:3.9")])}),
+            ),
+            vec![
+                format!("{m}/docker.io/library/nginx:1"),
+                format!("{K8S_HOST}/pause:3.9"),
+            ],
         ),
     ]
 }
@@ -215,7 +268,9 @@ fn patch_of(answer: &Value, uid: &str) -> Option<Value> {
     assert_eq!(answer["response"]["allowed"], true);
     let p = answer["response"]["patch"].as_str()?;
     assert_eq!(answer["response"]["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(p).expect("base64 patch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(p)
+        .expect("base64 patch");
     Some(serde_json::from_slice(&bytes).expect("patch JSON"))
 }
 
@@ -240,24 +295,43 @@ async fn webhook_rewrites_pod_images_over_https() {
     let mut guard = ChildGuard::new(child, "regmirror webhook");
     let base = format!("https://127.0.0.1:{port}");
     let client = certs.client();
-    wait_http_ready_with(&client, &format!("{base}/healthz"), &[200], &mut guard, Duration::from_secs(20))
-        .await
-        .unwrap();
+    wait_http_ready_with(
+        &client,
+        &format!("{base}/healthz"),
+        &[200],
+        &mut guard,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     // Plain HTTP is not served.
-    assert!(support::env::probe_client().get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_err());
+    assert!(support::env::probe_client()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err());
 
     let url = format!("{base}/mutate");
     let table = cases();
     let mut patched = Vec::new();
     for (i, c) in table.iter().enumerate() {
         let uid = format!("uid-{i}");
-        let answer = post(&client, &url, serde_json::to_vec(&review(&uid, c.namespace, &c.object, c.operation, c.sub)).unwrap()).await;
+        let answer = post(
+            &client,
+            &url,
+            serde_json::to_vec(&review(&uid, c.namespace, &c.object, c.operation, c.sub)).unwrap(),
+        )
+        .await;
         let patch = patch_of(&answer, &uid);
         // Patches name `/spec/...` of the object; every op replaces one image.
         if let Some(ops) = patch.as_ref().and_then(Value::as_array) {
             for op in ops {
                 assert_eq!(op["op"], "replace", "{}: {op}", c.name);
-                assert!(op["path"].as_str().unwrap().ends_with("/image"), "{}: {op}", c.name);
+                assert!(
+                    op["path"].as_str().unwrap().ends_with("/image"),
+                    "{}: {op}",
+                    c.name
+                );
             }
         }
         patched.push((c.object.clone(), patch));
@@ -265,17 +339,42 @@ async fn webhook_rewrites_pod_images_over_https() {
     let results = apply_and_validate(&patched);
     let mut rewrites = 0;
     for ((c, (after, errors)), (_, patch)) in table.iter().zip(&results).zip(&patched) {
-        assert!(errors.is_empty(), "{}: schema errors after the patch: {errors:?}", c.name);
+        assert!(
+            errors.is_empty(),
+            "{}: schema errors after the patch: {errors:?}",
+            c.name
+        );
         assert_eq!(images(after), c.want, "{}", c.name);
-        assert_eq!(patch.is_none(), images(&c.object) == c.want, "{}: a patch exactly when something changes", c.name);
-        rewrites += images(&c.object).iter().zip(&c.want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            patch.is_none(),
+            images(&c.object) == c.want,
+            "{}: a patch exactly when something changes",
+            c.name
+        );
+        rewrites += images(&c.object)
+            .iter()
+            .zip(&c.want)
+            .filter(|(a, b)| a != b)
+            .count();
         // Everything but the images is untouched.
         let mut expected = c.object.clone();
         let mut i = 0;
-        for p in ["/spec", "/spec/template/spec", "/spec/jobTemplate/spec/template/spec"] {
-            if let Some(spec) = expected.pointer_mut(p).filter(|s| s.get("containers").is_some()) {
+        for p in [
+            "/spec",
+            "/spec/template/spec",
+            "/spec/jobTemplate/spec/template/spec",
+        ] {
+            if let Some(spec) = expected
+                .pointer_mut(p)
+                .filter(|s| s.get("containers").is_some())
+            {
                 for f in ["containers", "initContainers", "ephemeralContainers"] {
-                    for ctr in spec.get_mut(f).and_then(Value::as_array_mut).into_iter().flatten() {
+                    for ctr in spec
+                        .get_mut(f)
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
                         ctr["image"] = json!(c.want[i]);
                         i += 1;
                     }
@@ -284,51 +383,129 @@ async fn webhook_rewrites_pod_images_over_https() {
         }
         assert_eq!(after, &expected, "{}", c.name);
         // Idempotent: the patched object reviewed again gets no patch.
-        let again = post(&client, &url, serde_json::to_vec(&review("again", c.namespace, after, c.operation, c.sub)).unwrap()).await;
+        let again = post(
+            &client,
+            &url,
+            serde_json::to_vec(&review("again", c.namespace, after, c.operation, c.sub)).unwrap(),
+        )
+        .await;
         assert_eq!(patch_of(&again, "again"), None, "{}: second review", c.name);
     }
 
     // Unreadable reviews are allowed, unchanged, with a warning saying what to fix.
     let bad: Vec<(&str, Vec<u8>, &str, &str)> = vec![
-        ("malformed JSON", b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": ".to_vec(), "admission.k8s.io/v1", "not JSON"),
-        ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "admission.k8s.io/v1", "request.uid"),
-        ("wrong API version", serde_json::to_vec(&{
-            let mut r = review("old", "apps", &table[0].object, "CREATE", None);
-            r["apiVersion"] = json!("admission.k8s.io/v1beta1");
-            r
-        }).unwrap(), "admission.k8s.io/v1beta1", "admissionReviewVersions"),
+        (
+            "malformed JSON",
+            b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": ".to_vec(),
+            "admission.k8s.io/v1",
+            "not JSON",
+        ),
+        (
+            "no request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "admission.k8s.io/v1",
+            "request.uid",
+        ),
+        (
+            "wrong API version",
+            serde_json::to_vec(&{
+                let mut r = review("old", "apps", &table[0].object, "CREATE", None);
+                r["apiVersion"] = json!("admission.k8s.io/v1beta1");
+                r
+            })
+            .unwrap(),
+            "admission.k8s.io/v1beta1",
+            "admissionReviewVersions",
+        ),
     ];
     for (name, body, version, says) in &bad {
         let answer = post(&client, &url, body.clone()).await;
         assert_eq!(answer["apiVersion"], *version, "{name}: {answer}");
         assert_eq!(answer["response"]["allowed"], true, "{name}");
         assert!(answer["response"].get("patch").is_none(), "{name}");
-        let warning = answer["response"]["warnings"][0].as_str().unwrap_or_default();
+        let warning = answer["response"]["warnings"][0]
+            .as_str()
+            .unwrap_or_default();
         assert!(warning.contains(says), "{name}: {warning}");
     }
     let wrong = post(&client, &url, bad[2].1.clone()).await;
     assert_eq!(wrong["response"]["uid"], "old");
 
     // Counters: every review, each rewrite, skips by reason.
-    let text = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    let count = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0) as usize;
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count =
+        |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0) as usize;
     let with_patch = patched.iter().filter(|(_, p)| p.is_some()).count();
-    assert_eq!(count("regmirror_webhook_reviews_total", &[("result", "patched")]), with_patch, "{text}");
-    assert_eq!(count("regmirror_webhook_reviews_total", &[("result", "unchanged")]), 2 * table.len() - with_patch);
-    assert_eq!(count("regmirror_webhook_reviews_total", &[("result", "malformed")]), 2);
-    assert_eq!(count("regmirror_webhook_reviews_total", &[("result", "wrong_version")]), 2);
+    assert_eq!(
+        count("regmirror_webhook_reviews_total", &[("result", "patched")]),
+        with_patch,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            "regmirror_webhook_reviews_total",
+            &[("result", "unchanged")]
+        ),
+        2 * table.len() - with_patch
+    );
+    assert_eq!(
+        count(
+            "regmirror_webhook_reviews_total",
+            &[("result", "malformed")]
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            "regmirror_webhook_reviews_total",
+            &[("result", "wrong_version")]
+        ),
+        2
+    );
     let total_rewrites: usize = ["docker.io", "ghcr.io", "127.0.0.1:5101", "registry.k8s.io"]
         .iter()
         .map(|r| count("regmirror_webhook_rewrites_total", &[("registry", r)]))
         .sum();
     assert_eq!(total_rewrites, rewrites);
-    assert_eq!(count("regmirror_webhook_skips_total", &[("reason", "registry_not_mirrored")]), 2);
-    assert_eq!(count("regmirror_webhook_skips_total", &[("reason", "excluded_namespace")]), 2);
-    assert!(count("regmirror_webhook_skips_total", &[("reason", "already_mirrored")]) >= rewrites);
+    assert_eq!(
+        count(
+            "regmirror_webhook_skips_total",
+            &[("reason", "registry_not_mirrored")]
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            "regmirror_webhook_skips_total",
+            &[("reason", "excluded_namespace")]
+        ),
+        2
+    );
+    assert!(
+        count(
+            "regmirror_webhook_skips_total",
+            &[("reason", "already_mirrored")]
+        ) >= rewrites
+    );
 
     // cert-manager rotates the certificate: the next connection gets the new one.
     let before = served_certificate(&format!("127.0.0.1:{port}"), "127.0.0.1");
-    let (cert2, key2) = issue(tmp.path(), Some(&certs), "rotated", "rotated", "IP:127.0.0.1", 2, KeyKind::Rsa);
+    let (cert2, key2) = issue(
+        tmp.path(),
+        Some(&certs),
+        "rotated",
+        "rotated",
+        "IP:127.0.0.1",
+        2,
+        KeyKind::Rsa,
+    );
     std::fs::copy(&key2, &certs.key).unwrap();
     std::fs::copy(&cert2, &certs.cert).unwrap();
     let after = wait_for("the rotated certificate", Duration::from_secs(15), || {
@@ -337,7 +514,19 @@ async fn webhook_rewrites_pod_images_over_https() {
     })
     .await;
     assert!(after.contains("rotated"), "{after}");
-    let answer = post(&client, &url, serde_json::to_vec(&review("after-rotation", "apps", &table[0].object, "CREATE", None)).unwrap()).await;
+    let answer = post(
+        &client,
+        &url,
+        serde_json::to_vec(&review(
+            "after-rotation",
+            "apps",
+            &table[0].object,
+            "CREATE",
+            None,
+        ))
+        .unwrap(),
+    )
+    .await;
     assert!(patch_of(&answer, "after-rotation").is_some());
 }
 

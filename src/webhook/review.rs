@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 use super::config::OPT_OUT_ANNOTATION;
 use super::rewrite::{Rewriter, Skip};
 
+mod input;
+
 /// The API version this webhook speaks.
 pub(crate) const API_VERSION: &str = "admission.k8s.io/v1";
 
@@ -67,23 +69,35 @@ pub(crate) struct Answer {
 
 /// Answer the review in `body`.
 pub(crate) fn review(body: &[u8], rw: &Rewriter, scope: &Scope) -> Answer {
-    let doc: Value = match serde_json::from_slice(body) {
+    let doc: input::Review<'_> = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
+            // Not JSON, or JSON not shaped as a review (then the uid may still be readable).
+            let uid = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/request/uid")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .unwrap_or_default();
+            let what = if e.is_data() {
+                "not an AdmissionReview"
+            } else {
+                "not JSON"
+            };
             return refuse(
                 API_VERSION,
-                "",
+                &uid,
                 Outcome::Malformed,
-                format!("the request body is not JSON ({e})"),
-            )
+                format!("the request body is {what} ({e})"),
+            );
         }
     };
-    let version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-    let uid = doc
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let version = doc.api_version.as_deref().unwrap_or("");
+    let kind = doc.kind.as_deref().unwrap_or("");
+    let request = doc.request.as_ref();
+    let uid = request.and_then(|r| r.uid.as_deref()).unwrap_or("");
     if kind != "AdmissionReview" {
         return refuse(
             API_VERSION,
@@ -106,7 +120,7 @@ pub(crate) fn review(body: &[u8], rw: &Rewriter, scope: &Scope) -> Answer {
             format!("apiVersion {version:?} is not supported: set admissionReviewVersions: [\"v1\"] in the MutatingWebhookConfiguration"),
         );
     }
-    let Some(request) = doc.get("request").filter(|_| !uid.is_empty()) else {
+    let Some(request) = request.filter(|_| !uid.is_empty()) else {
         return refuse(
             API_VERSION,
             uid,
@@ -122,7 +136,7 @@ pub(crate) fn review(body: &[u8], rw: &Rewriter, scope: &Scope) -> Answer {
             Vec::new()
         }
         Ok(None) => Vec::new(),
-        Ok(Some((object, base))) => patch_images(object, base, rw, &mut rewrites, &mut skips),
+        Ok(Some((spec, base))) => patch_images(spec, base, rw, &mut rewrites, &mut skips),
     };
     let mut response = json!({ "uid": uid, "allowed": true });
     let outcome = if patch.is_empty() {
@@ -143,80 +157,77 @@ pub(crate) fn review(body: &[u8], rw: &Rewriter, scope: &Scope) -> Answer {
     }
 }
 
-/// The object and the JSON pointer of its pod spec; `Ok(None)`: nothing to look at.
-fn decide<'a>(
-    request: &'a Value,
+/// The pod spec to look at and its JSON pointer; `Ok(None)`: nothing to look at.
+fn decide<'r, 'a>(
+    request: &'r input::Request<'a>,
     scope: &Scope,
-) -> Result<Option<(&'a Value, &'static str)>, Skip> {
-    let namespace = request
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+) -> Result<Option<(&'r input::Spec<'a>, &'static str)>, Skip> {
+    let namespace = request.namespace.as_deref().unwrap_or("");
     if scope.exclude_namespaces.iter().any(|n| n == namespace)
         || (!scope.include_namespaces.is_empty()
             && !scope.include_namespaces.iter().any(|n| n == namespace))
     {
         return Err(Skip::ExcludedNamespace);
     }
-    let Some(object) = request.get("object").filter(|o| o.is_object()) else {
+    let Some(object) = request.object.as_ref() else {
         return Ok(None); // DELETE and CONNECT carry no object.
     };
-    let group = request
-        .pointer("/kind/group")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let kind = request
-        .pointer("/kind/kind")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let base = match (group, kind) {
-        ("", "Pod") => "/spec",
+    let gvk = request.kind.as_ref();
+    let group = gvk.and_then(|k| k.group.as_deref()).unwrap_or("");
+    let kind = gvk.and_then(|k| k.kind.as_deref()).unwrap_or("");
+    let spec = object.spec.as_ref();
+    let template = |s: Option<&'r input::Spec<'a>>| s.and_then(|s| s.template.as_deref());
+    let (pod, template_meta, base) = match (group, kind) {
+        ("", "Pod") => (spec, None, "/spec"),
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") | ("batch", "Job")
             if scope.workloads =>
         {
-            "/spec/template/spec"
+            let t = template(spec);
+            (
+                t.and_then(|t| t.spec.as_ref()),
+                t.and_then(|t| t.metadata.as_ref()),
+                "/spec/template/spec",
+            )
         }
-        ("batch", "CronJob") if scope.workloads => "/spec/jobTemplate/spec/template/spec",
+        ("batch", "CronJob") if scope.workloads => {
+            let job = spec
+                .and_then(|s| s.job_template.as_deref())
+                .and_then(|j| j.spec.as_ref());
+            let t = template(job);
+            (
+                t.and_then(|t| t.spec.as_ref()),
+                t.and_then(|t| t.metadata.as_ref()),
+                "/spec/jobTemplate/spec/template/spec",
+            )
+        }
         _ => return Err(Skip::UnsupportedKind),
     };
-    let opted_out = |meta: Option<&Value>| {
-        meta.and_then(|m| {
-            m.pointer(&format!(
-                "/annotations/{}",
-                OPT_OUT_ANNOTATION.replace('/', "~1")
-            ))
-        })
-        .and_then(Value::as_str)
-            == Some("false")
+    let opted_out = |m: Option<&input::Meta<'_>>| {
+        m.and_then(|m| m.annotation(OPT_OUT_ANNOTATION)) == Some("false")
     };
-    let template_meta = base
-        .strip_suffix("/spec")
-        .filter(|t| !t.is_empty())
-        .and_then(|t| object.pointer(&format!("{t}/metadata")));
-    if opted_out(object.get("metadata")) || opted_out(template_meta) {
+    if opted_out(object.metadata.as_ref()) || opted_out(template_meta) {
         return Err(Skip::OptedOut);
     }
-    Ok(Some((object, base)))
+    Ok(pod.map(|p| (p, base)))
 }
 
 /// One `replace` per image that changes.
 fn patch_images(
-    object: &Value,
+    spec: &input::Spec<'_>,
     base: &str,
     rw: &Rewriter,
     rewrites: &mut Vec<String>,
     skips: &mut Vec<Skip>,
 ) -> Vec<Value> {
     let mut patch = Vec::new();
-    for field in ["initContainers", "containers", "ephemeralContainers"] {
-        let Some(list) = object
-            .pointer(&format!("{base}/{field}"))
-            .and_then(Value::as_array)
-        else {
-            continue;
-        };
-        for (i, c) in list.iter().enumerate() {
-            let Some(image) = c.get("image").and_then(Value::as_str) else {
+    let lists = [
+        ("initContainers", &spec.init_containers),
+        ("containers", &spec.containers),
+        ("ephemeralContainers", &spec.ephemeral_containers),
+    ];
+    for (field, list) in lists {
+        for (i, c) in list.iter().flatten().enumerate() {
+            let Some(image) = c.image.as_deref() else {
                 continue;
             };
             match rw.rewrite(image) {

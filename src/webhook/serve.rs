@@ -114,11 +114,16 @@ async fn run(
 async fn mutate(State(w): State<Arc<Webhook>>, body: Bytes) -> impl IntoResponse {
     let answer = review(&body, &w.rewriter, &w.scope);
     crate::metrics::webhook_review(answer.outcome.as_str());
-    for r in &answer.rewrites {
-        crate::metrics::webhook_rewrite(r);
+    // One counter update per registry and per reason, not per image.
+    let mut rewrites: Vec<&str> = answer.rewrites.iter().map(String::as_str).collect();
+    rewrites.sort_unstable();
+    for group in rewrites.chunk_by(|a, b| a == b) {
+        crate::metrics::webhook_rewrite(group[0], group.len() as u64);
     }
-    for s in &answer.skips {
-        crate::metrics::webhook_skip(s.as_str());
+    let mut skips: Vec<&'static str> = answer.skips.iter().map(|s| s.as_str()).collect();
+    skips.sort_unstable();
+    for group in skips.chunk_by(|a, b| a == b) {
+        crate::metrics::webhook_skip(group[0], group.len() as u64);
     }
     if let Some(problem) = &answer.problem {
         tracing::warn!(%problem, "admission review not understood; allowed unchanged");

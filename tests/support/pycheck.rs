@@ -88,7 +88,11 @@ pub fn validate_documents(docs: &[Value]) -> Vec<String> {
         .into_iter()
         .zip(docs)
         .flat_map(|((_, errs), d)| {
-            let what = format!("{}/{}", d["kind"].as_str().unwrap_or("?"), d["metadata"]["name"].as_str().unwrap_or("?"));
+            let what = format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            );
             errs.into_iter().map(move |e| format!("{what}: {e}"))
         })
         .collect()
