@@ -64,6 +64,12 @@
 #   BENCH_STATUS=1 bench/run.sh     the loopback benchmark, then the status-page section
 #   BENCH_STATUS=only bench/run.sh  the status-page section alone (extra arguments go to status.py)
 #
+# Webhook section (bench/webhook.py, about 1 min): `regmirror webhook` reviews/s and p99 for a
+# 10-container Pod over HTTPS (wrk with a Lua body), beside nginx answering a fixed review, and RSS.
+#
+#   BENCH_WEBHOOK=1 bench/run.sh      the loopback benchmark, then the webhook section
+#   BENCH_WEBHOOK=only bench/run.sh   the webhook section alone (extra arguments go to webhook.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -118,6 +124,12 @@ case $status in
   ""|0) status="" ;;
   1|only) ;;
   *) echo "bench: BENCH_STATUS=$status: use 1 (loopback, then status page) or only" >&2; exit 1 ;;
+esac
+webhook=${BENCH_WEBHOOK:-}
+case $webhook in
+  ""|0) webhook="" ;;
+  1|only) tools+=([openssl]=openssl) ;;
+  *) echo "bench: BENCH_WEBHOOK=$webhook: use 1 (loopback, then webhook) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -178,13 +190,15 @@ prefetch_cmd=(python3 "$repo_root/bench/prefetch.py" --binary "$repo_root/target
   --results "$repo_root/bench/results")
 status_cmd=(python3 "$repo_root/bench/status.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+webhook_cmd=(python3 "$repo_root/bench/webhook.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls prefetch status wan; do
+for s in coldcpu auth tls prefetch status webhook wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -200,4 +214,5 @@ fi
 [[ -z $tls ]] || "${tls_cmd[@]}"
 [[ -z $prefetch ]] || "${prefetch_cmd[@]}"
 [[ -z $status ]] || "${status_cmd[@]}"
+[[ -z $webhook ]] || "${webhook_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

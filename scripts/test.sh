@@ -12,6 +12,12 @@ PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-sta
     bsdutils # `script`: the pseudo-terminal of tests/e2e_prefetch.rs
     pebble # the ACME test CA of tests/e2e_acme.rs
     chromium) # headless, renders the status page in tests/e2e_ui.rs
+# tests/e2e_image.rs strips the binary into the image (binutils); tests/e2e_kube.rs renders with kubectl
+# (kustomize v4+; Debian 12's own package is kubernetes-client, taken only where no kubectl exists);
+# tests/e2e_systemd.rs runs systemd-analyze.
+PACKAGES+=(binutils)
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
+command -v systemd-analyze >/dev/null || PACKAGES+=(systemd)
 # The real clients of tests/e2e_clients.rs (dockerd, containerd, podman) and what they need.
 while read -r p; do [[ -n "$p" ]] && PACKAGES+=("$p"); done < scripts/apt-clients.txt
 
@@ -32,6 +38,19 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+
+# Independent checkers of tests/e2e_webhook.rs and tests/e2e_kube.rs (pinned): PyPI jsonpatch applies
+# the webhook's JSONPatches, kubernetes-validate checks objects against several Kubernetes versions.
+PY_PACKAGES=(jsonpatch==1.33 kubernetes-validate==1.37.0)
+if ! python3 - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+    echo "scripts/test.sh: pip installing ${PY_PACKAGES[*]}"
+    python3 -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages "${PY_PACKAGES[@]}"
+fi
 
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

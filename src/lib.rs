@@ -3,7 +3,7 @@
 //! # Layout
 //!
 //! - [`cli`]: command line (`serve`, `config check`, `cache`, `client-config`, `prefetch`,
-//!   `export`, `import`); process set-up only.
+//!   `export`, `import`, `webhook`); process set-up only.
 //! - [`config`]: the TOML configuration, embedded defaults, environment overrides, validation.
 //! - [`oci`]: pure OCI types: digests, names, references, media types, byte ranges. No I/O.
 //! - [`routing`]: (listener, Host, `?ns=`, path) -> (upstream, repository). Pure, table-tested.
@@ -33,6 +33,9 @@
 //!   digest verified, then blobs, manifests and tag records through `cache::records`).
 //! - `ui`: the status page (`/`, `/ui`) and `/api/v1/status`: request counters the api feeds,
 //!   a background snapshot of the cache (image list, size), fills, upstream health, schedules.
+//! - `webhook`: the mutating admission webhook (`regmirror webhook`): its own TOML file, the pure
+//!   image rewrite rule and AdmissionReview -> JSONPatch answer, an HTTPS listener through
+//!   `edge::tls`. A separate process: never calls `cache`, `upstream` or `storage`.
 //! - `client_config`: generates docker / containerd / podman / kubeadm / kubespray configuration.
 //! - `sys`: every `libc` call (`preadv2`, `sendfile`, `TCP_CORK`, `fallocate`, `mallopt`),
 //!   Linux-gated, each with its SAFETY argument.
@@ -66,3 +69,4 @@ mod sys;
 mod transfer;
 mod ui;
 pub mod upstream;
+mod webhook;

@@ -35,6 +35,9 @@ pub(crate) const PREFETCH_RUNS: &str = "regmirror_prefetch_runs_total";
 pub(crate) const PREFETCH_LAST_RUN: &str = "regmirror_prefetch_last_run_timestamp_seconds";
 pub(crate) const PREFETCH_LAST_IMAGES: &str = "regmirror_prefetch_last_run_images";
 pub(crate) const PREFETCH_BYTES: &str = "regmirror_prefetch_fetched_bytes_total";
+pub(crate) const WEBHOOK_REVIEWS: &str = "regmirror_webhook_reviews_total";
+pub(crate) const WEBHOOK_REWRITES: &str = "regmirror_webhook_rewrites_total";
+pub(crate) const WEBHOOK_SKIPS: &str = "regmirror_webhook_skips_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -156,6 +159,15 @@ fn describe() {
         Unit::Seconds,
         "When the ACME certificate in service expires (Unix time)"
     );
+    describe_counter!(
+        WEBHOOK_REVIEWS,
+        "Admission reviews answered by the webhook, by result (patched, unchanged, malformed, wrong_version)"
+    );
+    describe_counter!(WEBHOOK_REWRITES, "Images the webhook rewrote, by registry");
+    describe_counter!(
+        WEBHOOK_SKIPS,
+        "Images (or whole objects) the webhook left alone, by reason"
+    );
 }
 
 /// One TLS handshake: `result` ok / failed / timeout; `alpn` and `version` "-" unless ok.
@@ -193,6 +205,21 @@ pub(crate) fn prefetch_run(schedule: &str, finished: u64, ok: u64, failed: u64, 
     metrics::gauge!(PREFETCH_LAST_IMAGES, "schedule" => s.clone(), "outcome" => "failed")
         .set(failed as f64);
     metrics::counter!(PREFETCH_BYTES, "schedule" => s).increment(bytes);
+}
+
+/// One AdmissionReview answered: `result` patched / unchanged / malformed / wrong_version.
+pub(crate) fn webhook_review(result: &'static str) {
+    metrics::counter!(WEBHOOK_REVIEWS, "result" => result).increment(1);
+}
+
+/// `n` images rewritten by the webhook, by the registry they named.
+pub(crate) fn webhook_rewrite(registry: &str, n: u64) {
+    metrics::counter!(WEBHOOK_REWRITES, "registry" => registry.to_string()).increment(n);
+}
+
+/// `n` images (or whole objects) the webhook left alone, by reason.
+pub(crate) fn webhook_skip(reason: &'static str, n: u64) {
+    metrics::counter!(WEBHOOK_SKIPS, "reason" => reason).increment(n);
 }
 
 /// Render the current metrics in the Prometheus text format.

@@ -1,5 +1,5 @@
 //! Command-line interface: `serve`, `config check`, `client-config`, `cache`, `prefetch`,
-//! `export`, `import`.
+//! `export`, `import`, `healthcheck`, `webhook`.
 //!
 //! Owns: argument parsing and process set-up (tracing, runtime). Calls into the library; holds no
 //! registry logic of its own.
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cache_cmd;
+mod health;
 mod prefetch;
 mod transfer;
 
@@ -60,6 +61,17 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Add the images of an OCI image layout tarball to the cache, every digest verified first.
     Import(transfer::ImportArgs),
+    /// GET a health URL; exit 0 on 200 (the container image's HEALTHCHECK).
+    Healthcheck(health::Args),
+    /// Run the mutating admission webhook that rewrites pod images to the mirror (HTTPS).
+    Webhook {
+        /// The webhook's TOML file (listen, tls_cert/tls_key, mirror, [[registry]], ...).
+        #[arg(long, env = "REGMIRROR_WEBHOOK_CONFIG")]
+        config: PathBuf,
+        /// Only check the file (keys and values, not the certificate files) and exit.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +130,8 @@ pub fn main() -> ExitCode {
         Command::Prefetch(args) => prefetch::main(args),
         Command::Export(args) => transfer::export(args),
         Command::Import(args) => transfer::import(args),
+        Command::Healthcheck(args) => health::main(args),
+        Command::Webhook { config, check } => crate::webhook::main(&config, check),
         Command::ClientConfig(args) => match crate::client_config::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -150,7 +164,7 @@ fn serve(path: Option<PathBuf>, flags: impl Fn(&str) -> Option<String>) -> ExitC
     }
 }
 
-fn init_tracing(format: &str) {
+pub(crate) fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REGMIRROR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org).

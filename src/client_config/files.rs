@@ -54,6 +54,54 @@ pub(super) fn write_files(dir: &Path, files: &[File]) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--hold`: wait for SIGTERM or SIGINT, then remove each of `files` under `dir` whose contents are
+/// still what was written (a file someone changed since is theirs now) and the directories that
+/// leaves empty, up to `dir`.
+pub(super) fn hold_then_remove(dir: &Path, files: &[File]) -> Result<(), Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|source| Error::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        eprintln!("holding; the files are removed on SIGTERM or SIGINT");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        Ok::<(), Error>(())
+    })?;
+    for f in files {
+        let path = dir.join(&f.path);
+        match std::fs::read_to_string(&path) {
+            Ok(now) if now == f.contents => {
+                std::fs::remove_file(&path).map_err(|source| Error::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+                eprintln!("removed {}", path.display());
+            }
+            Ok(_) => eprintln!("kept {} (changed since it was written)", path.display()),
+            Err(_) => continue,
+        }
+        let mut parent = path.parent();
+        while let Some(p) = parent.filter(|p| *p != dir && p.starts_with(dir)) {
+            if std::fs::remove_dir(p).is_err() {
+                break; // not empty (or gone): leave it and everything above it
+            }
+            parent = p.parent();
+        }
+    }
+    Ok(())
+}
+
 /// Write one file; a private one is created 0600 (and made 0600 if it existed).
 fn write_file(path: &Path, f: &File) -> std::io::Result<()> {
     use std::io::Write;

@@ -17,7 +17,7 @@ mod kube;
 mod podman;
 mod trust;
 
-use files::{render_for_stdout, write_files};
+use files::{hold_then_remove, render_for_stdout, write_files};
 pub(crate) use files::{File, Output};
 pub(crate) use trust::Trust;
 
@@ -61,6 +61,11 @@ pub(crate) struct Args {
     /// Write the files under this directory instead of printing them.
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// With --write: keep running after writing; on SIGTERM or SIGINT remove the files written
+    /// (those still as written) and the directories that leaves empty, then exit. For the main
+    /// container of a node-configuration DaemonSet, so that uninstalling it undoes it.
+    #[arg(long, requires = "write")]
+    pub hold: bool,
     /// Merge into this existing file (docker daemon.json, podman registries.conf), keeping its other
     /// settings; a missing file counts as empty.
     #[arg(long)]
@@ -377,6 +382,10 @@ pub(crate) fn run(args: &Args) -> Result<(), Error> {
         eprintln!("note: {note}");
     }
     match &args.write {
+        Some(dir) if args.hold => {
+            write_files(dir, &out.files)?;
+            hold_then_remove(dir, &out.files)
+        }
         Some(dir) => write_files(dir, &out.files),
         None => {
             print!("{}", render_for_stdout(&out.files));

@@ -109,6 +109,24 @@ impl Settings {
         ))
     }
 
+    /// One certificate pair for a listener outside the mirror's config (the webhook's).
+    pub(crate) fn single(
+        what: &str,
+        cert: &Path,
+        key: &Path,
+        handshake_timeout: Duration,
+    ) -> Settings {
+        Settings {
+            what: what.to_string(),
+            sources: vec![Source {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                names: Vec::new(),
+            }],
+            handshake_timeout,
+        }
+    }
+
     fn new(
         what: &str,
         files: Option<(&PathBuf, &PathBuf)>,

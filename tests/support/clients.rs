@@ -422,6 +422,12 @@ impl Dockerd {
         }
     }
 
+    /// The network namespace dockerd runs in (for `nsenter --net=`): containers on
+    /// `--network host` share it.
+    pub fn netns_path(&self) -> String {
+        self.netns.path()
+    }
+
     /// `docker -H unix://SOCK ARGS...`
     pub fn docker(&self, args: &[&str]) -> Output {
         run_with_timeout(

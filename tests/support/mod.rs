@@ -12,6 +12,8 @@
 //! - [`pebble`]: Debian's `pebble` ACME test CA with `pebble-challtestsrv` as its DNS, on loopback.
 //! - [`proxies`]: outbound proxies on loopback (tinyproxy, squid, microsocks), each with its own
 //!   config and log, and the requests their logs show.
+//! - [`pycheck`]: independent checkers in Python: PyPI `jsonpatch` applies a JSONPatch,
+//!   `kubernetes-validate` checks objects against several Kubernetes versions' schemas.
 //! - [`image`]: build layers, configs, manifests, OCI indexes and Docker manifest lists in memory.
 //! - [`client`]: a small registry HTTP client (Basic/Bearer challenge handling, push, pull) and a raw
 //!   HTTP/1.1 request for paths no URL library would leave alone.
@@ -63,6 +65,7 @@ pub mod mirror;
 pub mod netfaults;
 pub mod pebble;
 pub mod proxies;
+pub mod pycheck;
 pub mod raw_http;
 pub mod registry;
 pub mod seed;
