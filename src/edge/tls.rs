@@ -123,6 +123,7 @@ impl Settings {
                 key: key.to_path_buf(),
                 names: Vec::new(),
             }],
+            acme: None,
             handshake_timeout,
         }
     }
