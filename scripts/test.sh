@@ -31,6 +31,13 @@ fi
 
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
+# The real S3 server (SigV4 checked) of the S3 storage tests (src/storage/s3/tests.rs,
+# tests/e2e_s3.rs): built once into target/tools (~2 min), skipped when present.
+if [[ ! -x target/tools/bin/s3s-fs ]]; then
+    echo "scripts/test.sh: installing s3s-fs into target/tools"
+    cargo install s3s-fs@0.14.1 --features binary --locked --root target/tools
+fi
+
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 threads="${REGMIRROR_TEST_THREADS:-$(( $(nproc) > 4 ? 4 : $(nproc) ))}"

@@ -449,10 +449,69 @@ impl BlobCache {
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
         permit.started(Arc::new(reader));
         let writer = spool.insert(writer);
-        writer.write(blob.body, digest).await.map_err(write_error)?;
+        let key = keys::blob(digest);
+        // Backends that can (S3) receive the bytes while they arrive; committed below only
+        // after the digest matched.
+        let tee = Arc::new(tokio::sync::Mutex::new(Tee::new(
+            self.storage.begin_upload(&key, blob.size).await,
+            &key,
+        )));
+        let feed = tee.clone();
+        let body = blob.body.then(move |chunk| {
+            let feed = feed.clone();
+            async move {
+                if let Ok(c) = &chunk {
+                    feed.lock().await.write(c.clone()).await;
+                }
+                chunk
+            }
+        });
+        let written = writer.write(Box::pin(body), digest).await;
+        let upload = tee.lock().await.upload.take();
+        if let Err(e) = written {
+            if let Some(u) = upload {
+                u.abort().await;
+            }
+            return Err(write_error(e));
+        }
         let path = writer.path().ok_or(Error::Abandoned)?;
-        self.storage.put_file(&keys::blob(digest), path).await?;
+        match upload {
+            Some(u) => u.commit(path).await?,
+            None => self.storage.put_file(&key, path).await?,
+        }
         self.links.link(Kind::Blob, up.name(), repo, digest).await
+    }
+}
+
+/// The storage upload a fill feeds while it spools (None: commit with `put_file` at the end).
+/// A failed write drops the upload (aborting it) and the fill falls back to `put_file`.
+struct Tee {
+    upload: Option<Box<dyn storage::Upload>>,
+    key: String,
+}
+
+impl Tee {
+    fn new(upload: storage::Result<Option<Box<dyn storage::Upload>>>, key: &str) -> Tee {
+        let upload = upload.unwrap_or_else(|e| {
+            tracing::warn!(%key, error = %e, "cannot start a streaming upload; committing at the end");
+            None
+        });
+        Tee {
+            upload,
+            key: key.to_string(),
+        }
+    }
+
+    async fn write(&mut self, bytes: bytes::Bytes) {
+        let Some(u) = self.upload.as_mut() else {
+            return;
+        };
+        if let Err(e) = u.write(bytes).await {
+            tracing::warn!(key = %self.key, error = %e, "streaming upload failed; committing at the end");
+            if let Some(u) = self.upload.take() {
+                u.abort().await;
+            }
+        }
     }
 }
 

@@ -15,8 +15,11 @@ pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
 pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
+mod storage;
 mod tls;
 mod upstream;
+
+pub use storage::{S3Config, StorageKind};
 
 pub use tls::{SniCert, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, DEFAULT_TLS_RELOAD_INTERVAL_SECS};
 pub use upstream::{
@@ -136,6 +139,13 @@ pub struct Config {
     /// The access policy (`[[access]]`): rules tried in order, the first match decides.
     #[serde(rename = "access")]
     pub access: Vec<AccessRule>,
+    /// Where committed objects live: "fs" (`data_dir`, the default) or "s3" (`[s3]`).
+    pub storage: StorageKind,
+    /// The S3 bucket of `storage = "s3"`.
+    pub s3: Option<S3Config>,
+    /// Whether `listen` may answer blob GETs with a redirect to a presigned S3 URL
+    /// (`s3.redirect_blobs_over`); false for clients that cannot reach the bucket.
+    pub redirect_blobs: bool,
 }
 
 impl Default for Config {
@@ -170,6 +180,9 @@ impl Default for Config {
             upstreams: Vec::new(),
             auth: None,
             access: Vec::new(),
+            storage: StorageKind::Fs,
+            s3: None,
+            redirect_blobs: true,
         }
     }
 }
@@ -280,6 +293,7 @@ impl Config {
         }
         parse_trusted_proxies(&self.trusted_proxies)?;
         self.limits.validate()?;
+        storage::validate(self.storage, &self.s3)?;
         tls::validate_listener(
             &|f: &str| f.to_string(),
             &self.tls_cert,

@@ -130,7 +130,7 @@ pub(crate) async fn run(
     if crate::metrics::install().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be empty");
     }
-    let opened = crate::storage::open(&config.data_dir, crate::storage::Role::Server)
+    let opened = crate::storage::open(&config.data_dir, config.s3_backend(), crate::storage::Role::Server)
         .await
         .map_err(|source| Error::DataDir {
             path: config.data_dir.display().to_string(),
