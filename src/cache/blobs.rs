@@ -81,6 +81,8 @@ pub(crate) struct BlobCache {
     not_found: Arc<NotFound>,
     /// Which repositories hold which blobs: nothing is served under a repository without one.
     links: Arc<Links>,
+    /// Storage may redirect large blobs (`s3.redirect_blobs_over`).
+    redirects: bool,
 }
 
 impl BlobCache {
@@ -109,6 +111,33 @@ impl BlobCache {
             policies,
             not_found: known.not_found,
             links: known.links,
+            redirects: config
+                .s3_backend()
+                .is_some_and(|s3| s3.redirect_blobs_over.is_some()),
+        }
+    }
+
+    /// A presigned URL of a stored blob that `repo` holds, when storage redirects its size.
+    /// Any storage failure means "serve it here" (the GET then reports it).
+    pub(crate) async fn redirect(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
+        if !self.redirects || !self.links.holds(Kind::Blob, upstream, repo, digest).await? {
+            return Ok(None);
+        }
+        let key = keys::blob(digest);
+        let Ok(meta) = self.storage.head(&key).await else {
+            return Ok(None);
+        };
+        match self.storage.redirect_url(&key, meta.size).await {
+            Ok(Some(url)) => {
+                self.access.note(&key, Some(meta.modified)).await;
+                Ok(Some(url))
+            }
+            _ => Ok(None),
         }
     }
 

@@ -55,6 +55,8 @@ pub(crate) struct Bound {
     pub listener: TcpListener,
     pub upstream: Option<String>,
     pub tls: Option<Arc<Acceptor>>,
+    /// Blob GETs may be redirected to presigned storage URLs (`redirect_blobs`).
+    pub redirect_blobs: bool,
 }
 
 /// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
@@ -92,10 +94,18 @@ pub(crate) async fn bind(config: &Config) -> Result<Vec<Bound>, Error> {
                 what,
                 source,
             })?;
+        let redirect_blobs = match &upstream {
+            Some(u) => config
+                .upstream(u)
+                .and_then(|u| u.redirect_blobs)
+                .unwrap_or(config.redirect_blobs),
+            None => config.redirect_blobs,
+        };
         out.push(Bound {
             listener,
             upstream,
             tls,
+            redirect_blobs,
         });
     }
     Ok(out)
@@ -231,6 +241,7 @@ pub(crate) async fn serve(
         let router = api::router(Listener {
             app: app.clone(),
             upstream: b.upstream,
+            redirect_blobs: b.redirect_blobs,
         });
         tasks.spawn(accept_loop(
             b.listener,
