@@ -351,10 +351,13 @@ pub(super) async fn clean(store: &AmazonS3, prefix: &str, stale_secs: u64) -> Re
                         Ok(()) => aborted += 1,
                         // Already completed or aborted: only the record is left.
                         Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => {
+                        // Servers answer differently for an upload they no longer know (MinIO
+                        // NoSuchUpload, s3s AccessDenied): a record ten times stale is dropped.
+                        Err(e) if m.last_modified.timestamp() > now - 10 * stale_secs as i64 => {
                             tracing::warn!(key = %r.path, error = %e, "cannot abort an abandoned upload");
                             continue;
                         }
+                        Err(_) => {}
                     }
                 }
             }
