@@ -222,6 +222,20 @@ async fn two_replicas_on_one_bucket() {
     assert_multi_copy(&copy, &seeded.index, "through replica B, upstream stopped");
     assert_eq!(registry.access_lines().len(), gets_after, "no upstream request");
 
+    // The cache CLI reads the bucket through the same storage (B's config file).
+    let (ok, out, err) = b.cache_cli(&["ls"]);
+    assert!(ok && out.contains("library/busybox:v1"), "cache ls: {out}{err}");
+    let (ok, out, err) = b.cache_cli(&["du"]);
+    let blobs_line = out.lines().find(|l| l.starts_with("blobs")).unwrap_or_default().to_string();
+    let n: usize = blobs_line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(ok && n >= layers.len(), "cache du counts the bucket's blobs: {out}{err}");
+    let (_, metrics) = get(&plain, &format!("{}/metrics", a.url)).await;
+    let metrics = String::from_utf8_lossy(&metrics.unwrap()).to_string();
+    assert!(
+        metrics.contains("regmirror_s3_request_duration_seconds_count{op=\"put\"}"),
+        "S3 latency series on /metrics"
+    );
+
     // S3 stopped: A still serves what its local tier holds; B has no tier: 503 UNAVAILABLE.
     s3.child.kill().unwrap();
     s3.child.wait().unwrap();
@@ -293,4 +307,13 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
     assert_single_copy(&copy, &img, "after the crash, through B");
     let committed = std::fs::read(&object).expect("committed by B");
     assert_eq!(sha256(&committed), layer.digest);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (_, metrics) = get(&client, &format!("{}/metrics", b.url)).await;
+    let metrics = String::from_utf8_lossy(&metrics.unwrap()).to_string();
+    for series in [
+        "regmirror_s3_multipart_uploads_in_flight 0",
+        "regmirror_s3_request_duration_seconds_count{op=\"complete\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} on /metrics:\n{metrics}");
+    }
 }
