@@ -70,6 +70,13 @@
 #   BENCH_WEBHOOK=1 bench/run.sh      the loopback benchmark, then the webhook section
 #   BENCH_WEBHOOK=only bench/run.sh   the webhook section alone (extra arguments go to webhook.py)
 #
+# S3 section (bench/s3.py, about 2 min): regmirror with storage = "s3" (s3s-fs on loopback) serving a
+# warm 256 MB blob from the bucket beside a direct presigned GET from s3s-fs, and from its local
+# tier beside nginx (sendfile). Installs s3s-fs into target/tools when missing (~2 min, once).
+#
+#   BENCH_S3=1 bench/run.sh       the loopback benchmark, then the S3 section
+#   BENCH_S3=only bench/run.sh    the S3 section alone
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -131,6 +138,12 @@ case $webhook in
   1|only) tools+=([openssl]=openssl) ;;
   *) echo "bench: BENCH_WEBHOOK=$webhook: use 1 (loopback, then webhook) or only" >&2; exit 1 ;;
 esac
+s3=${BENCH_S3:-}
+case $s3 in
+  ""|0) s3="" ;;
+  1|only) ;;
+  *) echo "bench: BENCH_S3=$s3: use 1 (loopback, then S3) or only (S3 alone)" >&2; exit 1 ;;
+esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
 missing=()
@@ -146,6 +159,10 @@ fi
 
 echo "bench: building regmirror (release)" >&2
 cargo build --release --quiet
+if [[ -n $s3 && ! -x target/tools/bin/s3s-fs ]] && ! command -v s3s-fs >/dev/null; then
+  echo "bench: installing s3s-fs into target/tools" >&2
+  cargo install s3s-fs@0.14.1 --features binary --locked --root target/tools --quiet
+fi
 
 baseline_args=()
 if [[ -n ${BENCH_BASELINE_BIN:-} ]]; then
@@ -192,13 +209,15 @@ status_cmd=(python3 "$repo_root/bench/status.py" --binary "$repo_root/target/rel
   --results "$repo_root/bench/results")
 webhook_cmd=(python3 "$repo_root/bench/webhook.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+s3_cmd=(python3 "$repo_root/bench/s3.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls prefetch status webhook wan; do
+for s in coldcpu auth tls prefetch status webhook s3 wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -215,4 +234,5 @@ fi
 [[ -z $prefetch ]] || "${prefetch_cmd[@]}"
 [[ -z $status ]] || "${status_cmd[@]}"
 [[ -z $webhook ]] || "${webhook_cmd[@]}"
+[[ -z $s3 ]] || "${s3_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

@@ -51,6 +51,12 @@ PY
     python3 -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" ||
         python3 -m pip install -q --disable-pip-version-check --break-system-packages "${PY_PACKAGES[@]}"
 fi
+# The real S3 server (SigV4 checked) of the S3 storage tests (src/storage/s3/tests.rs,
+# tests/e2e_s3.rs): built once into target/tools (~2 min), skipped when present.
+if [[ ! -x target/tools/bin/s3s-fs ]]; then
+    echo "scripts/test.sh: installing s3s-fs into target/tools"
+    cargo install s3s-fs@0.14.1 --features binary --locked --root target/tools
+fi
 
 export REGMIRROR_E2E=1
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"

@@ -10,7 +10,9 @@
 //! - [`upstream`]: HTTP client to one registry: typed calls (`get_blob`, `head_manifest`, `tags`,
 //!   ...), auth challenges, token cache, redirects, the one retry helper.
 //! - `storage`: the one storage trait for committed objects, `storage::open` (the only place
-//!   a backend is named) and its backends (local disk), with one conformance suite.
+//!   a backend is named) and its backends (local disk; `storage::s3`: an S3 bucket through
+//!   `object_store` with multipart fills, verified reads, a local tier, presigned URLs), with one
+//!   conformance suite run against both.
 //! - `staging`: local files a fill streams through (spool writer and tailing readers, file
 //!   regions, page-cache-aware reads), usable in front of any backend.
 //! - `cache`: the pull-through logic, a facade over `BlobCache` (hits, fills through the

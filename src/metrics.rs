@@ -38,6 +38,12 @@ pub(crate) const PREFETCH_BYTES: &str = "regmirror_prefetch_fetched_bytes_total"
 pub(crate) const WEBHOOK_REVIEWS: &str = "regmirror_webhook_reviews_total";
 pub(crate) const WEBHOOK_REWRITES: &str = "regmirror_webhook_rewrites_total";
 pub(crate) const WEBHOOK_SKIPS: &str = "regmirror_webhook_skips_total";
+pub(crate) const S3_REQUEST_SECONDS: &str = "regmirror_s3_request_duration_seconds";
+pub(crate) const S3_ERRORS: &str = "regmirror_s3_errors_total";
+pub(crate) const S3_MULTIPART_IN_FLIGHT: &str = "regmirror_s3_multipart_uploads_in_flight";
+pub(crate) const S3_CORRUPT: &str = "regmirror_s3_corrupt_objects_total";
+pub(crate) const LOCAL_TIER_BYTES: &str = "regmirror_local_tier_bytes";
+pub(crate) const LOCAL_TIER_REQUESTS: &str = "regmirror_local_tier_requests_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -87,6 +93,16 @@ fn describe() {
     );
     describe_counter!(UPSTREAM_ERRORS, "Upstream failures by upstream and kind");
     describe_gauge!(FILLS_IN_FLIGHT, "Blob downloads running now");
+    describe_histogram!(
+        S3_REQUEST_SECONDS,
+        Unit::Seconds,
+        "S3 request latency by operation (head, get, put, part, complete, abort, list, delete, copy)"
+    );
+    describe_counter!(S3_ERRORS, "Failed S3 requests by operation and kind (not_found excluded)");
+    describe_gauge!(S3_MULTIPART_IN_FLIGHT, "S3 multipart uploads started and not yet completed or aborted");
+    describe_counter!(S3_CORRUPT, "Objects read from S3 whose bytes did not match their digest (deleted)");
+    describe_gauge!(LOCAL_TIER_BYTES, "Bytes of blobs in the local tier in front of S3");
+    describe_counter!(LOCAL_TIER_REQUESTS, "Local tier lookups by outcome (hit, miss)");
     describe_counter!(FILLS_TOTAL, "Blob downloads by outcome (ok, failed)");
     describe_counter!(
         JOINED,

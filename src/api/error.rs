@@ -147,6 +147,9 @@ impl From<cache::Error> for Error {
                 message: e.to_string(),
                 size: Some(size),
             },
+            C::Storage(e) if e.is_unavailable() => Error::Unavailable(format!(
+                "the mirror's object storage cannot be reached; only blobs on its local tier are served until it is back ({e})"
+            )),
             e @ (C::DiskFull(_) | C::Storage(_) | C::Spool(_)) => Error::Internal(e.to_string()),
             e @ C::Abandoned => Error::BadGateway(e.to_string()),
             e @ C::ShuttingDown => Error::Internal(e.to_string()),

@@ -40,6 +40,8 @@ pub(crate) struct App {
 pub(crate) struct Listener {
     pub app: Arc<App>,
     pub upstream: Option<String>,
+    /// Blob GETs may be answered with `307` to a presigned storage URL (`redirect_blobs`).
+    pub redirect_blobs: bool,
 }
 
 /// The axum router for one listener.
@@ -228,7 +230,15 @@ async fn dispatch(
                 throttle: grant.throttle,
                 permit,
             };
-            let answer = blob(cache, &route, req, &digest, head, pace).await;
+            let redirect = listener.redirect_blobs && !head && !req.headers.contains_key(header::RANGE);
+            let answer = match redirect {
+                true => match cache.blob_redirect(&route.upstream, &route.repository, &digest).await {
+                    Ok(Some(url)) => Ok((CacheStatus::Hit, redirect_response(&url))),
+                    Ok(None) => blob(cache, &route, req, &digest, head, pace).await,
+                    Err(e) => Err(e.into()),
+                },
+                false => blob(cache, &route, req, &digest, head, pace).await,
+            };
             (route, answer)
         }
         Endpoint::TagsList { name } => {
@@ -343,6 +353,15 @@ async fn blob(
         .blob(&route.upstream, &route.repository, digest, range, head)
         .await?;
     Ok((b.status, blob_response(b, pace)))
+}
+
+/// `307` to where the blob's bytes are (a presigned storage URL, valid for a while).
+fn redirect_response(url: &str) -> Response {
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 async fn tags_list(cache: &Cache, route: &Route, client_name: &str, query: Option<&str>) -> Answer {

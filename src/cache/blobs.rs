@@ -81,6 +81,8 @@ pub(crate) struct BlobCache {
     not_found: Arc<NotFound>,
     /// Which repositories hold which blobs: nothing is served under a repository without one.
     links: Arc<Links>,
+    /// Storage may redirect large blobs (`s3.redirect_blobs_over`).
+    redirects: bool,
 }
 
 impl BlobCache {
@@ -109,6 +111,33 @@ impl BlobCache {
             policies,
             not_found: known.not_found,
             links: known.links,
+            redirects: config
+                .s3_backend()
+                .is_some_and(|s3| s3.redirect_blobs_over.is_some()),
+        }
+    }
+
+    /// A presigned URL of a stored blob that `repo` holds, when storage redirects its size.
+    /// Any storage failure means "serve it here" (the GET then reports it).
+    pub(crate) async fn redirect(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<String>> {
+        if !self.redirects || !self.links.holds(Kind::Blob, upstream, repo, digest).await? {
+            return Ok(None);
+        }
+        let key = keys::blob(digest);
+        let Ok(meta) = self.storage.head(&key).await else {
+            return Ok(None);
+        };
+        match self.storage.redirect_url(&key, meta.size).await {
+            Ok(Some(url)) => {
+                self.access.note(&key, Some(meta.modified)).await;
+                Ok(Some(url))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -454,10 +483,69 @@ impl BlobCache {
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
         permit.started(Arc::new(reader));
         let writer = spool.insert(writer);
-        writer.write(blob.body, digest).await.map_err(write_error)?;
+        let key = keys::blob(digest);
+        // Backends that can (S3) receive the bytes while they arrive; committed below only
+        // after the digest matched.
+        let tee = Arc::new(tokio::sync::Mutex::new(Tee::new(
+            self.storage.begin_upload(&key, blob.size).await,
+            &key,
+        )));
+        let feed = tee.clone();
+        let body = blob.body.then(move |chunk| {
+            let feed = feed.clone();
+            async move {
+                if let Ok(c) = &chunk {
+                    feed.lock().await.write(c.clone()).await;
+                }
+                chunk
+            }
+        });
+        let written = writer.write(Box::pin(body), digest).await;
+        let upload = tee.lock().await.upload.take();
+        if let Err(e) = written {
+            if let Some(u) = upload {
+                u.abort().await;
+            }
+            return Err(write_error(e));
+        }
         let path = writer.path().ok_or(Error::Abandoned)?;
-        self.storage.put_file(&keys::blob(digest), path).await?;
+        match upload {
+            Some(u) => u.commit(path).await?,
+            None => self.storage.put_file(&key, path).await?,
+        }
         self.links.link(Kind::Blob, up.name(), repo, digest).await
+    }
+}
+
+/// The storage upload a fill feeds while it spools (None: commit with `put_file` at the end).
+/// A failed write drops the upload (aborting it) and the fill falls back to `put_file`.
+struct Tee {
+    upload: Option<Box<dyn storage::Upload>>,
+    key: String,
+}
+
+impl Tee {
+    fn new(upload: storage::Result<Option<Box<dyn storage::Upload>>>, key: &str) -> Tee {
+        let upload = upload.unwrap_or_else(|e| {
+            tracing::warn!(%key, error = %e, "cannot start a streaming upload; committing at the end");
+            None
+        });
+        Tee {
+            upload,
+            key: key.to_string(),
+        }
+    }
+
+    async fn write(&mut self, bytes: bytes::Bytes) {
+        let Some(u) = self.upload.as_mut() else {
+            return;
+        };
+        if let Err(e) = u.write(bytes).await {
+            tracing::warn!(key = %self.key, error = %e, "streaming upload failed; committing at the end");
+            if let Some(u) = self.upload.take() {
+                u.abort().await;
+            }
+        }
     }
 }
 

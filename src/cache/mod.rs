@@ -229,6 +229,17 @@ impl Cache {
             .await
     }
 
+    /// A URL the client may fetch a cached blob from directly (a presigned storage URL), when
+    /// `repo` holds it and storage redirects blobs of its size; None: serve it here.
+    pub(crate) async fn blob_redirect(
+        &self,
+        upstream: &str,
+        repo: &str,
+        digest: &crate::oci::Digest,
+    ) -> Result<Option<String>> {
+        self.blobs.redirect(upstream, repo, digest).await
+    }
+
     /// Whether a GET of `digest` would start an upstream download now: it is neither stored nor
     /// being downloaded (what a per-client limit on upstream downloads counts).
     pub(crate) async fn blob_would_fetch(&self, digest: &crate::oci::Digest) -> bool {

@@ -220,7 +220,7 @@ pub(super) async fn cache_in(
     let mut config = Config::from_toml(&text).unwrap();
     config.merge_builtins();
     config.validate().unwrap();
-    let opened = crate::storage::open(dir, crate::storage::Role::Server)
+    let opened = crate::storage::open(dir, None, crate::storage::Role::Server)
         .await
         .expect("open the store");
     Arc::new(Cache::new(&config, opened.storage, opened.staging_dir).unwrap())

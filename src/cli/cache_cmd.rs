@@ -53,7 +53,7 @@ pub(super) async fn run(loc: &Location, cmd: &CacheCommand) -> Result<(), String
             dir.display()
         ));
     }
-    let storage = crate::storage::open(&dir, crate::storage::Role::Tool)
+    let storage = crate::storage::open(&dir, config.s3_backend(), crate::storage::Role::Tool)
         .await
         .map_err(|e| e.to_string())?
         .storage;

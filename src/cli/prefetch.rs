@@ -157,7 +157,7 @@ async fn open_source(args: &Args) -> Result<Arc<dyn Source>, String> {
         _ => None,
     })
     .map_err(|e| e.to_string())?;
-    let opened = crate::storage::open(&config.data_dir, crate::storage::Role::Tool)
+    let opened = crate::storage::open(&config.data_dir, config.s3_backend(), crate::storage::Role::Tool)
         .await
         .map_err(|e| {
             format!(

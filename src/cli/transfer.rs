@@ -55,14 +55,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 async fn open(loc: &Location, create: bool) -> Result<storage::Opened, String> {
     let config = Config::load(loc.config.as_deref()).map_err(|e| e.to_string())?;
-    let dir = loc.data_dir.clone().unwrap_or(config.data_dir);
+    let dir = loc.data_dir.clone().unwrap_or(config.data_dir.clone());
     if !create && !dir.is_dir() {
         return Err(format!(
             "data directory {} does not exist (set --data-dir or data_dir in --config)",
             dir.display()
         ));
     }
-    storage::open(&dir, Role::Tool)
+    storage::open(&dir, config.s3_backend(), Role::Tool)
         .await
         .map_err(|e| format!("cannot open the data directory {}: {e}", dir.display()))
 }

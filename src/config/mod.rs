@@ -18,10 +18,12 @@ pub(crate) use limits::parse_trusted_proxies;
 pub use limits::LimitsConfig;
 
 mod prefetch;
+mod storage;
 mod tls;
 mod upstream;
 
 pub use prefetch::{PrefetchSchedule, DEFAULT_PREFETCH_INTERVAL_SECS};
+pub use storage::{S3Config, StorageKind};
 
 pub use tls::{SniCert, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, DEFAULT_TLS_RELOAD_INTERVAL_SECS};
 pub use upstream::{
@@ -150,6 +152,13 @@ pub struct Config {
     pub ui_refresh_secs: u64,
     /// Image lists pulled into the cache on a schedule (`[[prefetch]]`).
     pub prefetch: Vec<PrefetchSchedule>,
+    /// Where committed objects live: "fs" (`data_dir`, the default) or "s3" (`[s3]`).
+    pub storage: StorageKind,
+    /// The S3 bucket of `storage = "s3"`.
+    pub s3: Option<S3Config>,
+    /// Whether `listen` may answer blob GETs with a redirect to a presigned S3 URL
+    /// (`s3.redirect_blobs_over`); false for clients that cannot reach the bucket.
+    pub redirect_blobs: bool,
 }
 
 impl Default for Config {
@@ -188,6 +197,9 @@ impl Default for Config {
             ui: true,
             ui_refresh_secs: 30,
             prefetch: Vec::new(),
+            storage: StorageKind::Fs,
+            s3: None,
+            redirect_blobs: true,
         }
     }
 }
@@ -302,6 +314,7 @@ impl Config {
             return Err(invalid("ui_refresh_secs", "must be at least 1 second"));
         }
         prefetch::validate(&self.prefetch)?;
+        storage::validate(self.storage, &self.s3)?;
         tls::validate_listener(
             &|f: &str| f.to_string(),
             &self.tls_cert,

@@ -22,6 +22,9 @@ pub struct UpstreamConfig {
     pub hosts: Vec<String>,
     /// Optional dedicated listener serving only this upstream.
     pub listen: Option<String>,
+    /// Whether the dedicated `listen` may redirect blob GETs to presigned S3 URLs
+    /// (`s3.redirect_blobs_over`). Unset: as the top-level `redirect_blobs`.
+    pub redirect_blobs: Option<bool>,
     /// Optional credentials for the upstream.
     pub username: Option<String>,
     /// Password for `username`.

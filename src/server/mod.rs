@@ -55,6 +55,8 @@ pub(crate) struct Bound {
     pub listener: TcpListener,
     pub upstream: Option<String>,
     pub tls: Option<Arc<Acceptor>>,
+    /// Blob GETs may be redirected to presigned storage URLs (`redirect_blobs`).
+    pub redirect_blobs: bool,
 }
 
 /// Bind every listener of `config`: the shared one first, then one per upstream with `listen`.
@@ -95,10 +97,18 @@ pub(crate) async fn bind(
                 what,
                 source,
             })?;
+        let redirect_blobs = match &upstream {
+            Some(u) => config
+                .upstream(u)
+                .and_then(|u| u.redirect_blobs)
+                .unwrap_or(config.redirect_blobs),
+            None => config.redirect_blobs,
+        };
         out.push(Bound {
             listener,
             upstream,
             tls,
+            redirect_blobs,
         });
     }
     Ok(out)
@@ -133,7 +143,7 @@ pub(crate) async fn run(
     if crate::metrics::install().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be empty");
     }
-    let opened = crate::storage::open(&config.data_dir, crate::storage::Role::Server)
+    let opened = crate::storage::open(&config.data_dir, config.s3_backend(), crate::storage::Role::Server)
         .await
         .map_err(|source| Error::DataDir {
             path: config.data_dir.display().to_string(),
@@ -261,6 +271,7 @@ pub(crate) async fn serve(
         let router = api::router(Listener {
             app: app.clone(),
             upstream: b.upstream,
+            redirect_blobs: b.redirect_blobs,
         });
         tasks.spawn(accept_loop(
             b.listener,

@@ -4,8 +4,9 @@
 //! a path-like string, an object is bytes. Must not call the cache or upstreams.
 //!
 //! Objects are only ever written whole: small ones with [`Storage::put`], blobs by handing over a
-//! fully written and verified local spool file with [`Storage::put_file`]. A reader therefore never
-//! sees a partial object, whichever backend is used.
+//! fully written and verified local spool file with [`Storage::put_file`], or (backends that can
+//! stream a blob while it is filled, S3) through an [`Upload`] that is committed only after the
+//! digest matched. A reader therefore never sees a partial object, whichever backend is used.
 //!
 //! # Key layout
 //!
@@ -22,12 +23,17 @@
 //! ```
 //!
 //! The local-disk backend also keeps `<root>/tmp/` for spool files (see [`crate::staging`]).
+//! The S3 backend keeps the same tree under `<bucket>/<prefix>`, plus `_uploads/<id>` records of
+//! multipart uploads in progress (so abandoned ones can be aborted) and `_touch/` for a moment
+//! while an access time is refreshed; locally, `<data_dir>/tmp/` for spools and
+//! `<data_dir>/tier/` for the local tier (same tree as the bucket). See [`s3`].
 //!
 //! [`open`] is the one place a backend is chosen; nothing outside this module names one.
 
 #[cfg(test)]
 mod conformance;
 mod fs;
+mod s3;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -53,9 +59,26 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The object store cannot be reached or refused the request (network, credentials,
+    /// server error): the object may well exist.
+    #[error("object store unavailable ({key}): {source}")]
+    Unavailable {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The stored bytes of a content-addressed object do not match its digest (changed behind
+    /// the mirror's back). The object has been deleted; the next read misses.
+    #[error("stored object {key} is corrupt (content digest {actual}); it was removed")]
+    Corrupt { key: String, actual: String },
 }
 
 impl Error {
+    /// Whether the object store could not be reached (an outage, not a missing object).
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Corrupt { .. })
+    }
+
     /// Whether the failure is a full disk (or quota): eviction can make room.
     pub(crate) fn is_full(&self) -> bool {
         matches!(self, Error::Io { source, .. } if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
@@ -84,8 +107,16 @@ pub(crate) enum Role {
     Tool,
 }
 
-/// Open (creating if needed) the store under `data_dir`.
-pub(crate) async fn open(data_dir: &Path, role: Role) -> Result<Opened> {
+/// Open (creating if needed) the store: files under `data_dir`, or the S3 bucket of `s3` (with
+/// spool files and the local tier under `data_dir`).
+pub(crate) async fn open(
+    data_dir: &Path,
+    s3: Option<&crate::config::S3Config>,
+    role: Role,
+) -> Result<Opened> {
+    if let Some(cfg) = s3 {
+        return s3::open(cfg, data_dir, role).await;
+    }
     let fs = fs::FsStorage::open(data_dir).await?;
     let cleaned = match role {
         Role::Tool => 0,
@@ -141,13 +172,40 @@ pub(crate) trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Start streaming a new object under `key` while its bytes arrive (`size` when known), for
+    /// backends where that beats a [`Storage::put_file`] at the end. None (the default, local
+    /// disk): the caller spools and calls `put_file`.
+    async fn begin_upload(&self, key: &str, size: Option<u64>) -> Result<Option<Box<dyn Upload>>> {
+        let _ = (key, size);
+        Ok(None)
+    }
+    /// A URL a client may fetch the object's bytes from directly (a presigned S3 URL) when this
+    /// backend redirects objects of `size` bytes; None (the default) otherwise.
+    async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {
+        let _ = (key, size);
+        Ok(None)
+    }
+}
+
+/// An object being written while its bytes arrive. Nothing is visible under its key until
+/// [`Upload::commit`]; dropping it without commit leaves nothing visible either (the backend
+/// aborts it, or cleans it up later).
+#[async_trait]
+pub(crate) trait Upload: Send {
+    /// Append bytes. May wait for earlier bytes to be sent (bounded memory).
+    async fn write(&mut self, bytes: Bytes) -> Result<()>;
+    /// Make the object visible: every byte was written and verified. `local` is a complete local
+    /// copy of the same bytes, which the backend consumes (keeps it as a local copy or removes it).
+    async fn commit(self: Box<Self>, local: &Path) -> Result<()>;
+    /// Give up: nothing becomes visible.
+    async fn abort(self: Box<Self>);
 }
 
 /// A store in a fresh temporary directory (removed when the guard drops), for tests.
 #[cfg(test)]
 pub(crate) async fn temporary() -> (tempfile::TempDir, Opened) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let opened = open(dir.path(), Role::Server)
+    let opened = open(dir.path(), None, Role::Server)
         .await
         .expect("open the store");
     (dir, opened)
