@@ -39,8 +39,12 @@ const CRD_KINDS: &[&str] = &[
 /// Whether kubectl's kustomize is v4 or later (the manifests use `labels` and `patches`); an older
 /// one counts as a missing tool.
 fn kustomize_recent() -> bool {
-    let out = Command::new("kubectl").args(["version", "--client"]).output();
-    let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let out = Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let major = text
         .lines()
         .find_map(|l| l.strip_prefix("Kustomize Version: v"))
@@ -48,7 +52,10 @@ fn kustomize_recent() -> bool {
     if major.is_some_and(|m| m >= 4) {
         return true;
     }
-    let why = format!("kubectl's kustomize is older than v4 or unknown ({:?})", text.trim());
+    let why = format!(
+        "kubectl's kustomize is older than v4 or unknown ({:?})",
+        text.trim()
+    );
     if support::env::e2e_required() {
         panic!("REGMIRROR_E2E=1 but {why}: install kubectl 1.21 or later");
     }

@@ -191,17 +191,18 @@ fn cases() -> Vec<Case> {
             ],
         ),
         Case {
+            // The subresource may change only the ephemeral containers: the pod's own stay.
             name: "ephemeral containers (pods/ephemeralcontainers update)",
             namespace: "apps",
             object: pod(
                 "p5",
-                json!({"containers": containers(&[&format!("{m}/docker.io/library/nginx")]),
+                json!({"containers": containers(&["nginx:1.25"]),
                                      "ephemeralContainers": [{"name": "debug", "image": "busybox:1.36", "targetContainerName": "c0"}]}),
             ),
             operation: "UPDATE",
             sub: Some("ephemeralcontainers"),
             want: vec![
-                format!("{m}/docker.io/library/nginx"),
+                "nginx:1.25".into(),
                 format!("{m}/docker.io/library/busybox:1.36"),
             ],
         },

@@ -136,7 +136,11 @@ pub(crate) fn review(body: &[u8], rw: &Rewriter, scope: &Scope) -> Answer {
             Vec::new()
         }
         Ok(None) => Vec::new(),
-        Ok(Some((spec, base))) => patch_images(spec, base, rw, &mut rewrites, &mut skips),
+        Ok(Some((spec, base))) => {
+            // `pods/ephemeralcontainers` may change only the ephemeral containers.
+            let only_ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers");
+            patch_images(spec, base, only_ephemeral, rw, &mut rewrites, &mut skips)
+        }
     };
     let mut response = json!({ "uid": uid, "allowed": true });
     let outcome = if patch.is_empty() {
@@ -215,6 +219,7 @@ fn decide<'r, 'a>(
 fn patch_images(
     spec: &input::Spec<'_>,
     base: &str,
+    only_ephemeral: bool,
     rw: &Rewriter,
     rewrites: &mut Vec<String>,
     skips: &mut Vec<Skip>,
@@ -226,6 +231,9 @@ fn patch_images(
         ("ephemeralContainers", &spec.ephemeral_containers),
     ];
     for (field, list) in lists {
+        if only_ephemeral && field != "ephemeralContainers" {
+            continue;
+        }
         for (i, c) in list.iter().flatten().enumerate() {
             let Some(image) = c.image.as_deref() else {
                 continue;

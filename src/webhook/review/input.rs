@@ -28,6 +28,8 @@ pub(super) struct Request<'a> {
     pub kind: Option<Gvk<'a>>,
     #[serde(borrow, default)]
     pub namespace: Option<Str<'a>>,
+    #[serde(rename = "subResource", borrow, default)]
+    pub sub_resource: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub object: Option<Object<'a>>,
 }
