@@ -68,9 +68,11 @@ async fn start_s3() -> Option<S3Server> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed and reaped by its guard's drop, also when it never comes up.
+    let server = S3Server { child, root, port };
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Some(S3Server { child, root, port });
+            return Some(server);
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }

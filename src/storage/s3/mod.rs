@@ -441,7 +441,7 @@ impl Storage for S3Storage {
     }
 
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {
-        if !self.redirect_over.is_some_and(|over| size > over) {
+        if self.redirect_over.is_none_or(|over| size <= over) {
             return Ok(None);
         }
         let path = self.path(key)?;
