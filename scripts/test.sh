@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # and the outbound proxies of tests/e2e_proxies.rs (tinyproxy, squid, microsocks).
 PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-static ca-certificates
     tinyproxy squid microsocks
-    bsdutils) # `script`: the pseudo-terminal of tests/e2e_prefetch.rs
+    bsdutils # `script`: the pseudo-terminal of tests/e2e_prefetch.rs
+    redis-server) # coordination of replicas (src/coord/tests.rs, tests/e2e_replicas.rs)
 # The real clients of tests/e2e_clients.rs (dockerd, containerd, podman) and what they need.
 while read -r p; do [[ -n "$p" ]] && PACKAGES+=("$p"); done < scripts/apt-clients.txt
 

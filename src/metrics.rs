@@ -29,6 +29,13 @@ pub(crate) const NEGATIVE_HITS: &str = "regmirror_negative_cache_hits_total";
 pub(crate) const LINK_CONFIRMS: &str = "regmirror_link_confirmations_total";
 pub(crate) const TLS_HANDSHAKES: &str = "regmirror_tls_handshakes_total";
 pub(crate) const TLS_RELOADS: &str = "regmirror_tls_reloads_total";
+pub(crate) const REDIS_UP: &str = "regmirror_redis_up";
+pub(crate) const REDIS_ERRORS: &str = "regmirror_redis_errors_total";
+pub(crate) const REDIS_SECONDS: &str = "regmirror_redis_command_duration_seconds";
+pub(crate) const LEASES: &str = "regmirror_leases_total";
+pub(crate) const LEASES_HELD: &str = "regmirror_leases_held";
+pub(crate) const PEER_FILLS: &str = "regmirror_peer_fills_total";
+pub(crate) const SHARED_TAGS: &str = "regmirror_shared_tag_records_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -121,6 +128,29 @@ fn describe() {
     describe_counter!(
         TLS_HANDSHAKES,
         "TLS handshakes on HTTPS listeners by result (ok, failed, timeout), ALPN protocol and TLS version"
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while Redis answers (fills and tags coordinated across replicas), 0 while it does not (each replica coalesces alone)"
+    );
+    describe_counter!(REDIS_ERRORS, "Redis commands that failed or timed out, by operation");
+    describe_histogram!(
+        REDIS_SECONDS,
+        Unit::Seconds,
+        "Redis command latency, by operation"
+    );
+    describe_counter!(
+        LEASES,
+        "Lease attempts by kind (fill, tag) and result (acquired, held, taken_over, unavailable)"
+    );
+    describe_gauge!(LEASES_HELD, "Leases this replica holds now, by kind");
+    describe_counter!(
+        PEER_FILLS,
+        "Fills read from or served to other replicas, by role (joined, served) and outcome"
+    );
+    describe_counter!(
+        SHARED_TAGS,
+        "Tag freshness answered from records shared in Redis, by result (fresh, stale, missing)"
     );
     describe_counter!(
         TLS_RELOADS,

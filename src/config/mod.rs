@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod access;
+pub(crate) mod coord;
 mod limits;
 
 pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
@@ -136,6 +137,14 @@ pub struct Config {
     /// The access policy (`[[access]]`): rules tried in order, the first match decides.
     #[serde(rename = "access")]
     pub access: Vec<AccessRule>,
+    /// Redis that coordinates replicas (see `config::coord` for the accepted forms). Unset: this
+    /// process coalesces its own fills only.
+    pub redis_url: Option<String>,
+    /// Seconds a fill or tag revalidation lease lasts in Redis; renewed while it runs.
+    pub lease_secs: u64,
+    /// How other replicas reach this one to join its fills ("http://10.0.0.5:5000"). Unset:
+    /// derived from the bound `listen` address (its host name when it listens on every address).
+    pub replica_url: Option<String>,
 }
 
 impl Default for Config {
@@ -170,6 +179,9 @@ impl Default for Config {
             upstreams: Vec::new(),
             auth: None,
             access: Vec::new(),
+            redis_url: None,
+            lease_secs: coord::DEFAULT_LEASE_SECS,
+            replica_url: None,
         }
     }
 }
@@ -256,6 +268,15 @@ impl Config {
         self.upstreams = merged;
     }
 
+    /// The coordination keys, checked (None: no `redis_url`).
+    pub(crate) fn coord(&self) -> Result<Option<coord::CoordSettings>, ConfigError> {
+        coord::validate(
+            self.redis_url.as_deref(),
+            self.lease_secs,
+            self.replica_url.as_deref(),
+        )
+    }
+
     /// Check every key; the first problem is returned with the key's name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr("listen", &self.listen)?;
@@ -280,6 +301,7 @@ impl Config {
         }
         parse_trusted_proxies(&self.trusted_proxies)?;
         self.limits.validate()?;
+        self.coord()?;
         tls::validate_listener(
             &|f: &str| f.to_string(),
             &self.tls_cert,
