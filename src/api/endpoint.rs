@@ -43,6 +43,12 @@ pub enum Endpoint {
     Ready,
     /// `GET /metrics`: Prometheus text format.
     Metrics,
+    /// `GET /_regmirror/fills/<digest>?from=N`: another replica reads a fill this one owns
+    /// (internal; answered only with coordination on and the fleet's secret).
+    PeerFill {
+        /// The blob's digest.
+        digest: Digest,
+    },
     /// `GET /token` (Docker's token flow) or `POST /token` (OAuth2, containerd): the mirror's
     /// own token endpoint, when authentication is on.
     Token,
@@ -59,6 +65,7 @@ impl Endpoint {
             Endpoint::Unsupported { .. } => "unsupported",
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => "ops",
             Endpoint::Token => "token",
+            Endpoint::PeerFill { .. } => "peer_fill",
         }
     }
 }
@@ -86,6 +93,15 @@ impl Endpoint {
                 return Ok(Endpoint::Token)
             }
             _ => {}
+        }
+        if let Some(d) = path.strip_prefix("/_regmirror/fills/") {
+            if method != Method::GET {
+                return Err(ParseError::MethodNotAllowed);
+            }
+            let digest = d
+                .parse()
+                .map_err(|_| ParseError::DigestInvalid(d.to_string()))?;
+            return Ok(Endpoint::PeerFill { digest });
         }
         if path == "/v2" || path == "/v2/" {
             return if read {

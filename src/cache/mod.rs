@@ -27,8 +27,10 @@ mod links;
 mod lists;
 mod manifests;
 mod negative;
+mod peer_fills;
 pub(crate) mod records;
 mod revalidate;
+mod shared_fills;
 mod tags;
 mod upstreams;
 
@@ -46,6 +48,7 @@ use blobs::BlobCache;
 pub(crate) use blobs::{Blob, BlobBody};
 use manifests::ManifestCache;
 pub(crate) use manifests::{Manifest, TagsPage};
+pub(crate) use peer_fills::PeerFill;
 
 /// A cache failure. `ManifestUnknown` / `BlobUnknown` are distinct so the API can answer 404.
 /// Clone, because one fill's outcome is shared by every client that joined it (sources are
@@ -165,6 +168,8 @@ pub(crate) struct Cache {
     blobs: Arc<BlobCache>,
     manifests: Arc<ManifestCache>,
     evictor: Arc<evict::Evictor>,
+    /// Coordination with the other replicas (`redis_url`), when on.
+    coord: Option<Arc<crate::coord::Coord>>,
 }
 
 impl Cache {
@@ -175,6 +180,13 @@ impl Cache {
         staging_dir: PathBuf,
     ) -> Result<Cache> {
         let upstreams = Arc::new(upstreams::Upstreams::new(config)?);
+        let coord = match config.coord() {
+            Ok(Some(settings)) => Some(
+                crate::coord::Coord::new(settings)
+                    .map_err(|e| Error::Invalid(format!("redis_url: {e}")))?,
+            ),
+            _ => None,
+        };
         let access = Arc::new(access::Access::new(storage.clone()));
         let evictor = Arc::new(evict::Evictor::new(
             storage.clone(),
@@ -196,6 +208,7 @@ impl Cache {
             evictor.clone(),
             policies.clone(),
             known,
+            coord.clone(),
         ));
         let manifests = Arc::new(ManifestCache::new(
             config,
@@ -211,7 +224,42 @@ impl Cache {
             blobs,
             manifests,
             evictor,
+            coord,
         })
+    }
+
+    /// Set how other replicas reach this one (unless `replica_url` says), and connect to Redis
+    /// in the background. No-op without `redis_url`.
+    pub(crate) fn start_coordination(&self, derived_replica_url: String) {
+        let Some(coord) = self.coord.clone() else {
+            return;
+        };
+        coord.set_replica_url(derived_replica_url);
+        tokio::spawn(async move {
+            // Learn the fleet's secret early, so that this replica answers peers at once.
+            loop {
+                if coord.peer_secret().await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Redis as `/readyz` reports it (None: coordination is off).
+    pub(crate) fn coordination_status(&self) -> Option<crate::coord::Status> {
+        self.coord.as_ref().map(|c| c.status())
+    }
+
+    /// The internal fill endpoint: bytes of `digest` from `from` for another replica that shows
+    /// `secret`. None: nothing to give (or not allowed).
+    pub(crate) async fn fill_for_peer(
+        &self,
+        digest: &crate::oci::Digest,
+        from: u64,
+        secret: Option<&str>,
+    ) -> Result<Option<PeerFill>> {
+        self.blobs.for_peer(digest, from, secret).await
     }
 
     /// GET (`head = false`) or HEAD a blob, optionally a range of it.

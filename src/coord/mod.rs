@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 
-pub(crate) use lease::{Acquired, Lease, LeaseKind, LeaseOwner};
+pub(crate) use lease::{Acquired, LeaseKind};
 
 use crate::config::coord::CoordSettings;
 
@@ -110,7 +110,11 @@ impl Coord {
             settings,
             conn: Mutex::new(conn),
             last_connect: Mutex::new(None),
-            health: Mutex::new(Health::default()),
+            // Down until Redis first answers.
+            health: Mutex::new(Health {
+                down_since: Some(Instant::now()),
+                ..Health::default()
+            }),
             secret: Mutex::new(None),
             peers: peer::Peers::new(),
         }))
@@ -163,7 +167,7 @@ impl Coord {
 
     /// Whether Redis answered the last command.
     pub(crate) fn is_up(&self) -> bool {
-        lock(&self.health).down_since.is_none() && lock(&self.conn).is_some()
+        lock(&self.health).down_since.is_none()
     }
 
     /// Ping Redis (start-up, and the readiness report).

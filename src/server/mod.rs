@@ -166,6 +166,11 @@ pub(crate) async fn run(
         edge: crate::edge::Edge::from_config(&config)?,
     });
     let bound = bind(&config).await?;
+    if let Some(first) = bound.first() {
+        let addr = first.listener.local_addr().map_err(Error::Serve)?;
+        app.cache
+            .start_coordination(replica_url(addr, first.tls.is_some()));
+    }
     let redirect = bind_redirect(&config).await?;
     let limits = Limits::from_config(&config);
     let reload = Duration::from_secs(config.tls_reload_interval_secs);
@@ -183,6 +188,23 @@ pub(crate) async fn run(
     let served = serve(app, bound, limits, shutdown).await;
     stop.cancel();
     served
+}
+
+/// How other replicas reach this one, from the shared listener's bound address: its IP, or the
+/// host name when it listens on every address (what a pod's or a VM's peers resolve).
+fn replica_url(addr: std::net::SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Per-connection limits against slow and abusive clients.
