@@ -310,7 +310,7 @@ async fn ready(cache: &Cache) -> Result<Response, Error> {
     let mut body = String::from("ready\n");
     // Redis down is reported, never "not ready": every replica still serves what it has and
     // fills alone, and failing all of them at once would empty the load balancer.
-    if let Some(redis) = cache.coordination_status() {
+    if let Some(redis) = cache.coordination_status().await {
         match redis.down {
             None => body.push_str(&format!("redis {} up: fills and tags coordinated across replicas\n", redis.target)),
             Some((for_, reason)) => body.push_str(&format!(

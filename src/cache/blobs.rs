@@ -404,7 +404,10 @@ impl BlobCache {
             )))),
         };
         match &outcome {
-            Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
+            Ok(()) => {
+                tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached");
+                self.announce_stored(&digest);
+            }
             Err(e) => {
                 tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
             }

@@ -236,19 +236,26 @@ impl Cache {
         };
         coord.set_replica_url(derived_replica_url);
         tokio::spawn(async move {
-            // Learn the fleet's secret early, so that this replica answers peers at once.
+            // Learn the fleet's secret early, so that this replica answers peers at once; then
+            // keep `regmirror_redis_up` current between requests.
             loop {
                 if coord.peer_secret().await.is_ok() {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let _ = coord.ping().await;
+            }
         });
     }
 
-    /// Redis as `/readyz` reports it (None: coordination is off).
-    pub(crate) fn coordination_status(&self) -> Option<crate::coord::Status> {
-        self.coord.as_ref().map(|c| c.status())
+    /// Redis as `/readyz` reports it, after one ping (None: coordination is off).
+    pub(crate) async fn coordination_status(&self) -> Option<crate::coord::Status> {
+        let coord = self.coord.as_ref()?;
+        let _ = coord.ping().await;
+        Some(coord.status())
     }
 
     /// The internal fill endpoint: bytes of `digest` from `from` for another replica that shows

@@ -97,6 +97,21 @@ impl BlobCache {
         }
     }
 
+    /// Tell the fleet this replica stored `digest` (best effort, in the background).
+    pub(super) fn announce_stored(&self, digest: &Digest) {
+        let Some(coord) = self.coord().cloned() else {
+            return;
+        };
+        let Some(me) = coord.replica_url() else {
+            return;
+        };
+        let name = super::shared_fills::stored_record(digest);
+        tokio::spawn(async move {
+            let ttl = super::shared_fills::STORED_RECORD_TTL;
+            let _ = coord.put_record(&name, me.as_bytes(), ttl).await;
+        });
+    }
+
     /// The bytes of `digest` from `from` for another replica: its fill in flight here, or the
     /// committed blob. None: neither (or coordination is off, or the secret is wrong).
     pub(crate) async fn for_peer(
