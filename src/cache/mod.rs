@@ -31,6 +31,7 @@ mod peer_fills;
 pub(crate) mod records;
 mod revalidate;
 mod shared_fills;
+mod shared_tags;
 mod tags;
 mod upstreams;
 
@@ -217,6 +218,9 @@ impl Cache {
             policies,
             not_found,
             links,
+            coord.clone().map(|c| {
+                Arc::new(shared_tags::RedisTagRecords::new(c)) as Arc<dyn tags::TagRecords>
+            }),
         ));
         Ok(Cache {
             storage,
