@@ -57,6 +57,13 @@
 #   BENCH_PREFETCH=1 bench/run.sh     the loopback benchmark, then the prefetch section
 #   BENCH_PREFETCH=only bench/run.sh  the prefetch section alone (extra arguments go to prefetch.py)
 #
+# Replicas section (bench/replicas.py, about 2 min): three replicas coordinated by one redis-server
+# beside one replica alone: a cold storm of 60 clients (wall-time ratio, upstream GETs per blob from
+# distribution's access log) and warm manifest-by-tag req/s with Redis-shared tag records.
+#
+#   BENCH_REPLICAS=1 bench/run.sh     the loopback benchmark, then the replicas section
+#   BENCH_REPLICAS=only bench/run.sh  the replicas section alone (extra arguments go to replicas.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -105,6 +112,12 @@ case $prefetch in
   ""|0) prefetch="" ;;
   1|only) tools+=([skopeo]=skopeo) ;;
   *) echo "bench: BENCH_PREFETCH=$prefetch: use 1 (loopback, then prefetch) or only" >&2; exit 1 ;;
+esac
+replicas=${BENCH_REPLICAS:-}
+case $replicas in
+  ""|0) replicas="" ;;
+  1|only) tools+=([redis-server]=redis-server) ;;
+  *) echo "bench: BENCH_REPLICAS=$replicas: use 1 (loopback, then replicas) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -163,13 +176,15 @@ tls_cmd=(python3 "$repo_root/bench/tls.py" --binary "$repo_root/target/release/r
   --results "$repo_root/bench/results")
 prefetch_cmd=(python3 "$repo_root/bench/prefetch.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+replicas_cmd=(python3 "$repo_root/bench/replicas.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls prefetch wan; do
+for s in coldcpu auth tls prefetch replicas wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -184,4 +199,5 @@ fi
 [[ -z $auth ]] || "${auth_cmd[@]}"
 [[ -z $tls ]] || "${tls_cmd[@]}"
 [[ -z $prefetch ]] || "${prefetch_cmd[@]}"
+[[ -z $replicas ]] || "${replicas_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"
