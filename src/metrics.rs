@@ -141,7 +141,7 @@ fn describe() {
     );
     describe_counter!(
         LEASES,
-        "Lease attempts by kind (fill, tag) and result (acquired, held, taken_over, unavailable)"
+        "Lease attempts by kind (fill, tag) and result (acquired, held, taken_over, unavailable; lost: expired before its work ended)"
     );
     describe_gauge!(LEASES_HELD, "Leases this replica holds now, by kind");
     describe_counter!(

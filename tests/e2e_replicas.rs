@@ -341,6 +341,17 @@ async fn sixty_cold_clients_on_three_replicas_cause_one_upstream_download() {
         p.result.unwrap();
     }
     assert_eq!(up.blob_gets(&big), 1);
+    // The internal fill endpoint gives nothing without the fleet's secret.
+    let internal = format!("{}/_regmirror/fills/{}", fleet[0].url, big.digest);
+    let anonymous = client().get(&internal).send().await.unwrap();
+    assert_eq!(anonymous.status(), 404);
+    let forged = client()
+        .get(&internal)
+        .header("x-regmirror-fill-secret", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

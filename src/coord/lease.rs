@@ -12,7 +12,6 @@
 //! The shape follows pingora-cache's lock: [`Lease`] is the write permit (dropping it releases),
 //! [`Acquired::Held`] tells the others whom to follow.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +76,6 @@ pub(crate) struct Lease {
     key: String,
     value: String,
     owner: LeaseOwner,
-    lost: Arc<AtomicBool>,
     renewal: tokio::task::JoinHandle<()>,
     released: bool,
 }
@@ -147,6 +145,7 @@ impl Coord {
     }
 
     /// Who holds the lease `kind`:`name` now, if anyone.
+    #[cfg(test)]
     pub(crate) async fn holder(&self, kind: LeaseKind, name: &str) -> Result<Option<LeaseOwner>> {
         let key = format!("{PREFIX}lease:{}:{name}", kind.as_str());
         let held: Option<String> = self.query("get", redis::cmd("GET").arg(&key)).await?;
@@ -162,10 +161,9 @@ impl Lease {
         value: String,
         owner: LeaseOwner,
     ) -> Lease {
-        let lost = Arc::new(AtomicBool::new(false));
         let every = (coord.lease_ttl() / 3).max(Duration::from_millis(200));
         let renewal = tokio::spawn({
-            let (coord, key, value, lost) = (coord.clone(), key.clone(), value.clone(), lost.clone());
+            let (coord, key, value, label) = (coord.clone(), key.clone(), value.clone(), kind.as_str());
             async move {
                 let ms = coord.lease_ttl().as_millis() as u64;
                 let script = redis::Script::new(RENEW);
@@ -178,7 +176,7 @@ impl Lease {
                         Ok(_) => {
                             // Expired (Redis unreachable for a whole lease) and maybe taken.
                             tracing::warn!(%key, "lease lost before the work ended; another replica may repeat it");
-                            lost.store(true, Ordering::Relaxed);
+                            metrics::counter!(crate::metrics::LEASES, "kind" => label, "result" => "lost").increment(1);
                             return;
                         }
                         // Redis is down: keep trying; the key expires on its own if we die.
@@ -193,7 +191,6 @@ impl Lease {
             key,
             value,
             owner,
-            lost,
             renewal,
             released: false,
         }
@@ -204,18 +201,15 @@ impl Lease {
         self.owner.token
     }
 
-    /// Whether renewal found the lease gone (expired and perhaps taken by another replica).
-    pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-    }
-
     /// Stop renewing without releasing, as a killed process does (tests).
     #[cfg(test)]
     pub(crate) fn stop_renewing(&self) {
         self.renewal.abort();
     }
 
-    /// Release now; true when the key still was ours and is deleted.
+    /// Release now; true when the key still was ours and is deleted (dropping releases too,
+    /// in the background).
+    #[cfg(test)]
     pub(crate) async fn release(mut self) -> bool {
         self.released = true;
         self.renewal.abort();

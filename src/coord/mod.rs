@@ -74,6 +74,9 @@ pub(crate) struct Coord {
 #[derive(Default)]
 struct Health {
     down_since: Option<Instant>,
+    /// When the last command failed: for a second after, commands fail at once (a black-holed
+    /// Redis must not cost every request the command timeout).
+    failed_at: Option<Instant>,
     last_logged: Option<Instant>,
     last_error: Option<String>,
 }
@@ -166,6 +169,7 @@ impl Coord {
     }
 
     /// Whether Redis answered the last command.
+    #[cfg(test)]
     pub(crate) fn is_up(&self) -> bool {
         lock(&self.health).down_since.is_none()
     }
@@ -251,6 +255,7 @@ impl Coord {
         op: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T> {
+        self.fail_fast()?;
         let started = Instant::now();
         let result = async {
             let conn = self.connection().await?;
@@ -276,6 +281,7 @@ impl Coord {
         op: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
+        self.fail_fast()?;
         let started = Instant::now();
         let result = async {
             let conn = self.connection().await?;
@@ -295,12 +301,24 @@ impl Coord {
         result
     }
 
+    /// Err at once within a second of a failure.
+    fn fail_fast(&self) -> Result<()> {
+        let h = lock(&self.health);
+        match h.failed_at {
+            Some(t) if t.elapsed() < Duration::from_secs(1) => Err(Error::Unavailable(
+                h.last_error.clone().unwrap_or_default().into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn record<T>(&self, op: &'static str, started: Instant, result: &Result<T>) {
         metrics::histogram!(crate::metrics::REDIS_SECONDS, "op" => op)
             .record(started.elapsed().as_secs_f64());
         let mut h = lock(&self.health);
         match result {
             Ok(_) => {
+                h.failed_at = None;
                 if let Some(since) = h.down_since.take() {
                     tracing::info!(
                         down_secs = since.elapsed().as_secs(),
@@ -313,6 +331,7 @@ impl Coord {
                 metrics::counter!(crate::metrics::REDIS_ERRORS, "op" => op).increment(1);
                 metrics::gauge!(crate::metrics::REDIS_UP).set(0.0);
                 h.down_since.get_or_insert_with(Instant::now);
+                h.failed_at = Some(Instant::now());
                 h.last_error = Some(e.to_string());
                 if h
                     .last_logged
