@@ -77,6 +77,13 @@
 #   BENCH_S3=1 bench/run.sh       the loopback benchmark, then the S3 section
 #   BENCH_S3=only bench/run.sh    the S3 section alone
 #
+# Replicas section (bench/replicas.py, about 2 min): three replicas coordinated by one redis-server
+# beside one replica alone: a cold storm of 60 clients (wall-time ratio, upstream GETs per blob from
+# distribution's access log) and warm manifest-by-tag req/s with Redis-shared tag records.
+#
+#   BENCH_REPLICAS=1 bench/run.sh     the loopback benchmark, then the replicas section
+#   BENCH_REPLICAS=only bench/run.sh  the replicas section alone (extra arguments go to replicas.py)
+#
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes
 # bench/results/<timestamp>.json. See docs/performance.md.
@@ -143,6 +150,12 @@ case $s3 in
   ""|0) s3="" ;;
   1|only) ;;
   *) echo "bench: BENCH_S3=$s3: use 1 (loopback, then S3) or only (S3 alone)" >&2; exit 1 ;;
+esac
+replicas=${BENCH_REPLICAS:-}
+case $replicas in
+  ""|0) replicas="" ;;
+  1|only) tools+=([redis-server]=redis-server) ;;
+  *) echo "bench: BENCH_REPLICAS=$replicas: use 1 (loopback, then replicas) or only" >&2; exit 1 ;;
 esac
 sudo_cmd=()
 [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
@@ -211,13 +224,15 @@ webhook_cmd=(python3 "$repo_root/bench/webhook.py" --binary "$repo_root/target/r
   --results "$repo_root/bench/results")
 s3_cmd=(python3 "$repo_root/bench/s3.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
+replicas_cmd=(python3 "$repo_root/bench/replicas.py" --binary "$repo_root/target/release/regmirror"
+  --results "$repo_root/bench/results")
 wan_cmd=("${sudo_cmd[@]}" python3 "$repo_root/bench/wan.py" --binary "$repo_root/target/release/regmirror"
   --results "$repo_root/bench/results")
 
 # One section may be "only" (it alone runs, with the extra arguments); otherwise the loopback
 # benchmark runs (with the extra arguments), then each section switched on with 1, in this order.
 only=()
-for s in coldcpu auth tls prefetch status webhook s3 wan; do
+for s in coldcpu auth tls prefetch status webhook s3 replicas wan; do
   [[ ${!s} == only ]] && only+=("$s")
 done
 if ((${#only[@]} > 1)); then
@@ -235,4 +250,5 @@ fi
 [[ -z $status ]] || "${status_cmd[@]}"
 [[ -z $webhook ]] || "${webhook_cmd[@]}"
 [[ -z $s3 ]] || "${s3_cmd[@]}"
+[[ -z $replicas ]] || "${replicas_cmd[@]}"
 [[ -z $wan ]] || exec "${wan_cmd[@]}"

@@ -18,6 +18,9 @@
 //! - `cache`: the pull-through logic, a facade over `BlobCache` (hits, fills through the
 //!   `FillTable` single-flight, ranges) and `ManifestCache` (digests, tags and their freshness,
 //!   stale serving, tags lists), with access tracking and eviction.
+//! - `coord`: coordination of replicas through Redis (`redis_url`): leases with fencing tokens,
+//!   shared records, the peer secret, and the HTTP client that reads a fill from the replica that
+//!   owns it. Below `cache`; never calls it.
 //! - `edge`: who is asking and whether they may: TLS for the listeners (`edge::tls`: PEM
 //!   certificates chosen by SNI, reloaded on change and SIGHUP, the handshake and its timeout),
 //!   client authentication, access policy, per-client limits. The server hands it sockets, the
@@ -43,8 +46,9 @@
 //!   Linux-gated, each with its SAFETY argument.
 //!
 //! Calls go one way: `server` -> `edge` (sockets) and `api`; `api` -> `edge` (admission) and
-//! `cache`; `cache` -> (`upstream`, `storage`, `staging`); `prefetch` -> `cache` (or a mirror
-//! over HTTP); `api` -> `ui` -> (`cache` accessors, `prefetch` schedule reports); `transfer` -> `cache::records` and `storage`; `storage` and
+//! `cache`; `cache` -> (`upstream`, `storage`, `staging`, `coord`); `prefetch` -> `cache` (or a
+//! mirror over HTTP); `api` -> `ui` -> (`cache` accessors, `prefetch` schedule reports);
+//! `transfer` -> `cache::records` and `storage`; `storage` and
 //! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
 //! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
 //! every request, whichever side parsed it.
@@ -59,6 +63,7 @@ mod cache;
 pub mod cli;
 mod client_config;
 pub mod config;
+mod coord;
 mod edge;
 mod metrics;
 pub mod oci;

@@ -44,6 +44,13 @@ pub(crate) const S3_MULTIPART_IN_FLIGHT: &str = "regmirror_s3_multipart_uploads_
 pub(crate) const S3_CORRUPT: &str = "regmirror_s3_corrupt_objects_total";
 pub(crate) const LOCAL_TIER_BYTES: &str = "regmirror_local_tier_bytes";
 pub(crate) const LOCAL_TIER_REQUESTS: &str = "regmirror_local_tier_requests_total";
+pub(crate) const REDIS_UP: &str = "regmirror_redis_up";
+pub(crate) const REDIS_ERRORS: &str = "regmirror_redis_errors_total";
+pub(crate) const REDIS_SECONDS: &str = "regmirror_redis_command_duration_seconds";
+pub(crate) const LEASES: &str = "regmirror_leases_total";
+pub(crate) const LEASES_HELD: &str = "regmirror_leases_held";
+pub(crate) const PEER_FILLS: &str = "regmirror_peer_fills_total";
+pub(crate) const SHARED_TAGS: &str = "regmirror_shared_tag_records_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -98,11 +105,26 @@ fn describe() {
         Unit::Seconds,
         "S3 request latency by operation (head, get, put, part, complete, abort, list, delete, copy)"
     );
-    describe_counter!(S3_ERRORS, "Failed S3 requests by operation and kind (not_found excluded)");
-    describe_gauge!(S3_MULTIPART_IN_FLIGHT, "S3 multipart uploads started and not yet completed or aborted");
-    describe_counter!(S3_CORRUPT, "Objects read from S3 whose bytes did not match their digest (deleted)");
-    describe_gauge!(LOCAL_TIER_BYTES, "Bytes of blobs in the local tier in front of S3");
-    describe_counter!(LOCAL_TIER_REQUESTS, "Local tier lookups by outcome (hit, miss)");
+    describe_counter!(
+        S3_ERRORS,
+        "Failed S3 requests by operation and kind (not_found excluded)"
+    );
+    describe_gauge!(
+        S3_MULTIPART_IN_FLIGHT,
+        "S3 multipart uploads started and not yet completed or aborted"
+    );
+    describe_counter!(
+        S3_CORRUPT,
+        "Objects read from S3 whose bytes did not match their digest (deleted)"
+    );
+    describe_gauge!(
+        LOCAL_TIER_BYTES,
+        "Bytes of blobs in the local tier in front of S3"
+    );
+    describe_counter!(
+        LOCAL_TIER_REQUESTS,
+        "Local tier lookups by outcome (hit, miss)"
+    );
     describe_counter!(FILLS_TOTAL, "Blob downloads by outcome (ok, failed)");
     describe_counter!(
         JOINED,
@@ -161,6 +183,32 @@ fn describe() {
         PREFETCH_BYTES,
         Unit::Bytes,
         "Bytes fetched from upstreams by [[prefetch]] schedules"
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 while Redis answers (fills and tags coordinated across replicas), 0 while it does not (each replica coalesces alone)"
+    );
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis commands that failed or timed out, by operation"
+    );
+    describe_histogram!(
+        REDIS_SECONDS,
+        Unit::Seconds,
+        "Redis command latency, by operation"
+    );
+    describe_counter!(
+        LEASES,
+        "Lease attempts by kind (fill, tag) and result (acquired, held, taken_over, unavailable; lost: expired before its work ended)"
+    );
+    describe_gauge!(LEASES_HELD, "Leases this replica holds now, by kind");
+    describe_counter!(
+        PEER_FILLS,
+        "Fills read from or served to other replicas, by role (joined, served) and outcome"
+    );
+    describe_counter!(
+        SHARED_TAGS,
+        "Tag freshness answered from records shared in Redis, by result (fresh, stale, missing)"
     );
     describe_counter!(
         TLS_RELOADS,

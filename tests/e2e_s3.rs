@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use sha2::Digest as _;
+use support::faults::{sized_image, wait_for, Behaviour, FaultyUpstream};
 use support::mirror::{MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
 use support::seed::seed;
-use support::faults::{sized_image, wait_for, Behaviour, FaultyUpstream};
 use support::skopeo::{self, assert_multi_copy, assert_single_copy, blob_digests_of, CopyOptions};
 
 const ALIAS: &str = "up";
@@ -71,7 +71,10 @@ async fn start_s3() -> Option<S3Server> {
     // Killed and reaped by its guard's drop, also when it never comes up.
     let server = S3Server { child, root, port };
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Some(server);
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -102,7 +105,10 @@ fn config_for(host: &str, url: &str, s3: &S3Server, s3_table: toml::Table) -> Mi
     table.insert("bucket".into(), "regmirror".into());
     table.insert("prefix".into(), "cache/".into());
     table.insert("region".into(), "us-east-1".into());
-    table.insert("endpoint".into(), format!("http://127.0.0.1:{}", s3.port).into());
+    table.insert(
+        "endpoint".into(),
+        format!("http://127.0.0.1:{}", s3.port).into(),
+    );
     table.insert("path_style".into(), true.into());
     table.extend(s3_table);
     config.extra = config
@@ -120,7 +126,13 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Result<Vec<u8>, Strin
     match client.get(url).send().await {
         Ok(r) => {
             let status = r.status().as_u16();
-            (status, r.bytes().await.map(|b| b.to_vec()).map_err(|e| e.to_string()))
+            (
+                status,
+                r.bytes()
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| e.to_string()),
+            )
         }
         Err(e) => (0, Err(e.to_string())),
     }
@@ -129,7 +141,9 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Result<Vec<u8>, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_bucket() {
     require_tools!();
-    let Some(mut s3) = start_s3().await else { return };
+    let Some(mut s3) = start_s3().await else {
+        return;
+    };
     credentials_in_env();
     let mut registry = Registry::plain().await;
     let seeded = seed(&registry, "library/busybox", "library/hello", "s3-e2e").await;
@@ -175,7 +189,8 @@ async fn two_replicas_on_one_bucket() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let blob_url = |m: &Regmirror, d: &str| format!("{}/v2/{ALIAS}/library/busybox/blobs/{d}", m.url);
+    let blob_url =
+        |m: &Regmirror, d: &str| format!("{}/v2/{ALIAS}/library/busybox/blobs/{d}", m.url);
     let gets_before = registry.count_blob_gets_any(&victim);
     // B redirects every blob: the presigned URL hands out the bucket's (corrupt) bytes, so the
     // check here is the mirror's own read path, with redirects off for this request (a Range).
@@ -204,7 +219,10 @@ async fn two_replicas_on_one_bucket() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(refetched.is_some(), "the blob is right again after the corrupt copy was removed");
+    assert!(
+        refetched.is_some(),
+        "the blob is right again after the corrupt copy was removed"
+    );
     assert!(
         registry.count_blob_gets_any(&victim) > gets_before,
         "it was fetched again from the upstream"
@@ -222,15 +240,33 @@ async fn two_replicas_on_one_bucket() {
     let work_b = tempfile::tempdir().unwrap();
     let copy = skopeo::copy(&image(&b), work_b.path(), &all).await.unwrap();
     assert_multi_copy(&copy, &seeded.index, "through replica B, upstream stopped");
-    assert_eq!(registry.access_lines().len(), gets_after, "no upstream request");
+    assert_eq!(
+        registry.access_lines().len(),
+        gets_after,
+        "no upstream request"
+    );
 
     // The cache CLI reads the bucket through the same storage (B's config file).
     let (ok, out, err) = b.cache_cli(&["ls"]);
-    assert!(ok && out.contains("library/busybox:v1"), "cache ls: {out}{err}");
+    assert!(
+        ok && out.contains("library/busybox:v1"),
+        "cache ls: {out}{err}"
+    );
     let (ok, out, err) = b.cache_cli(&["du"]);
-    let blobs_line = out.lines().find(|l| l.starts_with("blobs")).unwrap_or_default().to_string();
-    let n: usize = blobs_line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
-    assert!(ok && n >= layers.len(), "cache du counts the bucket's blobs: {out}{err}");
+    let blobs_line = out
+        .lines()
+        .find(|l| l.starts_with("blobs"))
+        .unwrap_or_default()
+        .to_string();
+    let n: usize = blobs_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        ok && n >= layers.len(),
+        "cache du counts the bucket's blobs: {out}{err}"
+    );
     let (_, metrics) = get(&plain, &format!("{}/metrics", a.url)).await;
     let metrics = String::from_utf8_lossy(&metrics.unwrap()).to_string();
     assert!(
@@ -247,7 +283,10 @@ async fn two_replicas_on_one_bucket() {
     let (status, body) = get(&plain, &blob_url(&b, other)).await;
     let text = String::from_utf8_lossy(&body.unwrap_or_default()).to_string();
     assert_eq!(status, 503, "{text}");
-    assert!(text.contains("UNAVAILABLE") && text.contains("object storage"), "{text}");
+    assert!(
+        text.contains("UNAVAILABLE") && text.contains("object storage"),
+        "{text}"
+    );
 }
 
 /// Multipart uploads the S3 server itself holds (s3s-fs keeps one `.upload-<id>.json` each).
@@ -280,22 +319,41 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
     let bucket = s3.root.path().join("regmirror/cache");
     let hex = layer.digest.trim_start_matches("sha256:").to_string();
     let object = bucket.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
-    wait_for("a multipart upload in progress at the S3 server", std::time::Duration::from_secs(30), || {
-        (up.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1 && server_uploads(&s3) >= 1).then_some(())
-    })
+    wait_for(
+        "a multipart upload in progress at the S3 server",
+        std::time::Duration::from_secs(30),
+        || {
+            (up.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1 && server_uploads(&s3) >= 1)
+                .then_some(())
+        },
+    )
     .await;
-    assert!(!object.exists(), "nothing under the final key while the fill runs");
+    assert!(
+        !object.exists(),
+        "nothing under the final key while the fill runs"
+    );
     a.kill9();
-    assert!(pull.await.unwrap().is_err(), "the pull fails with its mirror");
-    assert!(!object.exists(), "nothing under the final key after kill -9");
-    assert!(server_uploads(&s3) >= 1, "the killed fill left its upload at the server");
+    assert!(
+        pull.await.unwrap().is_err(),
+        "the pull fails with its mirror"
+    );
+    assert!(
+        !object.exists(),
+        "nothing under the final key after kill -9"
+    );
+    assert!(
+        server_uploads(&s3) >= 1,
+        "the killed fill left its upload at the server"
+    );
 
     // Another replica (fresh data dir) aborts it once its record is stale, then serves the image.
     up.release();
     let b = Regmirror::start(config_for(&up.host(), &up.url(), &s3, toml::Table::new())).await;
-    wait_for("the abandoned upload to be aborted", std::time::Duration::from_secs(20), || {
-        (server_uploads(&s3) == 0).then_some(())
-    })
+    wait_for(
+        "the abandoned upload to be aborted",
+        std::time::Duration::from_secs(20),
+        || (server_uploads(&s3) == 0).then_some(()),
+    )
     .await;
     let records = bucket.join("_uploads");
     assert!(
@@ -303,9 +361,13 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
         "its record is gone too"
     );
     assert!(!object.exists(), "still nothing under the key");
-    let copy = skopeo::copy(&format!("{}/{ALIAS}/crash/app:v1", b.addr()), work.path(), &CopyOptions::default())
-        .await
-        .expect("pull through the other replica");
+    let copy = skopeo::copy(
+        &format!("{}/{ALIAS}/crash/app:v1", b.addr()),
+        work.path(),
+        &CopyOptions::default(),
+    )
+    .await
+    .expect("pull through the other replica");
     assert_single_copy(&copy, &img, "after the crash, through B");
     let committed = std::fs::read(&object).expect("committed by B");
     assert_eq!(sha256(&committed), layer.digest);

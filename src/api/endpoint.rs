@@ -47,6 +47,12 @@ pub enum Endpoint {
     Status,
     /// `GET /` or `/ui`: the status page (when `ui` is on).
     Page,
+    /// `GET /_regmirror/fills/<digest>?from=N`: another replica reads a fill this one owns
+    /// (internal; answered only with coordination on and the fleet's secret).
+    PeerFill {
+        /// The blob's digest.
+        digest: Digest,
+    },
     /// `GET /token` (Docker's token flow) or `POST /token` (OAuth2, containerd): the mirror's
     /// own token endpoint, when authentication is on.
     Token,
@@ -64,6 +70,7 @@ impl Endpoint {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => "ops",
             Endpoint::Token => "token",
             Endpoint::Status | Endpoint::Page => "ui",
+            Endpoint::PeerFill { .. } => "peer_fill",
         }
     }
 }
@@ -93,6 +100,15 @@ impl Endpoint {
                 return Ok(Endpoint::Token)
             }
             _ => {}
+        }
+        if let Some(d) = path.strip_prefix("/_regmirror/fills/") {
+            if method != Method::GET {
+                return Err(ParseError::MethodNotAllowed);
+            }
+            let digest = d
+                .parse()
+                .map_err(|_| ParseError::DigestInvalid(d.to_string()))?;
+            return Ok(Endpoint::PeerFill { digest });
         }
         if path == "/v2" || path == "/v2/" {
             return if read {

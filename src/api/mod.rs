@@ -206,6 +206,7 @@ async fn dispatch(
             outcome.user = edge.admit_status(req).await?.user;
             return Ok(ui_response(ui, &endpoint, query));
         }
+        Endpoint::PeerFill { digest } => return peer_fill(cache, req, query, &digest).await,
         Endpoint::Unsupported { what } => return Err(Error::unsupported(what)),
         Endpoint::Manifest { name, reference } => {
             let route = route(listener, req, query, &name, outcome)?;
@@ -230,9 +231,13 @@ async fn dispatch(
                 throttle: grant.throttle,
                 permit,
             };
-            let redirect = listener.redirect_blobs && !head && !req.headers.contains_key(header::RANGE);
+            let redirect =
+                listener.redirect_blobs && !head && !req.headers.contains_key(header::RANGE);
             let answer = match redirect {
-                true => match cache.blob_redirect(&route.upstream, &route.repository, &digest).await {
+                true => match cache
+                    .blob_redirect(&route.upstream, &route.repository, &digest)
+                    .await
+                {
                     Ok(Some(url)) => Ok((CacheStatus::Hit, redirect_response(&url))),
                     Ok(None) => blob(cache, &route, req, &digest, head, pace).await,
                     Err(e) => Err(e.into()),
@@ -385,6 +390,18 @@ async fn ready(cache: &Cache) -> Result<Response, Error> {
         .await
         .map_err(|e| Error::Unavailable(format!("not ready: {e}")))?;
     let mut body = String::from("ready\n");
+    // Redis down is reported, never "not ready": every replica still serves what it has and
+    // fills alone, and failing all of them at once would empty the load balancer.
+    if let Some(redis) = cache.coordination_status().await {
+        match redis.down {
+            None => body.push_str(&format!("redis {} up: fills and tags coordinated across replicas\n", redis.target)),
+            Some((for_, reason)) => body.push_str(&format!(
+                "redis {} unavailable for {} s ({reason}): degraded, each replica coalesces its own fills\n",
+                redis.target,
+                for_.as_secs()
+            )),
+        }
+    }
     for h in cache.upstream_health() {
         if let Some((since, at, reason)) = h.down {
             body.push_str(&format!(
@@ -421,6 +438,41 @@ fn ui_response(ui: &crate::ui::Ui, endpoint: &Endpoint, query: Option<&str>) -> 
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The internal fill endpoint: stream a fill this replica owns to another replica (which
+/// verifies the digest itself). 404 unless coordination is on and the secret matches.
+async fn peer_fill(
+    cache: &Cache,
+    req: &http::request::Parts,
+    query: Option<&str>,
+    digest: &crate::oci::Digest,
+) -> Result<Response, Error> {
+    let from = query
+        .and_then(|q| query_param(q, "from"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let secret = req
+        .headers
+        .get(crate::coord::peer::SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let Some(fill) = cache.fill_for_peer(digest, from, secret).await? else {
+        return Err(Error::NotFound);
+    };
+    let mut resp = Response::new(Body::from_stream(fill.body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(size) = fill.size {
+        h.insert("x-regmirror-blob-size", HeaderValue::from(size));
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(size.saturating_sub(from)),
+        );
+    }
+    Ok(resp)
 }
 
 fn metrics_response() -> Response {

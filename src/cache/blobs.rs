@@ -13,13 +13,14 @@ use futures::StreamExt;
 
 use super::access::Access;
 use super::evict::Evictor;
-use super::flight::{Fill, FillPermit, FillTable, Flight, LocalFills};
+use super::flight::{Fill, FillPermit, FillSource, FillTable, Flight, LocalFills};
 use super::links::{Kind, Links};
 use super::negative::NotFound;
 use super::tags::Policies;
 use super::upstreams::Upstreams;
 use super::{keys, CacheStatus, Error, Result};
 use crate::config::Config;
+use crate::coord::Coord;
 use crate::oci::{Digest, RangeSpec};
 use crate::staging::{ByteStream, FileRegion, Spool, SpoolWriter, WriteError};
 use crate::storage::{self, Storage};
@@ -80,9 +81,11 @@ pub(crate) struct BlobCache {
     /// Blobs an upstream said it does not have, for a short time.
     not_found: Arc<NotFound>,
     /// Which repositories hold which blobs: nothing is served under a repository without one.
-    links: Arc<Links>,
+    pub(super) links: Arc<Links>,
     /// Storage may redirect large blobs (`s3.redirect_blobs_over`).
     redirects: bool,
+    /// The fleet's coordination (`redis_url`), when on.
+    coord: Option<Arc<Coord>>,
 }
 
 impl BlobCache {
@@ -99,11 +102,16 @@ impl BlobCache {
         evictor: Arc<Evictor>,
         policies: Arc<Policies>,
         known: Known,
+        coord: Option<Arc<Coord>>,
     ) -> BlobCache {
+        let fills: Box<dyn FillTable> = match &coord {
+            Some(c) => Box::new(super::shared_fills::SharedFills::new(c.clone())),
+            None => Box::new(LocalFills::default()),
+        };
         BlobCache {
             storage,
             staging_dir,
-            fills: Box::new(LocalFills::default()),
+            fills,
             fill_slots: tokio::sync::Semaphore::new(config.max_concurrent_fills),
             fill_timeout: Duration::from_secs(config.fill_timeout_secs.max(1)),
             access,
@@ -114,6 +122,7 @@ impl BlobCache {
             redirects: config
                 .s3_backend()
                 .is_some_and(|s3| s3.redirect_blobs_over.is_some()),
+            coord,
         }
     }
 
@@ -218,7 +227,7 @@ impl BlobCache {
                 status: CacheStatus::Passthrough,
             });
         }
-        match self.fills.start_or_join(digest) {
+        match self.fills.start_or_join(digest, up.name(), repo).await {
             Flight::Join(fill) => self.serve_joined(up, repo, fill, range, head, linked).await,
             Flight::Start(fill, permit) => {
                 // A fill may have committed between our storage check and now.
@@ -429,7 +438,10 @@ impl BlobCache {
             )))),
         };
         match &outcome {
-            Ok(()) => tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached"),
+            Ok(()) => {
+                tracing::info!(upstream = %up.name(), %repo, %digest, "blob cached");
+                self.announce_stored(&digest);
+            }
             Err(e) => {
                 tracing::warn!(upstream = %up.name(), %repo, %digest, error = %e, "blob fill failed")
             }
@@ -476,9 +488,10 @@ impl BlobCache {
             .acquire()
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        let blob = up.get_blob(repo, digest).await.map_err(blob_error)?;
-        // The upstream serves it for this repository: joiners for it need not ask again.
-        self.links.note(Kind::Blob, up.name(), repo, digest);
+        let blob = match permit.source() {
+            FillSource::Upstream => self.from_upstream(up, repo, digest).await?,
+            FillSource::Peer { .. } => self.from_owner(up, repo, digest, permit).await?,
+        };
         let (writer, reader) =
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
         permit.started(Arc::new(reader));
@@ -546,6 +559,42 @@ impl Tee {
                 u.abort().await;
             }
         }
+    }
+}
+
+impl BlobCache {
+    /// The fleet's coordination, when on.
+    pub(super) fn coord(&self) -> Option<&Arc<Coord>> {
+        self.coord.as_ref()
+    }
+
+    /// The fill of `digest` in flight here, if any.
+    pub(super) fn fills_join(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.fills.join(digest)
+    }
+
+    /// Ask the upstream whether `repo` holds `digest`, and link it.
+    pub(super) async fn confirm_blob(&self, up: &Upstream, repo: &str, d: &Digest) -> Result<()> {
+        self.confirm(up, repo, d).await
+    }
+
+    /// The committed blob from byte `from` (whole when 0), if stored.
+    pub(super) async fn stored(&self, digest: &Digest, from: u64) -> Result<Option<Blob>> {
+        let range = (from > 0).then_some(RangeSpec::From(from, None));
+        self.from_storage(digest, range, false).await
+    }
+
+    /// Start the download from the upstream.
+    pub(super) async fn from_upstream(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<upstream::BlobStream> {
+        let blob = up.get_blob(repo, digest).await.map_err(blob_error)?;
+        // The upstream serves it for this repository: joiners for it need not ask again.
+        self.links.note(Kind::Blob, up.name(), repo, digest);
+        Ok(blob)
     }
 }
 

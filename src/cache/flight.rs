@@ -6,8 +6,9 @@
 //! cancelled task) fails the fill, so no joiner waits forever. Joiners follow a fill's
 //! progress: [`Fill::wait_started`] until the upstream answered, then the spool's own progress.
 //!
-//! [`LocalFills`] is the in-process table. A table shared by several replicas (leases in Redis,
-//! joiners streaming from the owner) implements the same trait; the blob path does not change.
+//! [`LocalFills`] is the in-process table. [`super::shared_fills::SharedFills`] puts a Redis
+//! lease behind it: the permit then says where the bytes come from ([`FillSource`]): the
+//! upstream, for the lease holder, or the replica holding the lease, for everyone else.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -19,9 +20,11 @@ use crate::oci::Digest;
 use crate::staging::Spool;
 
 /// The single-flight table of blob fills.
+#[async_trait::async_trait]
 pub(crate) trait FillTable: Send + Sync + 'static {
-    /// Join the fill of `digest` in flight, or become its owner.
-    fn start_or_join(&self, digest: &Digest) -> Flight;
+    /// Join the fill of `digest` in flight, or become its owner; `upstream`/`repo` is what the
+    /// fill would fetch for.
+    async fn start_or_join(&self, digest: &Digest, upstream: &str, repo: &str) -> Flight;
     /// The fill of `digest` in flight, if any (never starts one).
     fn join(&self, digest: &Digest) -> Option<Arc<Fill>>;
     /// Fills running now.
@@ -92,14 +95,46 @@ impl Fill {
     }
 }
 
+/// Where a fill reads its bytes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FillSource {
+    /// The upstream registry (this replica holds the fleet's lease, or there is no fleet).
+    Upstream,
+    /// The replica holding the lease: its URL, the lease's fencing token, and the upstream and
+    /// repository it fetches for.
+    Peer {
+        owner: String,
+        token: u64,
+        upstream: String,
+        repo: String,
+    },
+}
+
 /// The right, and the duty, to run one fill.
 pub(crate) struct FillPermit {
     tx: watch::Sender<FillStatus>,
     fill: Arc<Fill>,
     table: Weak<LocalFillsInner>,
+    source: FillSource,
+    /// What must live as long as the fill (a lease), dropped when the permit ends.
+    held: Mutex<Option<Box<dyn Send + Sync>>>,
 }
 
 impl FillPermit {
+    /// Where the bytes come from.
+    pub(crate) fn source(&self) -> &FillSource {
+        &self.source
+    }
+
+    pub(super) fn set_source(&mut self, source: FillSource) {
+        self.source = source;
+    }
+
+    /// Keep `guard` (a lease) until the fill ends.
+    pub(super) fn hold(&self, guard: Box<dyn Send + Sync>) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+    }
+
     /// The upstream answered: joiners may read `spool` from now on.
     pub(crate) fn started(&self, spool: Arc<Spool>) {
         self.tx.send_modify(|s| s.spool = Some(spool));
@@ -125,6 +160,8 @@ impl FillPermit {
         if let Some(table) = self.table.upgrade() {
             table.remove(&self.fill);
         }
+        // Release the lease as soon as the fill is over, not when the permit is freed.
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 
@@ -155,8 +192,9 @@ impl LocalFillsInner {
     }
 }
 
-impl FillTable for LocalFills {
-    fn start_or_join(&self, digest: &Digest) -> Flight {
+impl LocalFills {
+    /// [`FillTable::start_or_join`] without waiting: the in-process decision.
+    pub(super) fn start_or_join_now(&self, digest: &Digest) -> Flight {
         let mut map = self
             .inner
             .inflight
@@ -178,8 +216,17 @@ impl FillTable for LocalFills {
             tx,
             fill: fill.clone(),
             table: Arc::downgrade(&self.inner),
+            source: FillSource::Upstream,
+            held: Mutex::new(None),
         };
         Flight::Start(fill, permit)
+    }
+}
+
+#[async_trait::async_trait]
+impl FillTable for LocalFills {
+    async fn start_or_join(&self, digest: &Digest, _upstream: &str, _repo: &str) -> Flight {
+        self.start_or_join_now(digest)
     }
 
     fn join(&self, digest: &Digest) -> Option<Arc<Fill>> {
@@ -237,11 +284,13 @@ mod tests {
     #[tokio::test]
     async fn one_owner_per_digest_until_it_ends() {
         let t = LocalFills::default();
-        let Flight::Start(fill, permit) = t.start_or_join(&digest(1)) else {
+        let Flight::Start(fill, permit) = t.start_or_join_now(&digest(1)) else {
             panic!("the first request owns the fill");
         };
-        assert!(matches!(t.start_or_join(&digest(1)), Flight::Join(f) if Arc::ptr_eq(&f, &fill)));
-        assert!(matches!(t.start_or_join(&digest(2)), Flight::Start(..)));
+        assert!(
+            matches!(t.start_or_join_now(&digest(1)), Flight::Join(f) if Arc::ptr_eq(&f, &fill))
+        );
+        assert!(matches!(t.start_or_join_now(&digest(2)), Flight::Start(..)));
         assert!(t.join(&digest(1)).is_some());
         let p = t.progress();
         // digest 2's permit was dropped at once, which failed that fill.
@@ -256,13 +305,13 @@ mod tests {
         assert!(t.progress().is_empty(), "an ended fill is not shown");
         assert!(matches!(fill.wait_started().await.outcome, Some(Ok(()))));
         assert!(t.join(&digest(1)).is_none(), "an ended fill is forgotten");
-        assert!(matches!(t.start_or_join(&digest(1)), Flight::Start(..)));
+        assert!(matches!(t.start_or_join_now(&digest(1)), Flight::Start(..)));
     }
 
     #[tokio::test]
     async fn a_dropped_permit_fails_the_fill_for_every_joiner() {
         let t = LocalFills::default();
-        let Flight::Start(fill, permit) = t.start_or_join(&digest(3)) else {
+        let Flight::Start(fill, permit) = t.start_or_join_now(&digest(3)) else {
             panic!("owner");
         };
         let joiner = tokio::spawn({

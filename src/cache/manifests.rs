@@ -14,7 +14,7 @@ use super::access::Access;
 use super::hot::Hot;
 use super::links::{self, Kind, Links};
 use super::negative::NotFound;
-use super::tags::{Policies, TagRecord, TagTtl};
+use super::tags::{Policies, TagRecord, TagRecords, TagTtl};
 use super::{decode_manifest, encode_manifest, keys, CacheStatus, Error, Result};
 use crate::config::Config;
 use crate::oci::{media, Digest, Reference};
@@ -57,6 +57,8 @@ pub(crate) struct ManifestCache {
     pub(super) lists: Mutex<HashMap<(String, String), (Bytes, tokio::time::Instant)>>,
     pub(super) list_flights: Mutex<HashMap<(String, String), Arc<OnceCell<Result<TagsPage>>>>>,
     pub(super) max_manifest_bytes: u64,
+    /// Tag records shared with the other replicas (`redis_url`), when on.
+    pub(super) shared: Option<Arc<dyn TagRecords>>,
 }
 
 /// Most entries of the exact-Accept memo and the tags-list cache before they are cleared.
@@ -81,6 +83,7 @@ impl ManifestCache {
         policies: Arc<Policies>,
         not_found: Arc<NotFound>,
         links: Arc<Links>,
+        shared: Option<Arc<dyn TagRecords>>,
     ) -> Self {
         ManifestCache {
             storage,
@@ -99,6 +102,7 @@ impl ManifestCache {
             lists: Mutex::default(),
             list_flights: Mutex::default(),
             max_manifest_bytes: config.max_manifest_bytes,
+            shared,
         }
     }
 
@@ -125,7 +129,24 @@ impl ManifestCache {
                 }
             }
             Reference::Tag(tag) => {
-                if let Some(m) = self.cached_tag(upstream, repo, tag).await? {
+                let mut cached = self.cached_tag(upstream, repo, tag).await?;
+                let policy = self.policies.get(upstream);
+                let fresh_here =
+                    cached.is_some() && self.tag_ttl.is_fresh(policy, upstream, repo, tag);
+                if !fresh_here && self.shared.is_some() {
+                    // Another replica may have confirmed it (or this one, before a restart).
+                    match self
+                        .from_shared(up, repo, tag, cached.as_ref(), accept)
+                        .await
+                    {
+                        Ok(Some(m)) => cached = Some(m),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(upstream, %repo, %tag, error = %e, "shared tag record not usable")
+                        }
+                    }
+                }
+                if let Some(m) = cached {
                     let fresh =
                         self.tag_ttl
                             .is_fresh(self.policies.get(upstream), upstream, repo, tag);
@@ -343,6 +364,16 @@ impl ManifestCache {
         {
             return Ok(cached);
         }
+        // One replica of the fleet revalidates; the others take the record it shares.
+        let _lead = match self.lead_revalidation(up, repo, tag).await {
+            Some(guard) => guard,
+            None => {
+                if self.confirmed_by_fleet(up, repo, tag, &cached).await {
+                    return Ok(cached);
+                }
+                Box::new(())
+            }
+        };
         // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull limit.
         match self
             .head_manifest_upstream(up, repo, reference, accept)
@@ -350,6 +381,12 @@ impl ManifestCache {
         {
             Ok(h) if h.digest == cached.digest => {
                 self.tag_ttl.confirm(up.name(), repo, tag);
+                let record = TagRecord {
+                    digest: cached.digest.to_string(),
+                    media_type: cached.media_type.clone(),
+                    size: cached.size,
+                };
+                self.share_tag(up, repo, tag, record);
                 Ok(cached)
             }
             Ok(_) => match self
@@ -398,15 +435,28 @@ impl ManifestCache {
                 media_type: media_type.clone(),
                 size: body.len() as u64,
             };
-            let json = serde_json::to_vec(&record).map_err(|e| Error::Invalid(e.to_string()))?;
-            self.storage
-                .put(&keys::tag(up.name(), repo, tag), Bytes::from(json))
-                .await?;
-            self.hot.put_tag(up.name(), repo, tag, record);
+            self.store_tag_record(up.name(), repo, tag, &record).await?;
             self.tag_ttl.confirm(up.name(), repo, tag);
+            self.share_tag(up, repo, tag, record);
         }
         tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
         Ok(manifest(digest, media_type, body, CacheStatus::Miss))
+    }
+
+    /// Write a tag record to storage and the in-memory copies.
+    pub(super) async fn store_tag_record(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+        record: &TagRecord,
+    ) -> Result<()> {
+        let json = serde_json::to_vec(record).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.storage
+            .put(&keys::tag(upstream, repo, tag), Bytes::from(json))
+            .await?;
+        self.hot.put_tag(upstream, repo, tag, record.clone());
+        Ok(())
     }
 
     /// GET (or HEAD) a manifest with exactly the client's Accept list, for a client that cannot take

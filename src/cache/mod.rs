@@ -27,8 +27,11 @@ mod links;
 mod lists;
 mod manifests;
 mod negative;
+mod peer_fills;
 pub(crate) mod records;
 mod revalidate;
+mod shared_fills;
+mod shared_tags;
 mod tags;
 mod upstreams;
 
@@ -47,6 +50,7 @@ pub(crate) use blobs::{Blob, BlobBody};
 pub(crate) use flight::FillProgress;
 use manifests::ManifestCache;
 pub(crate) use manifests::{Manifest, TagsPage};
+pub(crate) use peer_fills::PeerFill;
 
 /// A cache failure. `ManifestUnknown` / `BlobUnknown` are distinct so the API can answer 404.
 /// Clone, because one fill's outcome is shared by every client that joined it (sources are
@@ -166,6 +170,8 @@ pub(crate) struct Cache {
     blobs: Arc<BlobCache>,
     manifests: Arc<ManifestCache>,
     evictor: Arc<evict::Evictor>,
+    /// Coordination with the other replicas (`redis_url`), when on.
+    coord: Option<Arc<crate::coord::Coord>>,
 }
 
 impl Cache {
@@ -176,6 +182,13 @@ impl Cache {
         staging_dir: PathBuf,
     ) -> Result<Cache> {
         let upstreams = Arc::new(upstreams::Upstreams::new(config)?);
+        let coord = match config.coord() {
+            Ok(Some(settings)) => Some(
+                crate::coord::Coord::new(settings)
+                    .map_err(|e| Error::Invalid(format!("redis_url: {e}")))?,
+            ),
+            _ => None,
+        };
         let access = Arc::new(access::Access::new(storage.clone()));
         let evictor = Arc::new(evict::Evictor::new(
             storage.clone(),
@@ -197,6 +210,7 @@ impl Cache {
             evictor.clone(),
             policies.clone(),
             known,
+            coord.clone(),
         ));
         let manifests = Arc::new(ManifestCache::new(
             config,
@@ -205,6 +219,9 @@ impl Cache {
             policies,
             not_found,
             links,
+            coord.clone().map(|c| {
+                Arc::new(shared_tags::RedisTagRecords::new(c)) as Arc<dyn tags::TagRecords>
+            }),
         ));
         Ok(Cache {
             storage,
@@ -212,7 +229,49 @@ impl Cache {
             blobs,
             manifests,
             evictor,
+            coord,
         })
+    }
+
+    /// Set how other replicas reach this one (unless `replica_url` says), and connect to Redis
+    /// in the background. No-op without `redis_url`.
+    pub(crate) fn start_coordination(&self, derived_replica_url: String) {
+        let Some(coord) = self.coord.clone() else {
+            return;
+        };
+        coord.set_replica_url(derived_replica_url);
+        tokio::spawn(async move {
+            // Learn the fleet's secret early, so that this replica answers peers at once; then
+            // keep `regmirror_redis_up` current between requests.
+            loop {
+                if coord.peer_secret().await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let _ = coord.ping().await;
+            }
+        });
+    }
+
+    /// Redis as `/readyz` reports it, after one ping (None: coordination is off).
+    pub(crate) async fn coordination_status(&self) -> Option<crate::coord::Status> {
+        let coord = self.coord.as_ref()?;
+        let _ = coord.ping().await;
+        Some(coord.status())
+    }
+
+    /// The internal fill endpoint: bytes of `digest` from `from` for another replica that shows
+    /// `secret`. None: nothing to give (or not allowed).
+    pub(crate) async fn fill_for_peer(
+        &self,
+        digest: &crate::oci::Digest,
+        from: u64,
+        secret: Option<&str>,
+    ) -> Result<Option<PeerFill>> {
+        self.blobs.for_peer(digest, from, secret).await
     }
 
     /// GET (`head = false`) or HEAD a blob, optionally a range of it.

@@ -3,7 +3,9 @@
 //! The one place the freshness policy lives. Digests are immutable and never revalidated; a tag is
 //! trusted for its upstream's `tag_ttl_secs` after it was last confirmed, forever if it matches one
 //! of the upstream's `immutable_tags` patterns. Confirmation times are kept in memory (on the tokio
-//! clock, so tests can pause time): after a restart every tag is revalidated once, with a HEAD.
+//! clock, so tests can pause time): after a restart every tag is revalidated once, with a HEAD —
+//! unless the fleet shares them ([`TagRecords`], `shared_tags.rs`): then a record another
+//! replica confirmed counts from when it was confirmed there.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +22,19 @@ pub(super) struct TagRecord {
     pub digest: String,
     pub media_type: String,
     pub size: u64,
+}
+
+/// Tag records and their confirmation times shared by the replicas of a fleet (Redis). The
+/// cache keeps the rules (TTL, immutable patterns); this only keeps and hands out records.
+#[async_trait::async_trait]
+pub(super) trait TagRecords: Send + Sync {
+    /// The record another replica (or this one) shared, and how long ago it was confirmed.
+    async fn get(&self, upstream: &str, repo: &str, tag: &str) -> Option<(TagRecord, Duration)>;
+    /// Share a record the upstream confirmed just now; kept for `keep`.
+    async fn put(&self, upstream: &str, repo: &str, tag: &str, record: &TagRecord, keep: Duration);
+    /// Lead the revalidation of a tag: Some(guard) to go ahead (held until dropped), None when
+    /// another replica is revalidating it right now.
+    async fn lead(&self, upstream: &str, repo: &str, tag: &str) -> Option<Box<dyn Send + Sync>>;
 }
 
 /// Per-upstream freshness settings.
@@ -107,10 +122,17 @@ impl TagTtl {
 
     /// Record that the upstream just confirmed the tag.
     pub(super) fn confirm(&self, upstream: &str, repo: &str, tag: &str) {
+        self.confirm_ago(upstream, repo, tag, Duration::ZERO);
+    }
+
+    /// Record that the upstream confirmed the tag `age` ago (to another replica, which shared
+    /// the record): its TTL runs from then, not from now.
+    pub(super) fn confirm_ago(&self, upstream: &str, repo: &str, tag: &str, age: Duration) {
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         let mut map = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(
             (upstream.to_string(), repo.to_string(), tag.to_string()),
-            Instant::now(),
+            at,
         );
     }
 }

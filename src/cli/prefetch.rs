@@ -157,14 +157,18 @@ async fn open_source(args: &Args) -> Result<Arc<dyn Source>, String> {
         _ => None,
     })
     .map_err(|e| e.to_string())?;
-    let opened = crate::storage::open(&config.data_dir, config.s3_backend(), crate::storage::Role::Tool)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot open the data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
+    let opened = crate::storage::open(
+        &config.data_dir,
+        config.s3_backend(),
+        crate::storage::Role::Tool,
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot open the data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
     let cache = crate::cache::Cache::new(&config, opened.storage.clone(), opened.staging_dir)
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(DirectSource {

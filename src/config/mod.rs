@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 mod acme;
+pub(crate) mod coord;
 mod limits;
 
 pub use access::{AccessAction, AccessRule, AuthConfig, ANONYMOUS};
@@ -159,6 +160,14 @@ pub struct Config {
     /// Whether `listen` may answer blob GETs with a redirect to a presigned S3 URL
     /// (`s3.redirect_blobs_over`); false for clients that cannot reach the bucket.
     pub redirect_blobs: bool,
+    /// Redis that coordinates replicas (see `config::coord` for the accepted forms). Unset: this
+    /// process coalesces its own fills only.
+    pub redis_url: Option<String>,
+    /// Seconds a fill or tag revalidation lease lasts in Redis; renewed while it runs.
+    pub lease_secs: u64,
+    /// How other replicas reach this one to join its fills ("http://10.0.0.5:5000"). Unset:
+    /// derived from the bound `listen` address (its host name when it listens on every address).
+    pub replica_url: Option<String>,
 }
 
 impl Default for Config {
@@ -200,6 +209,9 @@ impl Default for Config {
             storage: StorageKind::Fs,
             s3: None,
             redirect_blobs: true,
+            redis_url: None,
+            lease_secs: coord::DEFAULT_LEASE_SECS,
+            replica_url: None,
         }
     }
 }
@@ -286,6 +298,15 @@ impl Config {
         self.upstreams = merged;
     }
 
+    /// The coordination keys, checked (None: no `redis_url`).
+    pub(crate) fn coord(&self) -> Result<Option<coord::CoordSettings>, ConfigError> {
+        coord::validate(
+            self.redis_url.as_deref(),
+            self.lease_secs,
+            self.replica_url.as_deref(),
+        )
+    }
+
     /// Check every key; the first problem is returned with the key's name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_addr("listen", &self.listen)?;
@@ -315,6 +336,7 @@ impl Config {
         }
         prefetch::validate(&self.prefetch)?;
         storage::validate(self.storage, &self.s3)?;
+        self.coord()?;
         tls::validate_listener(
             &|f: &str| f.to_string(),
             &self.tls_cert,

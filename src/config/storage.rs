@@ -159,11 +159,27 @@ mod tests {
         let cases: Vec<(StorageKind, Option<S3Config>, &str)> = vec![
             (StorageKind::S3, None, "`s3`"),
             (StorageKind::Fs, s3(|_| {}), "`storage`"),
-            (StorageKind::S3, s3(|c| c.bucket = "A_b".into()), "`s3.bucket`"),
+            (
+                StorageKind::S3,
+                s3(|c| c.bucket = "A_b".into()),
+                "`s3.bucket`",
+            ),
             (StorageKind::S3, s3(|c| c.bucket.clear()), "`s3.bucket`"),
-            (StorageKind::S3, s3(|c| c.prefix = "/x".into()), "`s3.prefix`"),
-            (StorageKind::S3, s3(|c| c.endpoint = Some("ftp://x".into())), "`s3.endpoint`"),
-            (StorageKind::S3, s3(|c| c.region = Some("".into())), "`s3.region`"),
+            (
+                StorageKind::S3,
+                s3(|c| c.prefix = "/x".into()),
+                "`s3.prefix`",
+            ),
+            (
+                StorageKind::S3,
+                s3(|c| c.endpoint = Some("ftp://x".into())),
+                "`s3.endpoint`",
+            ),
+            (
+                StorageKind::S3,
+                s3(|c| c.region = Some("".into())),
+                "`s3.region`",
+            ),
             (
                 StorageKind::S3,
                 s3(|c| c.local_cache_size = Some(ByteSize(10))),
@@ -174,7 +190,11 @@ mod tests {
                 s3(|c| c.redirect_blobs_over = Some(ByteSize(0))),
                 "`s3.redirect_blobs_over`",
             ),
-            (StorageKind::S3, s3(|c| c.presign_secs = Some(0)), "`s3.presign_secs`"),
+            (
+                StorageKind::S3,
+                s3(|c| c.presign_secs = Some(0)),
+                "`s3.presign_secs`",
+            ),
         ];
         for (kind, s3, key) in cases {
             let e = validate(kind, &s3).unwrap_err().to_string();

@@ -143,12 +143,16 @@ pub(crate) async fn run(
     if crate::metrics::install().is_none() {
         tracing::warn!("another metrics recorder is installed; /metrics will be empty");
     }
-    let opened = crate::storage::open(&config.data_dir, config.s3_backend(), crate::storage::Role::Server)
-        .await
-        .map_err(|source| Error::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+    let opened = crate::storage::open(
+        &config.data_dir,
+        config.s3_backend(),
+        crate::storage::Role::Server,
+    )
+    .await
+    .map_err(|source| Error::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     if opened.cleaned > 0 {
         tracing::info!(
             removed = opened.cleaned,
@@ -180,6 +184,10 @@ pub(crate) async fn run(
         .as_ref()
         .map(|a| tls::acme::Certs::new(a, &config.data_dir));
     let bound = bind(&config, acme.clone()).await?;
+    if let Some(first) = bound.first() {
+        let addr = first.listener.local_addr().map_err(Error::Serve)?;
+        cache.start_coordination(replica_url(addr, first.tls.is_some()));
+    }
     let redirect = bind_redirect(&config).await?;
     let limits = Limits::from_config(&config);
     let reload = Duration::from_secs(config.tls_reload_interval_secs);
@@ -223,6 +231,23 @@ pub(crate) async fn run(
     let served = serve(app, bound, limits, shutdown).await;
     stop.cancel();
     served
+}
+
+/// How other replicas reach this one, from the shared listener's bound address: its IP, or the
+/// host name when it listens on every address (what a pod's or a VM's peers resolve).
+fn replica_url(addr: std::net::SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into())
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Per-connection limits against slow and abusive clients.

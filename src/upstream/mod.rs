@@ -18,7 +18,7 @@ use tokio::time::Duration;
 
 use crate::config::UpstreamConfig;
 use auth::{parse_challenge, Challenge, TokenCache, TokenResponse};
-pub(crate) use calls::ManifestHead;
+pub(crate) use calls::{BlobStream, ManifestHead};
 use health::Health;
 pub(crate) use health::Report as HealthReport;
 pub(crate) use stats::Reading as StatsReading;

@@ -36,14 +36,12 @@ pub(super) fn ca_bundle() -> Result<Vec<Certificate>, Error> {
 pub(super) fn profile(name: &str) -> Result<AwsCredential, Error> {
     let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".aws/credentials"))
+        })
         .ok_or_else(|| config_error("s3.profile", "no HOME to find ~/.aws/credentials".into()))?;
-    let text = std::fs::read_to_string(&file).map_err(|e| {
-        config_error(
-            "s3.profile",
-            format!("cannot read {}: {e}", file.display()),
-        )
-    })?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| config_error("s3.profile", format!("cannot read {}: {e}", file.display())))?;
     parse_profile(&text, name).ok_or_else(|| {
         config_error(
             "s3.profile",
@@ -65,7 +63,8 @@ fn parse_profile(text: &str, name: &str) -> Option<AwsCredential> {
         }
         if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let section = section.trim();
-            inside = section == name || section.strip_prefix("profile ").map(str::trim) == Some(name);
+            inside =
+                section == name || section.strip_prefix("profile ").map(str::trim) == Some(name);
             continue;
         }
         if !inside {

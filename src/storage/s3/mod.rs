@@ -108,7 +108,9 @@ pub(super) fn build(cfg: &S3Config, keys: Option<(&str, &str)>) -> Result<Amazon
     }
     if let Some(p) = &cfg.profile {
         let c = creds::profile(p)?;
-        b = b.with_access_key_id(c.key_id).with_secret_access_key(c.secret_key);
+        b = b
+            .with_access_key_id(c.key_id)
+            .with_secret_access_key(c.secret_key);
         if let Some(t) = c.token {
             b = b.with_token(t);
         }
@@ -129,7 +131,9 @@ impl S3Storage {
                 source,
             })?;
         let tier = match cfg.local_cache_size {
-            Some(size) => Some(Arc::new(tier::Tier::open(data_dir.join("tier"), size.0).await?)),
+            Some(size) => Some(Arc::new(
+                tier::Tier::open(data_dir.join("tier"), size.0).await?,
+            )),
             None => None,
         };
         let mut prefix = cfg.prefix.trim_matches('/').to_string();
@@ -333,7 +337,12 @@ impl Storage for S3Storage {
         let on_mismatch = move |actual: String| {
             tokio::spawn(async move { corrupt_found(&store, &path, &key, &actual).await });
         };
-        Ok(verify::stream(body, hex, range.unwrap_or(0..size), on_mismatch))
+        Ok(verify::stream(
+            body,
+            hex,
+            range.unwrap_or(0..size),
+            on_mismatch,
+        ))
     }
 
     async fn open_file(&self, key: &str) -> Result<Option<(std::fs::File, u64)>> {

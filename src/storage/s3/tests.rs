@@ -71,7 +71,10 @@ pub(crate) async fn s3_server() -> Option<S3Server> {
         .unwrap();
     let server = S3Server { child, root, port };
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Some(server);
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -100,14 +103,25 @@ fn blob_key(data: &[u8]) -> String {
     format!("blobs/sha256/{}/{hex}", &hex[..2])
 }
 
-async fn read_all(s: &dyn Storage, key: &str, range: Option<Range<u64>>) -> std::io::Result<Vec<u8>> {
-    let chunks: Vec<Bytes> = s.get_stream(key, range).await.unwrap().try_collect().await?;
+async fn read_all(
+    s: &dyn Storage,
+    key: &str,
+    range: Option<Range<u64>>,
+) -> std::io::Result<Vec<u8>> {
+    let chunks: Vec<Bytes> = s
+        .get_stream(key, range)
+        .await
+        .unwrap()
+        .try_collect()
+        .await?;
     Ok(chunks.concat())
 }
 
 #[tokio::test]
 async fn conformance_on_s3s_fs() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = s3_server().await else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let s = storage(&server, &config(&server), data.path()).await;
     conformance::run_all(&s, &s.tmp).await;
@@ -124,48 +138,83 @@ async fn conformance_on_s3s_fs() {
 
 #[tokio::test]
 async fn wrong_credentials_are_unavailable_not_missing() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = s3_server().await else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let cfg = config(&server);
     let store = build(&cfg, Some((KEY_ID, "wrong-secret"))).unwrap();
     let s = S3Storage::new(store, &cfg, data.path()).await.unwrap();
     let e = s.put("c/x", Bytes::from_static(b"x")).await.unwrap_err();
-    assert!(matches!(e, Error::Unavailable { .. }), "SigV4 is checked: {e}");
+    assert!(
+        matches!(e, Error::Unavailable { .. }),
+        "SigV4 is checked: {e}"
+    );
 }
 
 /// A blob streamed through an upload is invisible until commit; an aborted one never appears;
 /// a multi-part one (over 8 MiB) arrives whole, and lands in the local tier.
 #[tokio::test]
 async fn uploads_commit_or_leave_nothing() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = s3_server().await else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let cfg = S3Config {
         local_cache_size: Some(ByteSize(64 << 20)),
         ..config(&server)
     };
     let s = storage(&server, &cfg, data.path()).await;
-    let big: Vec<u8> = (0..(PART_SIZE * 2 + 12345)).map(|i| (i * 7 % 253) as u8).collect();
+    let big: Vec<u8> = (0..(PART_SIZE * 2 + 12345))
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
     let key = blob_key(&big);
-    let mut up = s.begin_upload(&key, Some(big.len() as u64)).await.unwrap().unwrap();
+    let mut up = s
+        .begin_upload(&key, Some(big.len() as u64))
+        .await
+        .unwrap()
+        .unwrap();
     for c in big.chunks(1 << 20) {
         up.write(Bytes::copy_from_slice(c)).await.unwrap();
     }
-    assert!(matches!(s.head(&key).await, Err(Error::NotFound(_))), "invisible before commit");
-    let records = s.store.list(Some(&ObjPath::from("cache/_uploads"))).try_collect::<Vec<_>>().await.unwrap();
+    assert!(
+        matches!(s.head(&key).await, Err(Error::NotFound(_))),
+        "invisible before commit"
+    );
+    let records = s
+        .store
+        .list(Some(&ObjPath::from("cache/_uploads")))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert_eq!(records.len(), 1, "a running multipart upload is recorded");
     let local = s.tmp.join("spool");
     std::fs::write(&local, &big).unwrap();
     up.commit(&local).await.unwrap();
     assert_eq!(s.head(&key).await.unwrap().size, big.len() as u64);
-    assert!(s.open_file(&key).await.unwrap().is_some(), "committed into the local tier");
-    let records = s.store.list(Some(&ObjPath::from("cache/_uploads"))).try_collect::<Vec<_>>().await.unwrap();
+    assert!(
+        s.open_file(&key).await.unwrap().is_some(),
+        "committed into the local tier"
+    );
+    let records = s
+        .store
+        .list(Some(&ObjPath::from("cache/_uploads")))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
     assert!(records.is_empty(), "the record goes with the upload");
     // From the bucket itself (a fresh process without the tier copy).
     let fresh = tempfile::tempdir().unwrap();
     let other = storage(&server, &config(&server), fresh.path()).await;
     assert_eq!(read_all(&other, &key, None).await.unwrap(), big);
     assert_eq!(
-        read_all(&other, &key, Some(PART_SIZE as u64 - 5..PART_SIZE as u64 + 5)).await.unwrap(),
+        read_all(
+            &other,
+            &key,
+            Some(PART_SIZE as u64 - 5..PART_SIZE as u64 + 5)
+        )
+        .await
+        .unwrap(),
         &big[PART_SIZE - 5..PART_SIZE + 5]
     );
 
@@ -181,7 +230,9 @@ async fn uploads_commit_or_leave_nothing() {
 /// record is stale, and nothing ever appears under the key.
 #[tokio::test]
 async fn janitor_aborts_abandoned_uploads() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = s3_server().await else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let s = storage(&server, &config(&server), data.path()).await;
     // What a killed fill leaves: a created upload with a part, and its record.
@@ -192,22 +243,38 @@ async fn janitor_aborts_abandoned_uploads() {
         .await
         .unwrap();
     let rec = ObjPath::from("cache/_uploads/u-dead");
-    let body = serde_json::to_vec(&upload::Record { path: path.to_string(), id: id.clone() }).unwrap();
+    let body = serde_json::to_vec(&upload::Record {
+        path: path.to_string(),
+        id: id.clone(),
+    })
+    .unwrap();
     s.store.put(&rec, Bytes::from(body).into()).await.unwrap();
-    assert_eq!(upload::clean(&s.store, &s.prefix, 3600).await.unwrap(), 0, "fresh records stay");
+    assert_eq!(
+        upload::clean(&s.store, &s.prefix, 3600).await.unwrap(),
+        0,
+        "fresh records stay"
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert_eq!(upload::clean(&s.store, &s.prefix, 1).await.unwrap(), 1);
-    let again = s.store.put_part(&path, &id, 1, Bytes::from_static(b"x").into()).await;
+    let again = s
+        .store
+        .put_part(&path, &id, 1, Bytes::from_static(b"x").into())
+        .await;
     assert!(again.is_err(), "the upload is gone");
     assert!(s.store.head(&rec).await.is_err(), "and so is its record");
-    assert!(matches!(s.head("blobs/sha256/ab/abandoned").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        s.head("blobs/sha256/ab/abandoned").await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 /// Bytes changed in the bucket behind the mirror's back are never handed out whole, and the
 /// object is removed (with and without the local tier).
 #[tokio::test]
 async fn corrupt_objects_are_detected_and_removed() {
-    let Some(server) = s3_server().await else { return };
+    let Some(server) = s3_server().await else {
+        return;
+    };
     let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let key = blob_key(&blob);
     for tiered in [false, true] {
@@ -227,14 +294,19 @@ async fn corrupt_objects_are_detected_and_removed() {
             assert!(got.is_err(), "a corrupt blob ends in an error");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        assert!(matches!(s.head(&key).await, Err(Error::NotFound(_))), "removed (tiered: {tiered})");
+        assert!(
+            matches!(s.head(&key).await, Err(Error::NotFound(_))),
+            "removed (tiered: {tiered})"
+        );
     }
 }
 
 /// The bucket down: blobs in the local tier are still read, the rest is `Unavailable`.
 #[tokio::test]
 async fn local_tier_outlives_the_bucket() {
-    let Some(mut server) = s3_server().await else { return };
+    let Some(mut server) = s3_server().await else {
+        return;
+    };
     let data = tempfile::tempdir().unwrap();
     let cfg = S3Config {
         local_cache_size: Some(ByteSize(64 << 20)),
@@ -247,10 +319,16 @@ async fn local_tier_outlives_the_bucket() {
     let spool = s.tmp.join("s");
     std::fs::write(&spool, &blob).unwrap();
     s.put_file(&key, &spool).await.unwrap();
-    let url = s.redirect_url(&key, 1000).await.unwrap().expect("over the threshold");
+    let url = s
+        .redirect_url(&key, 1000)
+        .await
+        .unwrap()
+        .expect("over the threshold");
     assert!(url.contains("X-Amz-Signature="), "{url}");
     assert!(s.redirect_url(&key, 5).await.unwrap().is_none());
-    s.put("manifests/sha256/ab/abc", Bytes::from_static(b"m")).await.unwrap();
+    s.put("manifests/sha256/ab/abc", Bytes::from_static(b"m"))
+        .await
+        .unwrap();
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     assert_eq!(s.head(&key).await.unwrap().size, blob.len() as u64);

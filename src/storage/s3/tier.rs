@@ -240,7 +240,14 @@ fn scan(root: &Path) -> std::io::Result<Index> {
         ix.seq += 1;
         ix.total += size;
         let seq = ix.seq;
-        ix.entries.insert(key, Entry { size, modified, seq });
+        ix.entries.insert(
+            key,
+            Entry {
+                size,
+                modified,
+                seq,
+            },
+        );
     }
     Ok(ix)
 }
@@ -258,19 +265,32 @@ mod tests {
             std::fs::write(&f, vec![0u8; 1000]).unwrap();
             tier.adopt(k, &f).await.unwrap();
         }
-        assert!(tier.open_blob("blobs/a").await.is_some(), "a is now the most recent");
+        assert!(
+            tier.open_blob("blobs/a").await.is_some(),
+            "a is now the most recent"
+        );
         let f = dir.path().join("f");
         std::fs::write(&f, vec![0u8; 1000]).unwrap();
         tier.adopt("blobs/c", &f).await.unwrap();
-        assert!(tier.meta("blobs/b").is_none(), "b was the least recently used");
+        assert!(
+            tier.meta("blobs/b").is_none(),
+            "b was the least recently used"
+        );
         assert!(!dir.path().join("tier/blobs/b").exists());
         assert!(tier.meta("blobs/a").is_some() && tier.meta("blobs/c").is_some());
         drop(tier);
         let again = Tier::open(dir.path().join("tier"), 2500).await.unwrap();
-        assert_eq!(again.meta("blobs/a").unwrap().size, 1000, "rebuilt from disk");
+        assert_eq!(
+            again.meta("blobs/a").unwrap().size,
+            1000,
+            "rebuilt from disk"
+        );
         let big = dir.path().join("big");
         std::fs::write(&big, vec![0u8; 3000]).unwrap();
         again.adopt("blobs/big", &big).await.unwrap();
-        assert!(again.meta("blobs/big").is_none() && !big.exists(), "larger than the tier");
+        assert!(
+            again.meta("blobs/big").is_none() && !big.exists(),
+            "larger than the tier"
+        );
     }
 }

@@ -110,7 +110,13 @@ impl S3Upload {
                 source: std::io::Error::other(e),
             })?;
             let body = Bytes::from(body);
-            if let Err(e) = timed("put", &self.key, self.store.put(&record, body.clone().into())).await {
+            if let Err(e) = timed(
+                "put",
+                &self.key,
+                self.store.put(&record, body.clone().into()),
+            )
+            .await
+            {
                 let _ = self.store.abort_multipart(&self.path, &id).await;
                 metrics::gauge!(crate::metrics::S3_MULTIPART_IN_FLIGHT).decrement(1.0);
                 return Err(e);
@@ -179,7 +185,12 @@ impl S3Upload {
         }
         let parts = std::mem::take(&mut mp.parts);
         let id = mp.id.clone();
-        timed("complete", &key, self.store.complete_multipart(&self.path, &id, parts)).await?;
+        timed(
+            "complete",
+            &key,
+            self.store.complete_multipart(&self.path, &id, parts),
+        )
+        .await?;
         self.end_record().await;
         Ok(())
     }
@@ -201,7 +212,13 @@ impl S3Upload {
         self.ended = true;
         if let Some(mp) = &self.multipart {
             let id = mp.id.clone();
-            if let Err(e) = timed("abort", &self.key, self.store.abort_multipart(&self.path, &id)).await {
+            if let Err(e) = timed(
+                "abort",
+                &self.key,
+                self.store.abort_multipart(&self.path, &id),
+            )
+            .await
+            {
                 // The record stays, so the janitor tries again later.
                 tracing::warn!(key = %self.key, error = %e, "cannot abort a multipart upload");
                 if let Some(mp) = self.multipart.take() {
@@ -286,7 +303,8 @@ pub(super) async fn put_file(
     };
     let mut f = tokio::fs::File::open(file).await.map_err(io)?;
     let size = f.metadata().await.map_err(io)?.len();
-    let mut up = S3Upload::start(store.clone(), prefix, path.clone(), key, Some(size), None).await?;
+    let mut up =
+        S3Upload::start(store.clone(), prefix, path.clone(), key, Some(size), None).await?;
     let mut chunk = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut chunk).await.map_err(io)?;
@@ -328,7 +346,8 @@ pub(super) async fn clean(store: &AmazonS3, prefix: &str, stale_secs: u64) -> Re
     let cutoff = now - stale_secs as i64;
     let mut aborted = 0;
     for dir in [RECORDS, TOUCH] {
-        let p = ObjPath::parse(format!("{prefix}{dir}")).map_err(|_| Error::InvalidKey(dir.into()))?;
+        let p =
+            ObjPath::parse(format!("{prefix}{dir}")).map_err(|_| Error::InvalidKey(dir.into()))?;
         let listed: Vec<object_store::ObjectMeta> = store
             .list(Some(&p))
             .try_collect()

@@ -29,7 +29,9 @@ pub(super) fn blob_hex(key: &str) -> Option<String> {
     let rest = key.strip_prefix("blobs/sha256/")?;
     let (shard, hex) = rest.split_once('/')?;
     let ok = hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && hex.starts_with(shard)
         && shard.len() == 2;
     ok.then(|| hex.to_string())
@@ -150,7 +152,12 @@ mod tests {
     async fn windows_and_mismatch() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let hex = hex::encode(Sha256::digest(&data));
-        for (w, chunk) in [(0..10_000, 999), (10..20, 7), (9_990..10_000, 4096), (0..1, 1)] {
+        for (w, chunk) in [
+            (0..10_000, 999),
+            (10..20, 7),
+            (9_990..10_000, 4096),
+            (0..1, 1),
+        ] {
             let got: Vec<Bytes> = stream(body(&data, chunk), hex.clone(), w.clone(), |_| {})
                 .try_collect()
                 .await
@@ -175,7 +182,10 @@ mod tests {
         assert!(failed, "a corrupt object ends in an error");
         assert!(out.len() < bad.len(), "the last piece is never sent");
         assert!(seen.lock().unwrap().is_some());
-        assert_eq!(blob_hex(&format!("blobs/sha256/{}/{hex}", &hex[..2])), Some(hex.clone()));
+        assert_eq!(
+            blob_hex(&format!("blobs/sha256/{}/{hex}", &hex[..2])),
+            Some(hex.clone())
+        );
         assert_eq!(blob_hex("manifests/sha256/ab/abc"), None);
     }
 }
