@@ -133,7 +133,10 @@ fn describe() {
         REDIS_UP,
         "1 while Redis answers (fills and tags coordinated across replicas), 0 while it does not (each replica coalesces alone)"
     );
-    describe_counter!(REDIS_ERRORS, "Redis commands that failed or timed out, by operation");
+    describe_counter!(
+        REDIS_ERRORS,
+        "Redis commands that failed or timed out, by operation"
+    );
     describe_histogram!(
         REDIS_SECONDS,
         Unit::Seconds,

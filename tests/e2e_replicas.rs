@@ -18,7 +18,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use support::background::BackgroundServer;
-use support::env::{free_port, have_tool, e2e_required};
+use support::env::{e2e_required, free_port, have_tool};
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 
 const REPO: &str = "team/app";
@@ -34,7 +34,10 @@ struct RedisServer {
 impl RedisServer {
     fn start() -> Option<RedisServer> {
         if !have_tool("redis-server") {
-            assert!(!e2e_required(), "REGMIRROR_E2E=1 but redis-server is missing");
+            assert!(
+                !e2e_required(),
+                "REGMIRROR_E2E=1 but redis-server is missing"
+            );
             eprintln!("SKIPPED: redis-server not installed (scripts/test.sh installs it)");
             return None;
         }
@@ -139,17 +142,28 @@ impl Upstream {
         let sent = Arc::new(Mutex::new(HashMap::new()));
         let (c, s, md) = (counts.clone(), sent.clone(), manifest_digest.clone());
         let router = axum::Router::new().fallback(move |req: Request<Body>| {
-            let (c, s, blobs, m, md) = (c.clone(), s.clone(), by_digest.clone(), manifest.clone(), md.clone());
+            let (c, s, blobs, m, md) = (
+                c.clone(),
+                s.clone(),
+                by_digest.clone(),
+                manifest.clone(),
+                md.clone(),
+            );
             async move {
                 let path = req.uri().path().to_string();
                 let head = req.method() == Method::HEAD;
-                *c.lock().unwrap().entry((req.method().to_string(), path.clone())).or_default() += 1;
-                let builder = Response::builder()
-                    .header("docker-distribution-api-version", "registry/2.0");
+                *c.lock()
+                    .unwrap()
+                    .entry((req.method().to_string(), path.clone()))
+                    .or_default() += 1;
+                let builder =
+                    Response::builder().header("docker-distribution-api-version", "registry/2.0");
                 if path == "/v2/" {
                     return builder.status(200).body(Body::empty()).unwrap();
                 }
-                if path == format!("/v2/{REPO}/manifests/{TAG}") || path == format!("/v2/{REPO}/manifests/{md}") {
+                if path == format!("/v2/{REPO}/manifests/{TAG}")
+                    || path == format!("/v2/{REPO}/manifests/{md}")
+                {
                     return builder
                         .status(200)
                         .header("content-type", MANIFEST_TYPE)
@@ -178,16 +192,18 @@ impl Upstream {
                     .collect();
                 let n = chunks.len();
                 let digest = b.digest.clone();
-                let body = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, chunk)| {
-                    let (s, digest) = (s.clone(), digest.clone());
-                    async move {
-                        tokio::time::sleep(delay).await;
-                        if i + 1 == n {
-                            s.lock().unwrap().insert(digest, Instant::now());
+                let body = futures::stream::iter(chunks.into_iter().enumerate()).then(
+                    move |(i, chunk)| {
+                        let (s, digest) = (s.clone(), digest.clone());
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            if i + 1 == n {
+                                s.lock().unwrap().insert(digest, Instant::now());
+                            }
+                            Ok::<_, std::io::Error>(chunk)
                         }
-                        Ok::<_, std::io::Error>(chunk)
-                    }
-                });
+                    },
+                );
                 builder.body(Body::from_stream(body)).unwrap()
             }
         });
@@ -245,7 +261,11 @@ async fn wait_ready_with_redis(m: &Regmirror) {
     let url = format!("{}/readyz", m.url);
     for _ in 0..100 {
         if let Ok(r) = reqwest::get(&url).await {
-            if r.text().await.unwrap_or_default().contains("up: fills and tags coordinated") {
+            if r.text()
+                .await
+                .unwrap_or_default()
+                .contains("up: fills and tags coordinated")
+            {
                 return;
             }
         }
@@ -265,8 +285,18 @@ struct Pull {
 async fn pull(client: reqwest::Client, url: String, want: Bytes) -> Pull {
     let resp = match client.get(&url).send().await {
         Ok(r) if r.status() == 200 => r,
-        Ok(r) => return Pull { first_byte: None, result: Err(format!("status {}", r.status())) },
-        Err(e) => return Pull { first_byte: None, result: Err(e.to_string()) },
+        Ok(r) => {
+            return Pull {
+                first_byte: None,
+                result: Err(format!("status {}", r.status())),
+            }
+        }
+        Err(e) => {
+            return Pull {
+                first_byte: None,
+                result: Err(e.to_string()),
+            }
+        }
     };
     let mut stream = resp.bytes_stream();
     let mut pos = 0usize;
@@ -274,15 +304,27 @@ async fn pull(client: reqwest::Client, url: String, want: Bytes) -> Pull {
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
-            Err(e) => return Pull { first_byte, result: Err(format!("cut at {pos}: {e}")) },
+            Err(e) => {
+                return Pull {
+                    first_byte,
+                    result: Err(format!("cut at {pos}: {e}")),
+                }
+            }
         };
         first_byte.get_or_insert_with(Instant::now);
         if pos + chunk.len() > want.len() || chunk[..] != want[pos..pos + chunk.len()] {
-            return Pull { first_byte, result: Err(format!("WRONG BYTES at {pos}")) };
+            return Pull {
+                first_byte,
+                result: Err(format!("WRONG BYTES at {pos}")),
+            };
         }
         pos += chunk.len();
     }
-    let result = if pos == want.len() { Ok(()) } else { Err(format!("short: {pos} bytes")) };
+    let result = if pos == want.len() {
+        Ok(())
+    } else {
+        Err(format!("short: {pos} bytes"))
+    };
     Pull { first_byte, result }
 }
 
@@ -310,25 +352,38 @@ async fn sixty_cold_clients_on_three_replicas_cause_one_upstream_download() {
     let mut tasks = Vec::new();
     for i in 0..60 {
         let m = &fleet[i % 3];
-        tasks.push((i % 3, tokio::spawn(pull(client(), blob_url(m, &big), big.bytes.clone()))));
+        tasks.push((
+            i % 3,
+            tokio::spawn(pull(client(), blob_url(m, &big), big.bytes.clone())),
+        ));
     }
     let mut first: [Option<Instant>; 3] = [None; 3];
     for (replica, t) in tasks {
         let p = t.await.unwrap();
         if let Err(e) = &p.result {
-            panic!("a client of replica {replica} failed: {e}\n{}", support::mirror::tail(&fleet[replica].log(), 30));
+            panic!(
+                "a client of replica {replica} failed: {e}\n{}",
+                support::mirror::tail(&fleet[replica].log(), 30)
+            );
         }
         let f = p.first_byte.unwrap();
         first[replica] = Some(first[replica].map_or(f, |x| x.min(f)));
     }
-    assert_eq!(up.blob_gets(&big), 1, "one upstream download for the whole fleet");
+    assert_eq!(
+        up.blob_gets(&big),
+        1,
+        "one upstream download for the whole fleet"
+    );
     let done = *up.sent.lock().unwrap().get(&big.digest).unwrap();
     let owner_first = first.iter().flatten().min().unwrap();
     for (i, f) in first.iter().enumerate() {
         let f = f.unwrap();
         // Joiners stream what the owner has received: their first byte comes long before the
         // upstream finished sending (wide margin: the fill itself takes about 2.6 s).
-        assert!(f < done, "replica {i} waited for the whole blob before its first byte");
+        assert!(
+            f < done,
+            "replica {i} waited for the whole blob before its first byte"
+        );
         assert!(
             f.duration_since(*owner_first) < Duration::from_millis(1500),
             "replica {i}: first byte {:?} after the owner's",
@@ -367,11 +422,20 @@ async fn killing_the_owner_mid_fill_fails_its_transfers_and_a_retry_elsewhere_su
     // The owner is downloading: then clients on the other two join it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while up.blob_gets(&big) == 0 {
-        assert!(Instant::now() < deadline, "the owner never asked the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "the owner never asked the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let joiners: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(pull(client(), blob_url(&fleet[1 + i % 2], &big), big.bytes.clone())))
+        .map(|i| {
+            tokio::spawn(pull(
+                client(),
+                blob_url(&fleet[1 + i % 2], &big),
+                big.bytes.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fleet[0].kill9();
@@ -380,7 +444,9 @@ async fn killing_the_owner_mid_fill_fails_its_transfers_and_a_retry_elsewhere_su
     assert!(!p.result.unwrap_err().contains("WRONG"));
     for j in joiners {
         match j.await.unwrap().result {
-            Ok(()) => panic!("a joiner completed although the owner died mid-fill with one upstream GET"),
+            Ok(()) => {
+                panic!("a joiner completed although the owner died mid-fill with one upstream GET")
+            }
             Err(e) => assert!(!e.contains("WRONG"), "wrong bytes relayed: {e}"),
         }
     }
@@ -407,34 +473,58 @@ async fn redis_stopped_and_started_during_pulls_never_gives_wrong_bytes_and_coal
     );
     let fleet = fleet(&up, &redis, Extra::default()).await;
     for m in &fleet {
-        pull(client(), blob_url(m, &cached), cached.bytes.clone()).await.result.unwrap();
+        pull(client(), blob_url(m, &cached), cached.bytes.clone())
+            .await
+            .result
+            .unwrap();
     }
     assert_eq!(up.blob_gets(&cached), 1);
     // A storm starts, and Redis goes away in the middle of it.
     let storm: Vec<_> = (0..30)
-        .map(|i| tokio::spawn(pull(client(), blob_url(&fleet[i % 3], &during), during.bytes.clone())))
+        .map(|i| {
+            tokio::spawn(pull(
+                client(),
+                blob_url(&fleet[i % 3], &during),
+                during.bytes.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     redis.stop();
     for t in storm {
         let r = t.await.unwrap().result;
-        assert!(r.as_ref().is_ok() || !r.as_ref().unwrap_err().contains("WRONG"), "{r:?}");
+        assert!(
+            r.as_ref().is_ok() || !r.as_ref().unwrap_err().contains("WRONG"),
+            "{r:?}"
+        );
         r.unwrap_or_else(|e| panic!("a pull failed because Redis stopped: {e}"));
     }
     // Redis down: cached pulls keep working everywhere, a cold blob is coalesced per replica.
     for m in &fleet {
-        pull(client(), blob_url(m, &cached), cached.bytes.clone()).await.result.unwrap();
+        pull(client(), blob_url(m, &cached), cached.bytes.clone())
+            .await
+            .result
+            .unwrap();
         let text = reqwest::get(format!("{}/readyz", m.url)).await.unwrap();
         assert_eq!(text.status(), 200, "Redis down leaves the replica ready");
         assert!(text.text().await.unwrap().contains("unavailable"));
     }
     let alone: Vec<_> = (0..9)
-        .map(|i| tokio::spawn(pull(client(), blob_url(&fleet[i % 3], &after), after.bytes.clone())))
+        .map(|i| {
+            tokio::spawn(pull(
+                client(),
+                blob_url(&fleet[i % 3], &after),
+                after.bytes.clone(),
+            ))
+        })
         .collect();
     for t in alone {
         t.await.unwrap().result.unwrap();
     }
-    assert!(up.blob_gets(&after) <= 3, "per-replica coalescing while Redis is down");
+    assert!(
+        up.blob_gets(&after) <= 3,
+        "per-replica coalescing while Redis is down"
+    );
     assert_eq!(up.blob_gets(&cached), 1);
     // Redis is back: coordination resumes.
     redis.spawn();
@@ -442,7 +532,13 @@ async fn redis_stopped_and_started_during_pulls_never_gives_wrong_bytes_and_coal
         wait_ready_with_redis(m).await;
     }
     let storm: Vec<_> = (0..30)
-        .map(|i| tokio::spawn(pull(client(), blob_url(&fleet[i % 3], &fresh), fresh.bytes.clone())))
+        .map(|i| {
+            tokio::spawn(pull(
+                client(),
+                blob_url(&fleet[i % 3], &fresh),
+                fresh.bytes.clone(),
+            ))
+        })
         .collect();
     for t in storm {
         t.await.unwrap().result.unwrap();
@@ -481,7 +577,11 @@ async fn a_tag_revalidated_on_one_replica_is_fresh_on_the_others() {
     // B and C have never seen the tag: the shared record answers, no tag request upstream.
     assert_eq!(get(&fleet[1]).await, up.manifest_digest);
     assert_eq!(get(&fleet[2]).await, up.manifest_digest);
-    assert_eq!(up.tag_requests(), 1, "the record A confirmed is fresh on B and C");
+    assert_eq!(
+        up.tag_requests(),
+        1,
+        "the record A confirmed is fresh on B and C"
+    );
     // Past the TTL: A revalidates (one HEAD); B and C then find it fresh.
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(get(&fleet[0]).await, up.manifest_digest);

@@ -360,7 +360,10 @@ async fn peer_fill(
     );
     if let Some(size) = fill.size {
         h.insert("x-regmirror-blob-size", HeaderValue::from(size));
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(size.saturating_sub(from)));
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(size.saturating_sub(from)),
+        );
     }
     Ok(resp)
 }

@@ -245,7 +245,9 @@ mod tests {
         let Flight::Start(fill, permit) = t.start_or_join_now(&digest(1)) else {
             panic!("the first request owns the fill");
         };
-        assert!(matches!(t.start_or_join_now(&digest(1)), Flight::Join(f) if Arc::ptr_eq(&f, &fill)));
+        assert!(
+            matches!(t.start_or_join_now(&digest(1)), Flight::Join(f) if Arc::ptr_eq(&f, &fill))
+        );
         assert!(matches!(t.start_or_join_now(&digest(2)), Flight::Start(..)));
         assert!(t.join(&digest(1)).is_some());
         permit.finish();

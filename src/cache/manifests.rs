@@ -131,13 +131,19 @@ impl ManifestCache {
             Reference::Tag(tag) => {
                 let mut cached = self.cached_tag(upstream, repo, tag).await?;
                 let policy = self.policies.get(upstream);
-                let fresh_here = cached.is_some() && self.tag_ttl.is_fresh(policy, upstream, repo, tag);
+                let fresh_here =
+                    cached.is_some() && self.tag_ttl.is_fresh(policy, upstream, repo, tag);
                 if !fresh_here && self.shared.is_some() {
                     // Another replica may have confirmed it (or this one, before a restart).
-                    match self.from_shared(up, repo, tag, cached.as_ref(), accept).await {
+                    match self
+                        .answer_from_shared(up, repo, tag, cached.as_ref(), accept)
+                        .await
+                    {
                         Ok(Some(m)) => cached = Some(m),
                         Ok(None) => {}
-                        Err(e) => tracing::debug!(upstream, %repo, %tag, error = %e, "shared tag record not usable"),
+                        Err(e) => {
+                            tracing::debug!(upstream, %repo, %tag, error = %e, "shared tag record not usable")
+                        }
                     }
                 }
                 if let Some(m) = cached {

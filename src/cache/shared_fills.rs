@@ -76,7 +76,9 @@ impl FillTable for SharedFills {
                 }
                 permit.hold(Box::new(lease));
             }
-            Ok(Acquired::Held(o)) if !o.owner.is_empty() && Some(&o.owner) != self.coord.replica_url().as_ref() => {
+            Ok(Acquired::Held(o))
+                if !o.owner.is_empty() && Some(&o.owner) != self.coord.replica_url().as_ref() =>
+            {
                 permit.set_source(FillSource::Peer {
                     owner: o.owner,
                     token: o.token,

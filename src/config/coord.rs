@@ -87,8 +87,7 @@ pub(crate) fn validate(
         ));
     }
     if let Some(r) = replica_url {
-        let parsed =
-            url::Url::parse(r).map_err(|e| invalid("replica_url", format!("{r}: {e}")))?;
+        let parsed = url::Url::parse(r).map_err(|e| invalid("replica_url", format!("{r}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https")
             || parsed.host_str().is_none()
             || parsed.path() != "/"
@@ -122,9 +121,13 @@ mod tests {
 
     #[test]
     fn accepted_and_refused_forms_name_the_key() {
-        let ok = validate(Some("redis://127.0.0.1:6379"), 30, Some("http://10.0.0.5:5000"))
-            .unwrap()
-            .unwrap();
+        let ok = validate(
+            Some("redis://127.0.0.1:6379"),
+            30,
+            Some("http://10.0.0.5:5000"),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(ok.nodes, ["redis://127.0.0.1:6379"]);
         assert_eq!(ok.replica_url.as_deref(), Some("http://10.0.0.5:5000"));
         let cluster = validate(Some("redis://a:1, redis://b:2"), 30, None)
@@ -140,12 +143,25 @@ mod tests {
             (Some("redis+sentinel://h:26379"), 30, None, "redis_url"),
             (Some("redis://a:1,unix:///s"), 30, None, "redis_url"),
             (Some("redis://h:6379"), 1, None, "lease_secs"),
-            (Some("redis://h:6379"), 30, Some("10.0.0.5:5000"), "replica_url"),
-            (Some("redis://h:6379"), 30, Some("http://h:5000/v2/"), "replica_url"),
+            (
+                Some("redis://h:6379"),
+                30,
+                Some("10.0.0.5:5000"),
+                "replica_url",
+            ),
+            (
+                Some("redis://h:6379"),
+                30,
+                Some("http://h:5000/v2/"),
+                "replica_url",
+            ),
             (None, 30, Some("http://h:5000"), "replica_url"),
         ] {
             let e = validate(redis, lease, replica).unwrap_err().to_string();
-            assert!(e.contains(&format!("`{key}`")), "{redis:?} {lease} {replica:?}: {e}");
+            assert!(
+                e.contains(&format!("`{key}`")),
+                "{redis:?} {lease} {replica:?}: {e}"
+            );
         }
     }
 }

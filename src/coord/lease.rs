@@ -118,7 +118,8 @@ impl Coord {
                 .await?;
             if set.is_some() {
                 metrics::counter!(crate::metrics::LEASES, "kind" => kind.as_str(), "result" => "acquired").increment(1);
-                metrics::gauge!(crate::metrics::LEASES_HELD, "kind" => kind.as_str()).increment(1.0);
+                metrics::gauge!(crate::metrics::LEASES_HELD, "kind" => kind.as_str())
+                    .increment(1.0);
                 return Ok(Acquired::Mine(Lease::start(
                     self.clone(),
                     kind,
@@ -163,7 +164,8 @@ impl Lease {
     ) -> Lease {
         let every = (coord.lease_ttl() / 3).max(Duration::from_millis(200));
         let renewal = tokio::spawn({
-            let (coord, key, value, label) = (coord.clone(), key.clone(), value.clone(), kind.as_str());
+            let (coord, key, value, label) =
+                (coord.clone(), key.clone(), value.clone(), kind.as_str());
             async move {
                 let ms = coord.lease_ttl().as_millis() as u64;
                 let script = redis::Script::new(RENEW);

@@ -101,8 +101,8 @@ impl Coord {
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_millis(500));
-                let m = ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(unavailable)?;
+                let m =
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
                 Some(Conn::Single(m))
             }
             _ => None,
@@ -162,7 +162,9 @@ impl Coord {
             down: h.down_since.map(|s| {
                 (
                     s.elapsed(),
-                    h.last_error.clone().unwrap_or_else(|| "not connected yet".into()),
+                    h.last_error
+                        .clone()
+                        .unwrap_or_else(|| "not connected yet".into()),
                 )
             }),
         }
@@ -333,8 +335,7 @@ impl Coord {
                 h.down_since.get_or_insert_with(Instant::now);
                 h.failed_at = Some(Instant::now());
                 h.last_error = Some(e.to_string());
-                if h
-                    .last_logged
+                if h.last_logged
                     .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
                 {
                     h.last_logged = Some(Instant::now());

@@ -59,7 +59,10 @@ impl Peers {
             url: owner.to_string(),
             reason: reason.into(),
         };
-        let http = self.http.as_ref().ok_or_else(|| fail("no HTTP client".into()))?;
+        let http = self
+            .http
+            .as_ref()
+            .ok_or_else(|| fail("no HTTP client".into()))?;
         let url = format!("{owner}{FILL_PATH}{digest}?from={from}");
         let resp = http
             .get(&url)

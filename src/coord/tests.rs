@@ -74,12 +74,23 @@ async fn one_holder_fencing_tokens_grow_and_only_the_holder_releases() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (a, b) = (coord(&redis.url(), 30, "http://a"), coord(&redis.url(), 30, "http://b"));
-    let Acquired::Mine(lease) = a.acquire(LeaseKind::Fill, "d1", "up", "repo").await.unwrap() else {
+    let (a, b) = (
+        coord(&redis.url(), 30, "http://a"),
+        coord(&redis.url(), 30, "http://b"),
+    );
+    let Acquired::Mine(lease) = a
+        .acquire(LeaseKind::Fill, "d1", "up", "repo")
+        .await
+        .unwrap()
+    else {
         panic!("the first caller takes the lease");
     };
     let first = lease.token();
-    match b.acquire(LeaseKind::Fill, "d1", "up", "other").await.unwrap() {
+    match b
+        .acquire(LeaseKind::Fill, "d1", "up", "other")
+        .await
+        .unwrap()
+    {
         Acquired::Held(o) => {
             assert_eq!(o.owner, "http://a");
             assert_eq!(o.token, first);
@@ -92,13 +103,19 @@ async fn one_holder_fencing_tokens_grow_and_only_the_holder_releases() {
         b.acquire(LeaseKind::Tag, "d1", "up", "repo").await.unwrap(),
         Acquired::Mine(_)
     ));
-    assert!(lease.release().await, "the holder's release deletes the key");
+    assert!(
+        lease.release().await,
+        "the holder's release deletes the key"
+    );
     let Acquired::Mine(second) = b.acquire(LeaseKind::Fill, "d1", "up", "r").await.unwrap() else {
         panic!("released: the next caller takes it");
     };
     assert!(second.token() > first, "fencing tokens only grow");
     assert_eq!(
-        a.holder(LeaseKind::Fill, "d1").await.unwrap().map(|o| o.owner),
+        a.holder(LeaseKind::Fill, "d1")
+            .await
+            .unwrap()
+            .map(|o| o.owner),
         Some("http://b".to_string())
     );
 }
@@ -108,7 +125,10 @@ async fn a_dead_holder_loses_the_lease_within_lease_secs_and_cannot_release_the_
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (a, b) = (coord(&redis.url(), 2, "http://a"), coord(&redis.url(), 2, "http://b"));
+    let (a, b) = (
+        coord(&redis.url(), 2, "http://a"),
+        coord(&redis.url(), 2, "http://b"),
+    );
     let Acquired::Mine(dead) = a.acquire(LeaseKind::Fill, "d2", "up", "r").await.unwrap() else {
         panic!("owner");
     };
@@ -155,7 +175,11 @@ async fn redis_down_fails_fast_and_comes_back() {
     drop(redis);
     let started = std::time::Instant::now();
     assert!(c.acquire(LeaseKind::Fill, "d3", "u", "r").await.is_err());
-    assert!(started.elapsed() < COMMAND_TIMEOUT * 3, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < COMMAND_TIMEOUT * 3,
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!c.is_up());
     assert!(c.status().down.is_some());
     let _again = RedisServer::start_on(port).unwrap();
@@ -180,11 +204,22 @@ async fn records_and_the_peer_secret_are_shared() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (a, b) = (coord(&redis.url(), 30, "http://a"), coord(&redis.url(), 30, "http://b"));
-    assert_eq!(a.peer_secret().await.unwrap(), b.peer_secret().await.unwrap());
+    let (a, b) = (
+        coord(&redis.url(), 30, "http://a"),
+        coord(&redis.url(), 30, "http://b"),
+    );
+    assert_eq!(
+        a.peer_secret().await.unwrap(),
+        b.peer_secret().await.unwrap()
+    );
     assert_eq!(a.get_record("x").await.unwrap(), None);
-    a.put_record("x", b"{}", Duration::from_millis(300)).await.unwrap();
-    assert_eq!(b.get_record("x").await.unwrap().as_deref(), Some(&b"{}"[..]));
+    a.put_record("x", b"{}", Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get_record("x").await.unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(b.get_record("x").await.unwrap(), None, "records expire");
 }
