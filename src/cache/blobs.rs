@@ -94,6 +94,7 @@ impl BlobCache {
         self.fills.join(d).is_none() && self.storage.head(&keys::blob(d)).await.is_err()
     }
 
+    #[allow(clippy::too_many_arguments)] // the parts `Cache::new` builds once
     pub(crate) fn new(
         config: &Config,
         storage: Arc<dyn Storage>,
@@ -489,8 +490,8 @@ impl BlobCache {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let blob = match permit.source() {
-            FillSource::Upstream => self.from_upstream(up, repo, digest).await?,
-            FillSource::Peer { .. } => self.from_owner(up, repo, digest, permit).await?,
+            FillSource::Upstream => self.fetch_upstream(up, repo, digest).await?,
+            FillSource::Peer { .. } => self.fetch_from_owner(up, repo, digest, permit).await?,
         };
         let (writer, reader) =
             SpoolWriter::create(&self.staging_dir, blob.size).map_err(Error::spool)?;
@@ -585,7 +586,7 @@ impl BlobCache {
     }
 
     /// Start the download from the upstream.
-    pub(super) async fn from_upstream(
+    pub(super) async fn fetch_upstream(
         &self,
         up: &Upstream,
         repo: &str,

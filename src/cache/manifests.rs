@@ -136,7 +136,7 @@ impl ManifestCache {
                 if !fresh_here && self.shared.is_some() {
                     // Another replica may have confirmed it (or this one, before a restart).
                     match self
-                        .from_shared(up, repo, tag, cached.as_ref(), accept)
+                        .answer_from_shared(up, repo, tag, cached.as_ref(), accept)
                         .await
                     {
                         Ok(Some(m)) => cached = Some(m),

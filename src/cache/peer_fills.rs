@@ -1,6 +1,6 @@
 //! Fills shared between replicas, both sides of the internal fill endpoint.
 //!
-//! Joining (`from_owner`): a fill whose lease another replica holds reads the bytes from that
+//! Joining (`fetch_from_owner`): a fill whose lease another replica holds reads the bytes from that
 //! replica as they arrive there, into this replica's own spool, where they are hashed like an
 //! upstream's: a wrong byte fails the fill and cuts every client off, a verified blob is
 //! committed to this replica's storage. When the owner cannot be reached before its first byte
@@ -33,7 +33,7 @@ pub(crate) struct PeerFill {
 
 impl BlobCache {
     /// Start reading a fill from the replica holding its lease (see the module doc).
-    pub(super) async fn from_owner(
+    pub(super) async fn fetch_from_owner(
         &self,
         up: &Upstream,
         repo: &str,
@@ -47,7 +47,7 @@ impl BlobCache {
             repo: owner_repo,
         } = permit.source()
         else {
-            return self.from_upstream(up, repo, digest).await;
+            return self.fetch_upstream(up, repo, digest).await;
         };
         let coord = self.coord().ok_or(Error::Abandoned)?;
         // The owner fetched for its repository: this one must be known to hold the blob too.
@@ -89,7 +89,7 @@ impl BlobCache {
                     metrics::counter!(crate::metrics::LEASES, "kind" => "fill", "result" => "taken_over").increment(1);
                     permit.hold(Box::new(lease));
                 }
-                self.from_upstream(up, repo, digest).await
+                self.fetch_upstream(up, repo, digest).await
             }
         }
     }

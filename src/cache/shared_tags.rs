@@ -139,7 +139,7 @@ impl ManifestCache {
     /// Serve a tag from a fresh shared record: `cached` is this replica's manifest of the tag,
     /// if any. None: no fresh shared record, or it names a manifest this replica cannot get
     /// without asking the upstream by tag.
-    pub(super) async fn from_shared(
+    pub(super) async fn answer_from_shared(
         &self,
         up: &Arc<Upstream>,
         repo: &str,
