@@ -254,7 +254,9 @@ impl Config {
     }
 
     /// Environment overrides for the common keys: REGMIRROR_LISTEN, REGMIRROR_DATA_DIR,
-    /// REGMIRROR_DEFAULT_UPSTREAM, REGMIRROR_LOG_FORMAT, REGMIRROR_ALLOW_ANY_UPSTREAM.
+    /// REGMIRROR_DEFAULT_UPSTREAM, REGMIRROR_LOG_FORMAT, REGMIRROR_ALLOW_ANY_UPSTREAM, and for
+    /// the per-pod keys of replicas: REGMIRROR_REDIS_URL, REGMIRROR_REPLICA_URL (Kubernetes expands
+    /// `$(POD_IP)` in environment values, not in files).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("REGMIRROR_LISTEN") {
             self.listen = v;
@@ -267,6 +269,12 @@ impl Config {
         }
         if let Some(v) = get("REGMIRROR_LOG_FORMAT") {
             self.log_format = v;
+        }
+        if let Some(v) = get("REGMIRROR_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = get("REGMIRROR_REPLICA_URL") {
+            self.replica_url = Some(v);
         }
         if let Some(v) = get("REGMIRROR_ALLOW_ANY_UPSTREAM") {
             self.allow_any_upstream = match v.as_str() {
@@ -700,11 +708,15 @@ mod tests {
         c.apply_env(|k| match k {
             "REGMIRROR_LISTEN" => Some("127.0.0.1:9".into()),
             "REGMIRROR_DATA_DIR" => Some("/tmp/x".into()),
+            "REGMIRROR_REPLICA_URL" => Some("http://10.1.2.3:5000".into()),
+            "REGMIRROR_REDIS_URL" => Some("redis://redis:6379".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.replica_url.as_deref(), Some("http://10.1.2.3:5000"));
+        assert_eq!(c.redis_url.as_deref(), Some("redis://redis:6379"));
     }
 
     #[test]
