@@ -22,7 +22,8 @@
 //!   shared records, the peer secret, and the HTTP client that reads a fill from the replica that
 //!   owns it. Below `cache`; never calls it.
 //! - `edge`: who is asking and whether they may: TLS for the listeners (`edge::tls`: PEM
-//!   certificates chosen by SNI, reloaded on change and SIGHUP, the handshake and its timeout),
+//!   certificates chosen by SNI, reloaded on change and SIGHUP, the handshake and its timeout;
+//!   `edge::tls::acme`: certificates from an ACME CA, stored in `data_dir/acme`, renewed),
 //!   client authentication, access policy, per-client limits. The server hands it sockets, the
 //!   api asks it once per routed request ([`edge::Edge::admit`]); it never calls the cache.
 //! - [`api`]: OCI distribution routes: path -> [`api::Endpoint`], one function per endpoint,
@@ -49,8 +50,10 @@
 //! `cache`; `cache` -> (`upstream`, `storage`, `staging`, `coord`); `prefetch` -> `cache` (or a
 //! mirror over HTTP); `api` -> `ui` -> (`cache` accessors, `prefetch` schedule reports);
 //! `transfer` -> `cache::records` and `storage`; `storage` and
-//! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, only
-//! `upstream` speaks HTTP, and only `storage` names a backend. `server` calls `api`'s router for
+//! `staging` -> `sys`. Only `api` knows HTTP statuses and OCI error codes; below it, HTTP
+//! requests go out only from `upstream` (registries), `coord` (another replica's fill),
+//! `storage::s3` (the bucket, through `object_store`) and `edge::tls::acme` (the CA, through
+//! `instant-acme`), and only `storage` names a backend. `server` calls `api`'s router for
 //! every request, whichever side parsed it.
 //!
 //! The public items are what the binary (`cli::main`) and the black-box tests (the parsers they
