@@ -257,24 +257,11 @@ impl Coord {
         op: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T> {
-        self.fail_fast()?;
-        let started = Instant::now();
-        let result = async {
-            let conn = self.connection().await?;
-            let run = async {
-                match conn {
-                    Conn::Single(mut c) => cmd.query_async(&mut c).await,
-                    Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-                }
-            };
-            match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
-                Ok(r) => r.map_err(unavailable),
-                Err(_) => Err(Error::Unavailable("no answer in time".into())),
-            }
-        }
-        .await;
-        self.record(op, started, &result);
-        result
+        self.run(op, async |conn| match conn {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        })
+        .await
     }
 
     /// Run a Lua script (compare-and-delete, compare-and-renew).
@@ -283,17 +270,25 @@ impl Coord {
         op: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
+        self.run(op, async |conn| match conn {
+            Conn::Single(mut c) => invocation.invoke_async(&mut c).await,
+            Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+        })
+        .await
+    }
+
+    /// One call on a connection: fail fast after a recent failure, bounded by the command
+    /// timeout, timed and counted.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl AsyncFnOnce(Conn) -> redis::RedisResult<T>,
+    ) -> Result<T> {
         self.fail_fast()?;
         let started = Instant::now();
         let result = async {
             let conn = self.connection().await?;
-            let run = async {
-                match conn {
-                    Conn::Single(mut c) => invocation.invoke_async(&mut c).await,
-                    Conn::Cluster(mut c) => invocation.invoke_async(&mut c).await,
-                }
-            };
-            match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+            match tokio::time::timeout(COMMAND_TIMEOUT, call(conn)).await {
                 Ok(r) => r.map_err(unavailable),
                 Err(_) => Err(Error::Unavailable("no answer in time".into())),
             }
