@@ -412,8 +412,17 @@ impl Acceptor {
     /// None (logged and counted) when it fails or stalls; the connection is then dropped.
     pub(crate) async fn accept(&self, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
         let peer = tcp.peer_addr().ok();
-        match tokio::time::timeout(self.settings.handshake_timeout, self.inner.accept(tcp)).await {
-            Ok(Ok(tls)) => {
+        // The socket stays open until the outcome is counted (a client that sees its connection
+        // closed finds the handshake already on /metrics): the failed handshake hands the socket
+        // back, and the stalled one is dropped at the end of this function.
+        let handshake = self.inner.accept(tcp).into_fallible();
+        tokio::pin!(handshake);
+        let outcome = tokio::select! {
+            r = &mut handshake => Some(r),
+            _ = tokio::time::sleep(self.settings.handshake_timeout) => None,
+        };
+        match outcome {
+            Some(Ok(tls)) => {
                 let (_, conn) = tls.get_ref();
                 let alpn = match conn.alpn_protocol() {
                     Some(b"h2") => "h2",
@@ -435,12 +444,13 @@ impl Acceptor {
                 crate::metrics::tls_handshake("ok", alpn, version);
                 Some(tls)
             }
-            Ok(Err(e)) => {
+            Some(Err((e, socket))) => {
                 tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
                 crate::metrics::tls_handshake("failed", "-", "-");
+                drop(socket);
                 None
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(peer = ?peer, "TLS handshake timed out");
                 crate::metrics::tls_handshake("timeout", "-", "-");
                 None
