@@ -415,3 +415,30 @@ async fn a_terminal_gets_progress_bars_and_the_summary() {
         "the summary:\n{tty}"
     );
 }
+
+#[test]
+fn from_kubeadm_without_kubeadm_is_a_usage_error_that_says_what_to_do() {
+    // PATH without kubeadm (this machine cannot install it): the CLI names it and the -f way.
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regmirror"))
+        .args([
+            "prefetch",
+            "--from-kubeadm",
+            "v1.31.2",
+            "--mirror",
+            "http://127.0.0.1:9",
+        ])
+        .env("PATH", empty.path())
+        .output()
+        .expect("run regmirror prefetch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--from-kubeadm needs kubeadm on PATH"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kubeadm config images list --kubernetes-version v1.31.2"),
+        "{err}"
+    );
+}

@@ -25,6 +25,10 @@ pub(super) struct Args {
     /// Every `image:` in the Kubernetes YAML / JSON files under this directory. May be repeated.
     #[arg(long)]
     from_manifests: Vec<PathBuf>,
+    /// The control-plane images of this Kubernetes version (e.g. v1.31.2), as `kubeadm config
+    /// images list --kubernetes-version VERSION` prints them (kubeadm must be on PATH).
+    #[arg(long, value_name = "VERSION")]
+    from_kubeadm: Option<String>,
     /// Pull through this running mirror (its coalescing and policies apply), e.g.
     /// http://127.0.0.1:5000. Without it the cache of the data directory is filled directly.
     #[arg(long)]
@@ -131,6 +135,9 @@ fn references(args: &Args) -> Result<Vec<ImageRef>, String> {
                 .map_err(|e| format!("cannot read manifests under {}: {e}", d.display()))?,
         );
     }
+    if let Some(v) = &args.from_kubeadm {
+        raw.extend(inputs::kubeadm_images(std::ffi::OsStr::new("kubeadm"), v)?);
+    }
     let mut out: Vec<ImageRef> = Vec::new();
     for r in raw {
         let img = ImageRef::parse(&r).map_err(|e| format!("image reference {r:?}: {e}"))?;
@@ -140,7 +147,7 @@ fn references(args: &Args) -> Result<Vec<ImageRef>, String> {
     }
     if out.is_empty() {
         return Err(
-            "no images to prefetch: name them, or pass -f FILE or --from-manifests DIR".into(),
+            "no images to prefetch: name them, or pass -f FILE, --from-manifests DIR or --from-kubeadm VERSION".into(),
         );
     }
     Ok(out)

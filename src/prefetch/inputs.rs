@@ -1,12 +1,15 @@
 //! Image lists: `-f FILE` (one reference a line, `#` comments: the output of `kubeadm config
 //! images list` as it is) and `--from-manifests DIR` (every `image:` of the Kubernetes YAML or
-//! JSON files under DIR).
+//! JSON files under DIR), and `--from-kubeadm VERSION` (the list `kubeadm config images list`
+//! prints for that version: kubeadm holds the etcd, CoreDNS and pause versions of each release,
+//! which change within a minor, so they are asked of it rather than copied into a table here).
 //!
 //! The manifests are read with a line scan, not a YAML parser: an `image:` key is one line in
 //! every manifest kubectl, Helm or kustomize writes, multi-document files need no special case, and
 //! a file a YAML parser refuses (a template) still yields its literal images. Values holding
 //! template syntax (`{{`, `${`) are skipped.
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 /// The references in a list file's text.
@@ -76,6 +79,44 @@ fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()>
     Ok(())
 }
 
+/// The control-plane images of Kubernetes `version` ("v1.31.2", "1.31", "stable-1.31"), as
+/// `program` (kubeadm) lists them for `kubeadm init`.
+pub(crate) fn kubeadm_images(program: &OsStr, version: &str) -> Result<Vec<String>, String> {
+    let ok = !version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+    if !ok {
+        return Err(format!(
+            "--from-kubeadm {version:?}: expected a Kubernetes version such as v1.31.2"
+        ));
+    }
+    let out = std::process::Command::new(program)
+        .args(["config", "images", "list", "--kubernetes-version", version])
+        .output()
+        .map_err(|e| {
+            format!(
+                "--from-kubeadm needs {} on PATH ({e}); on a machine without it, pass -f FILE with \
+                 the output of `kubeadm config images list --kubernetes-version {version}`",
+                program.to_string_lossy()
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubeadm config images list --kubernetes-version {version} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let images = parse_list(&String::from_utf8_lossy(&out.stdout));
+    if images.is_empty() {
+        return Err(format!(
+            "kubeadm config images list --kubernetes-version {version} listed no image"
+        ));
+    }
+    Ok(images)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +178,18 @@ mod tests {
             scan_manifests(dir.path()).unwrap(),
             ["nginx:1", "busybox", "redis"]
         );
+    }
+
+    #[test]
+    fn from_kubeadm_names_what_is_missing() {
+        let missing = std::ffi::OsStr::new("/nonexistent/kubeadm");
+        let err = kubeadm_images(missing, "v1.31.2").unwrap_err();
+        assert!(err.contains("needs /nonexistent/kubeadm on PATH"), "{err}");
+        assert!(err.contains("-f FILE"), "{err}");
+        let err = kubeadm_images(missing, "v1.31; rm -rf /").unwrap_err();
+        assert!(err.contains("expected a Kubernetes version"), "{err}");
+        // A program that fails is reported with its status and message.
+        let err = kubeadm_images(std::ffi::OsStr::new("false"), "v1.31.2").unwrap_err();
+        assert!(err.contains("failed"), "{err}");
     }
 }
