@@ -163,6 +163,8 @@ pub struct Config {
     /// Redis that coordinates replicas (see `config::coord` for the accepted forms). Unset: this
     /// process coalesces its own fills only.
     pub redis_url: Option<String>,
+    /// PEM CA certificates trusted for `rediss://` Redis instead of the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Seconds a fill or tag revalidation lease lasts in Redis; renewed while it runs.
     pub lease_secs: u64,
     /// How other replicas reach this one to join its fills ("http://10.0.0.5:5000"). Unset:
@@ -210,6 +212,7 @@ impl Default for Config {
             s3: None,
             redirect_blobs: true,
             redis_url: None,
+            redis_ca_file: None,
             lease_secs: coord::DEFAULT_LEASE_SECS,
             replica_url: None,
         }
@@ -308,11 +311,12 @@ impl Config {
 
     /// The coordination keys, checked (None: no `redis_url`).
     pub(crate) fn coord(&self) -> Result<Option<coord::CoordSettings>, ConfigError> {
-        coord::validate(
-            self.redis_url.as_deref(),
-            self.lease_secs,
-            self.replica_url.as_deref(),
-        )
+        coord::validate(coord::CoordKeys {
+            redis_url: self.redis_url.as_deref(),
+            redis_ca_file: self.redis_ca_file.as_deref(),
+            lease_secs: self.lease_secs,
+            replica_url: self.replica_url.as_deref(),
+        })
     }
 
     /// Check every key; the first problem is returned with the key's name.

@@ -2,7 +2,8 @@
 //! secret replicas show each other, and the HTTP client that reads a fill from the replica that
 //! owns it.
 //!
-//! Owns: the Redis connection (one server through a `ConnectionManager`, or a Cluster), its
+//! Owns: the Redis connection (one server through a `ConnectionManager`, a Cluster, or the master
+//! a set of sentinels names; see `connect`), its
 //! health (`regmirror_redis_up`, errors, latency; one log line a minute while it is down), and
 //! the key layout below. Must not call the cache or the api: the cache decides what a lease or a
 //! record means; this room only keeps them.
@@ -19,6 +20,7 @@
 //! regmirror:peer-secret                   random; replicas send it on internal fill requests
 //! ```
 
+mod connect;
 mod lease;
 pub(crate) mod peer;
 
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
+use redis::TlsCertificates;
 
 pub(crate) use lease::{Acquired, LeaseKind};
 
@@ -64,7 +67,12 @@ pub(crate) struct Coord {
     /// How other replicas reach this one (set once the listener is bound).
     replica_url: Mutex<Option<String>>,
     conn: Mutex<Option<Conn>>,
-    /// A Cluster connects eagerly: at most one attempt a second while it is down.
+    /// Sentinel: who names the master. The connection to the master is dropped when a command
+    /// on it fails, and the next one asks again (a failover promoted a replica).
+    sentinels: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+    /// `redis_ca_file`, for the connections made later.
+    certs: Option<TlsCertificates>,
+    /// A Cluster or a Sentinel master connects eagerly: at most one attempt a second while down.
     last_connect: Mutex<Option<Instant>>,
     health: Mutex<Health>,
     secret: Mutex<Option<Arc<str>>>,
@@ -93,17 +101,18 @@ pub(crate) struct Status {
 impl Coord {
     /// A client for `settings`. Connects lazily: Redis down at start-up is not an error.
     pub(crate) fn new(settings: CoordSettings) -> Result<Arc<Coord>> {
+        let certs = connect::certificates(&settings)?;
+        let sentinels = match &settings.sentinel {
+            Some(master) => Some(tokio::sync::Mutex::new(connect::sentinels(
+                &settings.nodes,
+                master,
+                certs.clone(),
+            )?)),
+            None => None,
+        };
         let conn = match settings.nodes.as_slice() {
-            [one] => {
-                let client = redis::Client::open(one.as_str()).map_err(unavailable)?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                let m =
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
-                Some(Conn::Single(m))
+            [one] if sentinels.is_none() => {
+                Some(Conn::Single(connect::single(one, certs.clone())?))
             }
             _ => None,
         };
@@ -112,6 +121,8 @@ impl Coord {
             replica_url: Mutex::new(settings.replica_url.clone()),
             settings,
             conn: Mutex::new(conn),
+            sentinels,
+            certs,
             last_connect: Mutex::new(None),
             // Down until Redis first answers.
             health: Mutex::new(Health {
@@ -150,13 +161,7 @@ impl Coord {
     /// Redis as `/readyz` reports it.
     pub(crate) fn status(&self) -> Status {
         let h = lock(&self.health);
-        let target = self
-            .settings
-            .nodes
-            .iter()
-            .map(|n| redact(n))
-            .collect::<Vec<_>>()
-            .join(",");
+        let target = self.target();
         Status {
             target,
             down: h.down_since.map(|s| {
@@ -167,6 +172,21 @@ impl Coord {
                         .unwrap_or_else(|| "not connected yet".into()),
                 )
             }),
+        }
+    }
+
+    /// The Redis addresses, without passwords, as `/readyz` shows them.
+    fn target(&self) -> String {
+        let nodes = self
+            .settings
+            .nodes
+            .iter()
+            .map(|n| redact(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        match &self.settings.sentinel {
+            Some(m) => format!("sentinels {nodes} master {:?}", m.name),
+            None => nodes,
         }
     }
 
@@ -236,17 +256,13 @@ impl Coord {
             }
             *last = Some(Instant::now());
         }
-        let client = redis::cluster::ClusterClient::builder(self.settings.nodes.clone())
-            .connection_timeout(COMMAND_TIMEOUT)
-            .response_timeout(COMMAND_TIMEOUT)
-            .retries(1)
-            .build()
-            .map_err(unavailable)?;
-        let c = tokio::time::timeout(COMMAND_TIMEOUT, client.get_async_connection())
-            .await
-            .map_err(|_| Error::Unavailable("cluster connect timed out".into()))?
-            .map_err(unavailable)?;
-        let c = Conn::Cluster(c);
+        // Boxed: the lookups are deep futures, and every request's future would carry them.
+        let c = match &self.sentinels {
+            Some(s) => Conn::Single(Box::pin(connect::sentinel_master(s)).await?),
+            None => Conn::Cluster(
+                Box::pin(connect::cluster(&self.settings.nodes, self.certs.clone())).await?,
+            ),
+        };
         *lock(&self.conn) = Some(c.clone());
         Ok(c)
     }
@@ -288,10 +304,15 @@ impl Coord {
         let started = Instant::now();
         let result = async {
             let conn = self.connection().await?;
-            match tokio::time::timeout(COMMAND_TIMEOUT, call(conn)).await {
+            let r = match tokio::time::timeout(COMMAND_TIMEOUT, call(conn)).await {
                 Ok(r) => r.map_err(unavailable),
                 Err(_) => Err(Error::Unavailable("no answer in time".into())),
+            };
+            if r.is_err() && self.sentinels.is_some() {
+                // The master may have gone, or become a replica (READONLY): ask the sentinels.
+                *lock(&self.conn) = None;
             }
+            r
         }
         .await;
         self.record(op, started, &result);
@@ -360,5 +381,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+#[cfg(test)]
+mod modes_tests;
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,8 @@ impl Drop for RedisServer {
 fn coord(url: &str, lease_secs: u64, me: &str) -> Arc<Coord> {
     Coord::new(CoordSettings {
         nodes: vec![url.to_string()],
+        sentinel: None,
+        ca_file: None,
         lease_secs,
         replica_url: Some(me.to_string()),
     })
