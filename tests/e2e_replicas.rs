@@ -6,24 +6,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, Response, StatusCode};
-use bytes::Bytes;
-use futures::StreamExt;
-use sha2::{Digest as _, Sha256};
-
-use support::background::BackgroundServer;
 use support::env::{e2e_required, free_port, have_tool};
-use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
-
-const REPO: &str = "team/app";
-const TAG: &str = "v1";
-const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+use support::mirror::{Extra, Regmirror};
+use support::replicas::{
+    blob_of, blob_url, client, fleet, pull, wait_ready_with_redis, Upstream, MANIFEST_TYPE, REPO,
+    TAG,
+};
 
 /// A `redis-server` on a fixed loopback port, which a test may stop and start again.
 struct RedisServer {
@@ -92,254 +83,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// A blob of the counting upstream.
-#[derive(Clone)]
-struct UpBlob {
-    bytes: Bytes,
-    digest: String,
-}
-
-fn blob_of(seed: u32, size: usize) -> UpBlob {
-    let mut v = Vec::with_capacity(size);
-    let mut x = seed.wrapping_mul(2654435761) | 1;
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&v)));
-    UpBlob {
-        bytes: Bytes::from(v),
-        digest,
-    }
-}
-
-/// The counting upstream: blobs streamed in 1 MiB chunks `delay` apart, one tagged manifest.
-struct Upstream {
-    server: BackgroundServer,
-    /// (method, path) -> requests.
-    counts: Arc<Mutex<HashMap<(String, String), usize>>>,
-    /// When each blob's last GET finished sending.
-    sent: Arc<Mutex<HashMap<String, Instant>>>,
-    manifest_digest: String,
-}
-
-impl Upstream {
-    fn start(blobs: Vec<UpBlob>, delay: Duration) -> Upstream {
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0].digest, "size": blobs[0].bytes.len()},
-            "layers": [],
-        }))
-        .unwrap();
-        let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-        let manifest = Bytes::from(manifest);
-        let by_digest: Arc<HashMap<String, UpBlob>> =
-            Arc::new(blobs.into_iter().map(|b| (b.digest.clone(), b)).collect());
-        let counts = Arc::new(Mutex::new(HashMap::new()));
-        let sent = Arc::new(Mutex::new(HashMap::new()));
-        let (c, s, md) = (counts.clone(), sent.clone(), manifest_digest.clone());
-        let router = axum::Router::new().fallback(move |req: Request<Body>| {
-            let (c, s, blobs, m, md) = (
-                c.clone(),
-                s.clone(),
-                by_digest.clone(),
-                manifest.clone(),
-                md.clone(),
-            );
-            async move {
-                let path = req.uri().path().to_string();
-                let head = req.method() == Method::HEAD;
-                *c.lock()
-                    .unwrap()
-                    .entry((req.method().to_string(), path.clone()))
-                    .or_default() += 1;
-                let builder =
-                    Response::builder().header("docker-distribution-api-version", "registry/2.0");
-                if path == "/v2/" {
-                    return builder.status(200).body(Body::empty()).unwrap();
-                }
-                if path == format!("/v2/{REPO}/manifests/{TAG}")
-                    || path == format!("/v2/{REPO}/manifests/{md}")
-                {
-                    return builder
-                        .status(200)
-                        .header("content-type", MANIFEST_TYPE)
-                        .header("docker-content-digest", &md)
-                        .header("content-length", m.len())
-                        .body(if head { Body::empty() } else { Body::from(m) })
-                        .unwrap();
-                }
-                let Some(d) = path.strip_prefix(&format!("/v2/{REPO}/blobs/")) else {
-                    return builder.status(404).body(Body::empty()).unwrap();
-                };
-                let Some(b) = blobs.get(d).cloned() else {
-                    return builder.status(404).body(Body::empty()).unwrap();
-                };
-                let builder = builder
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/octet-stream")
-                    .header("docker-content-digest", &b.digest)
-                    .header("content-length", b.bytes.len());
-                if head {
-                    return builder.body(Body::empty()).unwrap();
-                }
-                let chunks: Vec<Bytes> = (0..b.bytes.len())
-                    .step_by(1 << 20)
-                    .map(|i| b.bytes.slice(i..(i + (1 << 20)).min(b.bytes.len())))
-                    .collect();
-                let n = chunks.len();
-                let digest = b.digest.clone();
-                let body = futures::stream::iter(chunks.into_iter().enumerate()).then(
-                    move |(i, chunk)| {
-                        let (s, digest) = (s.clone(), digest.clone());
-                        async move {
-                            tokio::time::sleep(delay).await;
-                            if i + 1 == n {
-                                s.lock().unwrap().insert(digest, Instant::now());
-                            }
-                            Ok::<_, std::io::Error>(chunk)
-                        }
-                    },
-                );
-                builder.body(Body::from_stream(body)).unwrap()
-            }
-        });
-        Upstream {
-            server: BackgroundServer::start(router),
-            counts,
-            sent,
-            manifest_digest,
-        }
-    }
-
-    fn count(&self, method: &str, path: &str) -> usize {
-        self.counts
-            .lock()
-            .unwrap()
-            .get(&(method.to_string(), path.to_string()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn blob_gets(&self, b: &UpBlob) -> usize {
-        self.count("GET", &format!("/v2/{REPO}/blobs/{}", b.digest))
-    }
-
-    fn tag_requests(&self) -> usize {
-        let p = format!("/v2/{REPO}/manifests/{TAG}");
-        self.count("GET", &p) + self.count("HEAD", &p)
-    }
-}
-
-/// Three replicas on one Redis, in front of `up`.
-async fn fleet(up: &Upstream, redis: &RedisServer, extra_up: Extra) -> Vec<Regmirror> {
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        let name = up.server.addr.to_string();
-        let mut config = MirrorConfig::new(vec![UpstreamEntry::new(&name, &up.server.url())]);
-        config.no_builtin_upstreams = true;
-        config.default_upstream = name;
-        config.extra = Extra {
-            top: extra_up.top.clone(),
-            upstream: extra_up.upstream.clone(),
-        }
-        .top("redis_url", redis.url())
-        .top("lease_secs", 3);
-        out.push(Regmirror::start(config).await);
-    }
-    // Every replica has learnt the fleet's secret and announced itself.
-    for m in &out {
-        wait_ready_with_redis(m).await;
-    }
-    out
-}
-
-async fn wait_ready_with_redis(m: &Regmirror) {
-    let url = format!("{}/readyz", m.url);
-    for _ in 0..100 {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.text()
-                .await
-                .unwrap_or_default()
-                .contains("up: fills and tags coordinated")
-            {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never reported redis up", m.url);
-}
-
-/// What one client got.
-struct Pull {
-    first_byte: Option<Instant>,
-    result: Result<(), String>,
-}
-
-/// GET a blob and compare every byte with what the upstream holds (byte equality: the sha256
-/// of what was received is the blob's).
-async fn pull(client: reqwest::Client, url: String, want: Bytes) -> Pull {
-    let resp = match client.get(&url).send().await {
-        Ok(r) if r.status() == 200 => r,
-        Ok(r) => {
-            return Pull {
-                first_byte: None,
-                result: Err(format!("status {}", r.status())),
-            }
-        }
-        Err(e) => {
-            return Pull {
-                first_byte: None,
-                result: Err(e.to_string()),
-            }
-        }
-    };
-    let mut stream = resp.bytes_stream();
-    let mut pos = 0usize;
-    let mut first_byte = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                return Pull {
-                    first_byte,
-                    result: Err(format!("cut at {pos}: {e}")),
-                }
-            }
-        };
-        first_byte.get_or_insert_with(Instant::now);
-        if pos + chunk.len() > want.len() || chunk[..] != want[pos..pos + chunk.len()] {
-            return Pull {
-                first_byte,
-                result: Err(format!("WRONG BYTES at {pos}")),
-            };
-        }
-        pos += chunk.len();
-    }
-    let result = if pos == want.len() {
-        Ok(())
-    } else {
-        Err(format!("short: {pos} bytes"))
-    };
-    Pull { first_byte, result }
-}
-
-fn blob_url(m: &Regmirror, b: &UpBlob) -> String {
-    format!("{}/v2/{REPO}/blobs/{}", m.url, b.digest)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_cold_clients_on_three_replicas_cause_one_upstream_download() {
     let Some(redis) = RedisServer::start() else {
@@ -348,7 +91,7 @@ async fn sixty_cold_clients_on_three_replicas_cause_one_upstream_download() {
     // 64 MiB in 1 MiB chunks 40 ms apart: the fill takes about 2.6 s.
     let big = blob_of(1, 64 << 20);
     let up = Upstream::start(vec![big.clone()], Duration::from_millis(40));
-    let fleet = fleet(&up, &redis, Extra::default()).await;
+    let fleet = fleet(&up, &redis.url(), 3, Extra::default()).await;
     let mut tasks = Vec::new();
     for i in 0..60 {
         let m = &fleet[i % 3];
@@ -417,7 +160,7 @@ async fn killing_the_owner_mid_fill_fails_its_transfers_and_a_retry_elsewhere_su
     // 48 MiB, 100 ms a chunk: about 5 s, long enough to kill the owner in the middle.
     let big = blob_of(2, 48 << 20);
     let up = Upstream::start(vec![big.clone()], Duration::from_millis(100));
-    let mut fleet = fleet(&up, &redis, Extra::default()).await;
+    let mut fleet = fleet(&up, &redis.url(), 3, Extra::default()).await;
     let on_owner = tokio::spawn(pull(client(), blob_url(&fleet[0], &big), big.bytes.clone()));
     // The owner is downloading: then clients on the other two join it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -471,7 +214,7 @@ async fn redis_stopped_and_started_during_pulls_never_gives_wrong_bytes_and_coal
         vec![cached.clone(), during.clone(), after.clone(), fresh.clone()],
         Duration::from_millis(20),
     );
-    let fleet = fleet(&up, &redis, Extra::default()).await;
+    let fleet = fleet(&up, &redis.url(), 3, Extra::default()).await;
     for m in &fleet {
         pull(client(), blob_url(m, &cached), cached.bytes.clone())
             .await
@@ -553,7 +296,13 @@ async fn a_tag_revalidated_on_one_replica_is_fresh_on_the_others() {
     };
     let cfg = blob_of(8, 1024);
     let up = Upstream::start(vec![cfg], Duration::from_millis(0));
-    let fleet = fleet(&up, &redis, Extra::default().upstream("tag_ttl_secs", 2)).await;
+    let fleet = fleet(
+        &up,
+        &redis.url(),
+        3,
+        Extra::default().upstream("tag_ttl_secs", 2),
+    )
+    .await;
     let get = |m: &Regmirror| {
         let url = format!("{}/v2/{REPO}/manifests/{TAG}", m.url);
         async move {

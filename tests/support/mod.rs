@@ -19,6 +19,9 @@
 //!   HTTP/1.1 request for paths no URL library would leave alone.
 //! - [`raw_http`]: HTTP/1.x by hand over one TCP connection (keep-alive, pipelining, HTTP/1.0),
 //!   responses parsed without an HTTP library.
+//! - [`redis`]: `redis-server` processes for coordination tests: a Sentinel set (master, replica,
+//!   sentinel) whose master a test kills.
+//! - [`replicas`]: regmirror replicas on one Redis in front of a counting, slow-streaming upstream.
 //! - [`seed`]: push the standard set of images to an upstream and return their digests.
 //! - [`ledger`]: the answers a test sent, checked against regmirror's request log and its
 //!   bytes-served counter.
@@ -67,7 +70,9 @@ pub mod pebble;
 pub mod proxies;
 pub mod pycheck;
 pub mod raw_http;
+pub mod redis;
 pub mod registry;
+pub mod replicas;
 pub mod seed;
 pub mod skopeo;
 pub mod tls;
