@@ -96,7 +96,25 @@ impl Drop for Proc {
 
 /// One command on one server, outside the client under test (to look at what it did).
 async fn direct<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    direct_tls(&format!("redis://127.0.0.1:{port}"), None, cmd).await
+}
+
+/// The same through `url`, trusting the CA in `ca` (PEM) for rediss://.
+async fn direct_tls<T: redis::FromRedisValue>(
+    url: &str,
+    ca: Option<&Path>,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let client = match ca {
+        Some(ca) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca).expect("CA file")),
+            },
+        )?,
+        None => redis::Client::open(url)?,
+    };
     let mut c = client.get_multiplexed_async_connection().await?;
     cmd.query_async(&mut c).await
 }
@@ -178,7 +196,13 @@ async fn sentinel_setup(dir: &Path) -> (Proc, Proc, Proc) {
     std::fs::create_dir_all(&rd).unwrap();
     let master = Proc::server(&["--dir", md.to_str().unwrap()]);
     let mp = master.port.to_string();
-    let replica = Proc::server(&["--replicaof", "127.0.0.1", &mp, "--dir", rd.to_str().unwrap()]);
+    let replica = Proc::server(&[
+        "--replicaof",
+        "127.0.0.1",
+        &mp,
+        "--dir",
+        rd.to_str().unwrap(),
+    ]);
     wait_until(Duration::from_secs(10), "replica in sync", async || {
         direct::<String>(replica.port, redis::cmd("INFO").arg("replication"))
             .await
@@ -369,30 +393,78 @@ async fn rediss_with_redis_ca_file_takes_leases_and_the_system_roots_alone_do_no
 
 #[tokio::test]
 async fn a_three_node_cluster_spreads_leases_and_records_over_its_nodes() {
+    cluster_works(false).await;
+}
+
+#[tokio::test]
+async fn a_tls_cluster_with_redis_ca_file_spreads_leases_and_records_over_its_nodes() {
+    cluster_works(true).await;
+}
+
+/// Three Cluster nodes (TLS only with the test's CA when `tls`), made one Cluster with
+/// `redis-cli --cluster create`; leases and records through the comma-separated `redis_url`.
+async fn cluster_works(tls: bool) {
     if !have_redis() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca(dir.path());
     let nodes: Vec<Proc> = (0..3)
         .map(|i| {
             let conf = dir.path().join(format!("nodes-{i}.conf"));
-            Proc::server(&[
+            let port = free_port();
+            // The bus port is the data port + 10000 unless given: past 65535 for high ports.
+            let (p, bus) = (port.to_string(), free_port().to_string());
+            let mut args = vec![
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                &bus,
                 "--cluster-config-file",
                 conf.to_str().unwrap(),
                 "--cluster-node-timeout",
                 "2000",
                 "--dir",
                 dir.path().to_str().unwrap(),
-            ])
+            ];
+            if tls {
+                args.extend([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &p,
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-cert-file",
+                    cert.to_str().unwrap(),
+                    "--tls-key-file",
+                    key.to_str().unwrap(),
+                    "--tls-ca-cert-file",
+                    ca.to_str().unwrap(),
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+            } else {
+                args.extend(["--port", &p]);
+            }
+            Proc::start(port, &args)
         })
         .collect();
     let addrs: Vec<String> = nodes
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let out = Command::new("redis-cli")
+    let mut create = Command::new("redis-cli");
+    if tls {
+        create.arg("--tls").arg("--cacert").arg(&ca);
+    }
+    let out = create
         .arg("--cluster")
         .arg("create")
         .args(&addrs)
@@ -401,33 +473,165 @@ async fn a_three_node_cluster_spreads_leases_and_records_over_its_nodes() {
         .expect("redis-cli (Debian's redis-tools, installed with redis-server)");
     assert!(
         out.status.success(),
-        "cluster create: {}",
-        String::from_utf8_lossy(&out.stdout)
+        "cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    for n in &nodes {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let ca_file = tls.then_some(ca.as_path());
+    let node_urls: Vec<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
+    for n in &node_urls {
         wait_until(Duration::from_secs(15), "cluster_state:ok", async || {
-            direct::<String>(n.port, redis::cmd("CLUSTER").arg("INFO"))
+            direct_tls::<String>(n, ca_file, redis::cmd("CLUSTER").arg("INFO"))
                 .await
                 .is_ok_and(|i| i.contains("cluster_state:ok"))
         })
         .await;
     }
-    let url = addrs
-        .iter()
-        .map(|a| format!("redis://{a}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let url = node_urls.join(",");
     let (a, b) = (
-        client_for(&url, None, "http://a"),
-        client_for(&url, None, "http://b"),
+        client_for(&url, ca_file, "http://a"),
+        client_for(&url, ca_file, "http://b"),
     );
     for i in 0..12 {
         leases_and_records_work(&a, &b, &format!("c{i}")).await;
     }
     assert!(a.status().down.is_none(), "{:?}", a.status());
     // The keys really are spread: every node holds some of them.
-    for n in &nodes {
-        let keys: i64 = direct(n.port, &redis::cmd("DBSIZE")).await.unwrap();
-        assert!(keys > 0, "node {} holds none of the keys", n.port);
+    for n in &node_urls {
+        let keys: i64 = direct_tls(n, ca_file, &redis::cmd("DBSIZE")).await.unwrap();
+        assert!(keys > 0, "node {n} holds none of the keys");
     }
+}
+
+#[tokio::test]
+async fn rediss_sentinel_with_a_password_on_the_master_takes_leases_over_tls() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca(dir.path());
+    let (ca_s, cert_s, key_s) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let tls_server = |port: &str, sub: &str, extra: &[&str]| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut args = vec![
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            port,
+            "--tls-cert-file",
+            cert_s,
+            "--tls-key-file",
+            key_s,
+            "--tls-ca-cert-file",
+            ca_s,
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--requirepass",
+            "s3cret",
+            "--masterauth",
+            "s3cret",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            d.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::start(port.parse().unwrap(), &args)
+    };
+    let mp = free_port().to_string();
+    let master = tls_server(&mp, "master", &[]);
+    let rp = free_port().to_string();
+    let replica = tls_server(&rp, "replica", &["--replicaof", "127.0.0.1", &mp]);
+    let replica_url = format!("rediss://:s3cret@127.0.0.1:{rp}");
+    wait_until(
+        Duration::from_secs(10),
+        "replica in sync over TLS",
+        async || {
+            direct_tls::<String>(
+                &replica_url,
+                Some(&ca),
+                redis::cmd("INFO").arg("replication"),
+            )
+            .await
+            .is_ok_and(|i| i.contains("master_link_status:up"))
+        },
+    )
+    .await;
+    let sp = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "bind 127.0.0.1\nport 0\ntls-port {sp}\ndir {}\n\
+             tls-cert-file {cert_s}\ntls-key-file {key_s}\ntls-ca-cert-file {ca_s}\n\
+             tls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor mymaster 127.0.0.1 {mp} 1\n\
+             sentinel auth-pass mymaster s3cret\n\
+             sentinel down-after-milliseconds mymaster 1000\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let sentinel = Proc::start(sp, &[conf.to_str().unwrap(), "--sentinel"]);
+    let sentinel_url = format!("rediss://127.0.0.1:{sp}");
+    wait_until(
+        Duration::from_secs(15),
+        "the TLS sentinel names the master",
+        async || {
+            direct_tls::<Vec<String>>(
+                &sentinel_url,
+                Some(&ca),
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg("mymaster"),
+            )
+            .await
+            .is_ok_and(|a| a.get(1) == Some(&mp))
+        },
+    )
+    .await;
+    let url = format!(
+        "rediss+sentinel://:s3cret@127.0.0.1:{}/mymaster",
+        sentinel.port
+    );
+    let (a, b) = (
+        client_for(&url, Some(&ca), "http://a"),
+        client_for(&url, Some(&ca), "http://b"),
+    );
+    leases_and_records_work(&a, &b, "tls-sentinel").await;
+    let on_master: Option<String> = direct_tls(
+        &format!("rediss://:s3cret@127.0.0.1:{mp}"),
+        Some(&ca),
+        redis::cmd("GET").arg("regmirror:tag:tls-sentinel"),
+    )
+    .await
+    .unwrap();
+    assert!(on_master.is_some(), "written to the master over TLS");
+    // The wrong password on the master: the sentinel names it, the master refuses.
+    let wrong = client_for(
+        &format!(
+            "rediss+sentinel://:nope@127.0.0.1:{}/mymaster",
+            sentinel.port
+        ),
+        Some(&ca),
+        "http://c",
+    );
+    assert!(wrong.ping().await.is_err());
+    drop((master, replica));
 }
