@@ -12,7 +12,8 @@ PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq socat busybox-sta
     bsdutils # `script`: the pseudo-terminal of tests/e2e_prefetch.rs
     pebble # the ACME test CA of tests/e2e_acme.rs
     chromium # headless, renders the status page in tests/e2e_ui.rs
-    redis-server) # coordination of replicas (src/coord/tests.rs, tests/e2e_replicas.rs)
+    redis-server) # coordination of replicas (src/coord/*tests.rs, tests/e2e_replicas.rs, tests/e2e_redis_modes.rs;
+    # Sentinel runs as `redis-server --sentinel`, so Debian's redis-sentinel package is not needed)
 # tests/e2e_image.rs strips the binary into the image (binutils); tests/e2e_systemd.rs runs systemd-analyze.
 # tests/e2e_kube.rs needs kubectl 1.21+ (kustomize v4+), which this machine has (1.32, kustomize v5.5);
 # Debian 12's own kubernetes-client (1.20, kustomize v2.0.3) renders these manifests wrongly, so it is

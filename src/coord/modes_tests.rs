@@ -44,7 +44,7 @@ fn have_redis() -> bool {
 impl Proc {
     /// `redis-server ARGS`, ready when `port` accepts connections.
     fn start(port: u16, args: &[&str]) -> Proc {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -59,6 +59,8 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server {args:?} did not listen on {port}");
     }
 

@@ -17,7 +17,7 @@ pub struct RedisProc {
 impl RedisProc {
     /// `redis-server ARGS`, returned once `port` accepts connections.
     pub fn start(port: u16, args: &[&str]) -> RedisProc {
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -32,6 +32,8 @@ impl RedisProc {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("redis-server {args:?} did not listen on {port}");
     }
 
