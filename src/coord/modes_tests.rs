@@ -25,6 +25,16 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `n` distinct free loopback ports (held together while chosen, so none repeats).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
 fn have_redis() -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -411,12 +421,13 @@ async fn cluster_works(tls: bool) {
     }
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = make_ca(dir.path());
+    // Data and bus ports (the bus is the data port + 10000 unless given: past 65535 here).
+    let ports = free_ports(6);
     let nodes: Vec<Proc> = (0..3)
         .map(|i| {
             let conf = dir.path().join(format!("nodes-{i}.conf"));
-            let port = free_port();
-            // The bus port is the data port + 10000 unless given: past 65535 for high ports.
-            let (p, bus) = (port.to_string(), free_port().to_string());
+            let port = ports[i];
+            let (p, bus) = (port.to_string(), ports[3 + i].to_string());
             let mut args = vec![
                 "--bind",
                 "127.0.0.1",
