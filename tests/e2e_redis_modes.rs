@@ -1,6 +1,6 @@
 //! Two regmirror processes coordinated through Redis Sentinel (`redis_url =
-//! "redis+sentinel://..."`): a master, its replica and a sentinel from Debian's `redis-server`, in
-//! front of the counting upstream of `support::replicas`. What an operator sees: one upstream
+//! "redis+sentinel://..."`: a master, its replica and a sentinel from Debian's `redis-server`) or
+//! a three-node Redis Cluster, in front of the counting upstream of `support::replicas`. What an operator sees: one upstream
 //! download per blob across the replicas, `/readyz` and `regmirror_redis_up` saying Redis is up,
 //! and after the master is killed and the sentinel promotes the replica, the same again on the new
 //! master without restarting anything.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use support::faults::metric;
 use support::mirror::{Extra, Regmirror};
-use support::redis::{have_redis, SentinelSet};
+use support::redis::{have_redis, ClusterSet, SentinelSet};
 use support::replicas::{
     blob_of, blob_url, client, fleet, pull, wait_ready_with_redis, UpBlob, Upstream,
 };
@@ -115,4 +115,30 @@ async fn two_replicas_through_sentinel_fetch_once_and_follow_a_failover() {
     // Cached blobs were served throughout: the first blob is not fetched again.
     storm(&fleet, &before).await;
     assert_eq!(up.blob_gets(&before), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_a_redis_cluster_fetch_once() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = ClusterSet::start(dir.path());
+    let (one, two) = (blob_of(31, 8 << 20), blob_of(32, 4 << 20));
+    let up = Upstream::start(vec![one.clone(), two.clone()], Duration::from_millis(40));
+    let fleet = fleet(&up, &cluster.url(), 2, Extra::default().top("lease_secs", 3)).await;
+    for m in &fleet {
+        let r = readyz(m).await;
+        assert!(r.contains(&format!("redis {} up", cluster.url())), "{r}");
+        assert_eq!(redis_up(m).await, Some(1.0));
+    }
+    storm(&fleet, &one).await;
+    storm(&fleet, &two).await;
+    assert_eq!(up.blob_gets(&one), 1, "one upstream download for both replicas");
+    assert_eq!(up.blob_gets(&two), 1);
+    let keys = cluster.keys_per_node();
+    assert!(
+        keys.iter().filter(|k| **k > 0).count() >= 2,
+        "the fleet's keys spread over the Cluster: {keys:?}"
+    );
 }

@@ -162,3 +162,69 @@ fn poll(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Three Cluster nodes made one Cluster by `redis-cli --cluster create` (no replicas).
+pub struct ClusterSet {
+    pub nodes: Vec<RedisProc>,
+}
+
+impl ClusterSet {
+    pub fn start(dir: &Path) -> ClusterSet {
+        // Bus ports given: the default (data port + 10000) passes 65535 for ephemeral ports.
+        let nodes: Vec<RedisProc> = (0..3)
+            .map(|i| {
+                let d = dir.join(format!("node-{i}"));
+                let (bus, conf) = (free_port().to_string(), d.join("nodes.conf"));
+                std::fs::create_dir_all(&d).expect("node dir");
+                RedisProc::server(
+                    &d,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        conf.to_str().expect("utf-8 path"),
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for n in &nodes {
+            poll("cluster_state:ok", || {
+                n.cli(&["cluster", "info"]).contains("cluster_state:ok")
+            });
+        }
+        ClusterSet { nodes }
+    }
+
+    /// The `redis_url` of this Cluster: every node, comma-separated.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.cli(&["dbsize"]).trim().parse().unwrap_or(0))
+            .collect()
+    }
+}
