@@ -380,13 +380,8 @@ impl ManifestCache {
             .await
         {
             Ok(h) if h.digest == cached.digest => {
-                self.tag_ttl.confirm(up.name(), repo, tag);
-                let record = TagRecord {
-                    digest: cached.digest.to_string(),
-                    media_type: cached.media_type.clone(),
-                    size: cached.size,
-                };
-                self.share_tag(up, repo, tag, record);
+                let record = TagRecord::new(&cached.digest, &cached.media_type, cached.size);
+                self.tag_confirmed(up, repo, tag, record);
                 Ok(cached)
             }
             Ok(_) => match self
@@ -430,17 +425,18 @@ impl ManifestCache {
             .receive_manifest(up, repo, reference, &media::upstream_accept(accept))
             .await?;
         if let Reference::Tag(tag) = reference {
-            let record = TagRecord {
-                digest: digest.to_string(),
-                media_type: media_type.clone(),
-                size: body.len() as u64,
-            };
+            let record = TagRecord::new(&digest, &media_type, body.len() as u64);
             self.store_tag_record(up.name(), repo, tag, &record).await?;
-            self.tag_ttl.confirm(up.name(), repo, tag);
-            self.share_tag(up, repo, tag, record);
+            self.tag_confirmed(up, repo, tag, record);
         }
         tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
         Ok(manifest(digest, media_type, body, CacheStatus::Miss))
+    }
+
+    /// The upstream just confirmed `tag` -> `record`: fresh here, and shared with the fleet.
+    fn tag_confirmed(&self, up: &Upstream, repo: &str, tag: &str, record: TagRecord) {
+        self.tag_ttl.confirm(up.name(), repo, tag);
+        self.share_tag(up, repo, tag, record);
     }
 
     /// Write a tag record to storage and the in-memory copies.

@@ -212,6 +212,16 @@ pub(crate) async fn temporary() -> (tempfile::TempDir, Opened) {
 }
 
 /// Reject keys that could escape the store: absolute, `..`, empty segments, odd characters.
+/// Create `dir` and its parents; an error names `key` (the object it was for, or the dir).
+pub(crate) async fn create_dir(dir: &std::path::Path, key: &str) -> Result<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|source| Error::Io {
+            key: key.into(),
+            source,
+        })
+}
+
 pub(crate) fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')

@@ -124,12 +124,7 @@ pub(super) fn build(cfg: &S3Config, keys: Option<(&str, &str)>) -> Result<Amazon
 impl S3Storage {
     pub(super) async fn new(store: AmazonS3, cfg: &S3Config, data_dir: &Path) -> Result<Self> {
         let tmp = data_dir.join("tmp");
-        tokio::fs::create_dir_all(&tmp)
-            .await
-            .map_err(|source| Error::Io {
-                key: tmp.display().to_string(),
-                source,
-            })?;
+        super::create_dir(&tmp, &tmp.display().to_string()).await?;
         let tier = match cfg.local_cache_size {
             Some(size) => Some(Arc::new(
                 tier::Tier::open(data_dir.join("tier"), size.0).await?,
