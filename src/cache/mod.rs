@@ -10,7 +10,8 @@
 //! - [`Cache`] (here): the facade the API calls, and the error type.
 //! - `blobs`: [`BlobCache`], blob hits, fills through the single-flight of `flight`, ranges.
 //! - `flight`: the fill single-flight interface (`FillTable`) and its in-process table.
-//! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `tags`: tag
+//! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `manifest_fetch`:
+//!   its upstream side (the one fetch of a flight, revalidation by HEAD, stale answers); `tags`: tag
 //!   freshness; `hot`: the in-memory copies of small objects.
 //! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
 //! - `links`: which (upstream, repository) holds which digest; nothing is served without one.
@@ -25,6 +26,7 @@ mod hot;
 pub(crate) mod inventory;
 mod links;
 mod lists;
+mod manifest_fetch;
 mod manifests;
 mod negative;
 mod peer_fills;
