@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
-use support::client::RegistryClient;
 use support::clients::{client_config_write, Containerd, CONTAINERD_TOOLS};
 use support::faults::wait_for;
-use support::image::Blob;
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::netfaults::{Mode, Relay};
 use support::redis::{wait_coordinated, RedisServer};
@@ -89,13 +87,34 @@ fn big_bytes(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Push `bytes` as a blob of `repo` straight to the registry; returns its digest.
+/// Push `bytes` as a blob of `repo` straight to the registry (one POST, one monolithic PUT of
+/// the bytes, never copied); returns its digest.
 async fn push_big(registry: &Registry, repo: &str, bytes: Vec<u8>) -> String {
-    let blob = Blob::new("application/octet-stream", bytes);
-    RegistryClient::new(&registry.url(), None)
-        .push_blob(repo, &blob)
-        .await;
-    blob.digest
+    let digest = support::env::sha256_digest(&bytes);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let start = http
+        .post(format!("{}/v2/{repo}/blobs/uploads/", registry.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), 202, "start the upload");
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let mut url = if location.starts_with("http") {
+        location
+    } else {
+        format!("{}{location}", registry.url())
+    };
+    url.push(if url.contains('?') { '&' } else { '?' });
+    url.push_str(&format!("digest={digest}"));
+    let put = http
+        .put(url)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201, "push {digest}: {:?}", put.text().await);
+    digest
 }
 
 /// What one client got: when its first body byte arrived, how many bytes, their digest (when
