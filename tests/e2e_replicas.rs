@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,79 +17,12 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use support::background::BackgroundServer;
-use support::env::{e2e_required, free_port, have_tool};
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
+use support::redis::{wait_coordinated, RedisServer};
 
 const REPO: &str = "team/app";
 const TAG: &str = "v1";
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-
-/// A `redis-server` on a fixed loopback port, which a test may stop and start again.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        if !have_tool("redis-server") {
-            assert!(
-                !e2e_required(),
-                "REGMIRROR_E2E=1 but redis-server is missing"
-            );
-            eprintln!("SKIPPED: redis-server not installed (scripts/test.sh installs it)");
-            return None;
-        }
-        let mut r = RedisServer {
-            child: None,
-            port: free_port(),
-        };
-        r.spawn();
-        Some(r)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not listen on {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Wait until the port is closed.
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A blob of the counting upstream.
 #[derive(Clone)]
@@ -252,26 +184,9 @@ async fn fleet(up: &Upstream, redis: &RedisServer, extra_up: Extra) -> Vec<Regmi
     }
     // Every replica has learnt the fleet's secret and announced itself.
     for m in &out {
-        wait_ready_with_redis(m).await;
+        wait_coordinated(m).await;
     }
     out
-}
-
-async fn wait_ready_with_redis(m: &Regmirror) {
-    let url = format!("{}/readyz", m.url);
-    for _ in 0..100 {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.text()
-                .await
-                .unwrap_or_default()
-                .contains("up: fills and tags coordinated")
-            {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never reported redis up", m.url);
 }
 
 /// What one client got.
@@ -529,7 +444,7 @@ async fn redis_stopped_and_started_during_pulls_never_gives_wrong_bytes_and_coal
     // Redis is back: coordination resumes.
     redis.spawn();
     for m in &fleet {
-        wait_ready_with_redis(m).await;
+        wait_coordinated(m).await;
     }
     let storm: Vec<_> = (0..30)
         .map(|i| {

@@ -30,6 +30,8 @@
 //!   (optionally through a slow link), refuse, black-hole, silent, a stalled body, a fixed status.
 //! - [`clients`]: dockerd (in a loopback-only network namespace), containerd and podman, configured
 //!   with `regmirror client-config`.
+//! - [`s3`]: a real S3 server (`s3s-fs`, SigV4 checked) with one bucket, and the `[s3]` config.
+//! - [`redis`]: Debian's `redis-server`, stoppable and restartable on its port.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout, read it back and compare it with what was
 //!   pushed.
 //! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
@@ -67,7 +69,9 @@ pub mod pebble;
 pub mod proxies;
 pub mod pycheck;
 pub mod raw_http;
+pub mod redis;
 pub mod registry;
+pub mod s3;
 pub mod seed;
 pub mod skopeo;
 pub mod tls;
