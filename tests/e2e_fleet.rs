@@ -22,7 +22,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use support::clients::{client_config_write, Containerd, CONTAINERD_TOOLS};
-use support::faults::wait_for;
+use support::faults::{metric, wait_for};
 use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
 use support::netfaults::{Mode, Relay};
 use support::redis::{wait_coordinated, RedisServer};
@@ -276,6 +276,25 @@ async fn sixty_cold_gets_of_256mb_over_three_replicas_on_one_bucket_make_one_ups
         .map(|m| m.log().matches("streaming upload failed").count())
         .sum();
     eprintln!("streaming uploads that failed and fell back to the local copy: {resent}");
+    // One replica wrote the blob to the bucket; the two that relayed it only verified it
+    // (8 MiB parts: one copy is 31 of them; three copies would be 93).
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut parts = 0.0;
+    for m in &fleet {
+        let text = m.metrics_text(&http).await;
+        parts += metric(
+            &text,
+            "regmirror_s3_request_duration_seconds_count",
+            &[("op", "part")],
+        )
+        .unwrap_or(0.0);
+    }
+    let one_copy = (size as f64 / (8 << 20) as f64).ceil();
+    eprintln!("MEASURED: {parts} S3 part uploads across the fleet (one copy: {one_copy})");
+    assert!(
+        parts <= one_copy * (1 + resent) as f64 + 1.0,
+        "{parts} parts uploaded: the blob was written to the bucket more than once"
+    );
     // The blob is committed once, whole, under its key; no multipart upload is left behind.
     assert_eq!(file_sha256(&sh.s3.blob_object(&digest)), digest);
     wait_for("no multipart upload left", Duration::from_secs(20), || {

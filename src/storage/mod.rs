@@ -179,6 +179,12 @@ pub(crate) trait Storage: Send + Sync + 'static {
         let _ = (key, size);
         Ok(None)
     }
+    /// Whether other processes see the same objects (a bucket shared by replicas; false, the
+    /// default, for a local directory). A blob another replica is committing to shared storage
+    /// need not be written again.
+    fn shared(&self) -> bool {
+        false
+    }
     /// A URL a client may fetch the object's bytes from directly (a presigned S3 URL) when this
     /// backend redirects objects of `size` bytes; None (the default) otherwise.
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {

@@ -285,6 +285,10 @@ const TOUCH: &str = "_touch/";
 
 #[async_trait]
 impl Storage for S3Storage {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         if let Some(m) = self.tier.as_ref().and_then(|t| t.meta(key)) {
             return Ok(m);
