@@ -45,6 +45,8 @@ pub(super) struct S3Storage {
     store: Arc<AmazonS3>,
     /// Object key prefix, "" or ending in '/'.
     prefix: String,
+    /// `s3://<bucket>/<prefix>`: what replicas sharing this store call it.
+    location: String,
     tier: Option<Arc<tier::Tier>>,
     redirect_over: Option<u64>,
     presign: Duration,
@@ -142,6 +144,7 @@ impl S3Storage {
         }
         Ok(S3Storage {
             store: Arc::new(store),
+            location: format!("s3://{}/{prefix}", cfg.bucket),
             prefix,
             tier,
             redirect_over: cfg.redirect_blobs_over.map(|s| s.0),
@@ -447,6 +450,10 @@ impl Storage for S3Storage {
         let u = upload::S3Upload::start(self.store.clone(), &self.prefix, path, key, size, tier)
             .await?;
         Ok(Some(Box::new(u)))
+    }
+
+    fn shared_location(&self) -> Option<String> {
+        Some(self.location.clone())
     }
 
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {
