@@ -286,6 +286,72 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn cand(key: &str, size: u64, last_access: u64) -> Candidate {
+        Candidate {
+            meta: ObjectMeta {
+                key: key.to_string(),
+                size,
+                modified: 0,
+            },
+            last_access,
+        }
+    }
+
+    #[test]
+    fn selection_is_least_recently_used_first_skips_protected_and_honours_both_limits() {
+        let now = 10_000;
+        // (policy, protected key, expected victims in order, expected protected)
+        let size = |n| Policy {
+            max_size: Some(n),
+            max_age: None,
+        };
+        let age = |s| Policy {
+            max_size: None,
+            max_age: Some(Duration::from_secs(s)),
+        };
+        let cases: &[(Policy, &str, &[&str], &[&str])] = &[
+            // 400 bytes stored, 250 allowed: the two least recently read go.
+            (size(250), "", &["b", "c"], &[]),
+            // Exactly at the limit: nothing.
+            (size(400), "", &[], &[]),
+            // The oldest is being read: the next one goes instead, and one more to fit.
+            (size(250), "b", &["c", "a"], &["b"]),
+            // Ties of last access are broken by key, not by listing order (a and b both at 1000
+            // here, b listed first).
+            (size(350), "", &["a"], &[]),
+            // Not read for more than 5000 s: b (9000 s ago) and c (5500 s ago); a (5000 s) stays.
+            (age(5000), "", &["b", "c"], &[]),
+            (age(5000), "c", &["b"], &["c"]),
+            (
+                Policy {
+                    max_size: Some(100),
+                    max_age: Some(Duration::from_secs(5000)),
+                },
+                "",
+                &["b", "c", "a"],
+                &[],
+            ),
+        ];
+        for (policy, protected, victims, kept) in cases {
+            let all = vec![
+                cand("a", 100, 5000),
+                cand("d", 100, 9000),
+                cand("b", 100, 1000),
+                cand("c", 100, 4500),
+            ];
+            let mut all = all;
+            if policy.max_size == Some(350) {
+                all[0] = cand("a", 100, 1000);
+                all.swap(0, 2);
+            }
+            let got = select(all, *policy, now, &|k| k == *protected);
+            let names: Vec<&str> = got.victims.iter().map(|m| m.key.as_str()).collect();
+            assert_eq!(&names, victims, "{policy:?} protecting {protected:?}");
+            assert_eq!(&got.protected, kept, "{policy:?} protecting {protected:?}");
+            assert_eq!(got.total_bytes, 400);
+        }
+    }
+
     #[tokio::test]
     async fn evicts_least_recently_used_until_under_size_and_skips_readers() {
         let (dir, opened) = crate::storage::temporary().await;

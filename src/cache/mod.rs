@@ -498,3 +498,5 @@ mod tests;
 mod tests_freshness;
 #[cfg(test)]
 mod tests_links;
+#[cfg(test)]
+mod tests_shared_evict;

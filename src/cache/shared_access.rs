@@ -117,7 +117,7 @@ impl SharedAccess {
     }
 
     /// Send the pending last accesses and this replica's reads.
-    async fn sync(&self) {
+    pub(super) async fn sync(&self) {
         let pending: Vec<(String, u64)> = lock(&self.pending).drain().collect();
         if let Err(e) = self
             .store
