@@ -88,7 +88,11 @@ fn blob(seed: u8, size: usize) -> (Bytes, String) {
 }
 
 /// The upstream: the blobs by digest under `REPO`, and `REPO:TAG` (config + one layer).
-fn upstream(blobs: Vec<(Bytes, String)>, manifest: Bytes, manifest_digest: String) -> BackgroundServer {
+fn upstream(
+    blobs: Vec<(Bytes, String)>,
+    manifest: Bytes,
+    manifest_digest: String,
+) -> BackgroundServer {
     let by_digest: Arc<BTreeMap<String, Bytes>> =
         Arc::new(blobs.into_iter().map(|(b, d)| (d, b)).collect());
     let router = axum::Router::new().fallback(move |req: Request<Body>| {
@@ -117,7 +121,11 @@ fn upstream(blobs: Vec<(Bytes, String)>, manifest: Bytes, manifest_digest: Strin
                 .header("content-type", ct)
                 .header("docker-content-digest", digest)
                 .header("content-length", body.len())
-                .body(if head { Body::empty() } else { Body::from(body) })
+                .body(if head {
+                    Body::empty()
+                } else {
+                    Body::from(body)
+                })
                 .unwrap()
         }
     });
@@ -324,7 +332,10 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         s3.insert("bucket".into(), "regmirror".into());
         s3.insert("prefix".into(), "cache/".into());
         s3.insert("region".into(), "us-east-1".into());
-        s3.insert("endpoint".into(), format!("http://127.0.0.1:{s3_port}").into());
+        s3.insert(
+            "endpoint".into(),
+            format!("http://127.0.0.1:{s3_port}").into(),
+        );
         s3.insert("path_style".into(), true.into());
         c.extra = Extra::default()
             .top("storage", "s3")
@@ -354,7 +365,10 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         "9 MiB fit: nothing evicted yet"
     );
     assert_eq!(get_all(&pull(&b, &w.1)).await, w.0);
-    wait_until("one blob is evicted", 20, || bucket_blobs(&bucket).len() == 3).await;
+    wait_until("one blob is evicted", 20, || {
+        bucket_blobs(&bucket).len() == 3
+    })
+    .await;
     let left = bucket_blobs(&bucket);
     assert!(
         !left.contains_key(&hex_of(&y.1)),
@@ -373,9 +387,18 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
 
     // A client of B reads g slowly; h arrives through A: g is now the least recently used and
     // over the limit, but being read on B: h goes instead, g stays in the bucket.
-    let kept_before = metric(&metrics(&a).await, "regmirror_eviction_kept_in_use_total", &[])
-        .unwrap_or(0.0)
-        + metric(&metrics(&b).await, "regmirror_eviction_kept_in_use_total", &[]).unwrap_or(0.0);
+    let kept_before = metric(
+        &metrics(&a).await,
+        "regmirror_eviction_kept_in_use_total",
+        &[],
+    )
+    .unwrap_or(0.0)
+        + metric(
+            &metrics(&b).await,
+            "regmirror_eviction_kept_in_use_total",
+            &[],
+        )
+        .unwrap_or(0.0);
     let slow = SlowRead::start(&b.addr(), &blob_path(&g.1), 256 * 1024).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get_all(&pull(&a, &h.1)).await, h.0);
@@ -390,9 +413,18 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         bucket_blobs(&bucket).contains_key(&hex_of(&g.1)),
         "g is being read on B: never deleted"
     );
-    let kept_after = metric(&metrics(&a).await, "regmirror_eviction_kept_in_use_total", &[])
-        .unwrap_or(0.0)
-        + metric(&metrics(&b).await, "regmirror_eviction_kept_in_use_total", &[]).unwrap_or(0.0);
+    let kept_after = metric(
+        &metrics(&a).await,
+        "regmirror_eviction_kept_in_use_total",
+        &[],
+    )
+    .unwrap_or(0.0)
+        + metric(
+            &metrics(&b).await,
+            "regmirror_eviction_kept_in_use_total",
+            &[],
+        )
+        .unwrap_or(0.0);
     assert!(kept_after > kept_before, "g was counted as kept in use");
     let got = slow.finish().await;
     assert_eq!(got.len(), g.0.len());
@@ -405,8 +437,14 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     // One replica at a time: both ran, and runs were skipped for the lease.
     let (ran_a, ran_b) = (runs(&a, "ran").await, runs(&b, "ran").await);
     let skipped = runs(&a, "skipped_lease").await + runs(&b, "skipped_lease").await;
-    assert!(ran_a >= 1.0 && ran_b >= 1.0, "both replicas ran: {ran_a} {ran_b}");
-    assert!(skipped >= 1.0, "a replica skipped while the other held the lease");
+    assert!(
+        ran_a >= 1.0 && ran_b >= 1.0,
+        "both replicas ran: {ran_a} {ran_b}"
+    );
+    assert!(
+        skipped >= 1.0,
+        "a replica skipped while the other held the lease"
+    );
     assert_eq!(runs(&a, "skipped_redis_down").await, 0.0);
 
     // 3. The read ended: `cache gc` (through the lease, which a server may hold for a moment)
@@ -460,7 +498,9 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     assert!(bucket_blobs(&bucket).is_empty(), "rm removed the blobs");
     let mhex = hex_of(&manifest_digest);
     assert!(
-        !bucket.join(format!("manifests/sha256/{}/{mhex}", &mhex[..2])).exists(),
+        !bucket
+            .join(format!("manifests/sha256/{}/{mhex}", &mhex[..2]))
+            .exists(),
         "rm removed the manifest"
     );
     let (ok, ls, _) = b.cache_cli(&["ls"]);
@@ -469,8 +509,14 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     // The bucket unreachable (a dead endpoint, and no data directory on this machine).
     let text = std::fs::read_to_string(&b.config_path)
         .unwrap()
-        .replace(&format!("127.0.0.1:{s3_port}"), &format!("127.0.0.1:{}", free_port()))
-        .replace(&b.data_dir.display().to_string(), "/nonexistent/regmirror-data");
+        .replace(
+            &format!("127.0.0.1:{s3_port}"),
+            &format!("127.0.0.1:{}", free_port()),
+        )
+        .replace(
+            &b.data_dir.display().to_string(),
+            "/nonexistent/regmirror-data",
+        );
     let dead = root.path().join("dead.toml");
     std::fs::write(&dead, text).unwrap();
     let out = support::mirror::run(["cache", "du", "--config", dead.to_str().unwrap()]);

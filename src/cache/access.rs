@@ -32,7 +32,10 @@ impl Access {
     }
 
     /// Tracking for a store the replicas share: accesses and reads are announced in Redis.
-    pub(crate) fn shared(storage: Arc<dyn Storage>, store: super::shared_access::SharedStore) -> Access {
+    pub(crate) fn shared(
+        storage: Arc<dyn Storage>,
+        store: super::shared_access::SharedStore,
+    ) -> Access {
         let in_use: Arc<InUse> = Arc::default();
         Access {
             storage,

@@ -66,9 +66,7 @@ pub(crate) fn select(
     now: u64,
     protected: &(dyn Fn(&str) -> bool + Sync),
 ) -> Selection {
-    all.sort_by(|a, b| {
-        (a.last_access, &a.meta.key).cmp(&(b.last_access, &b.meta.key))
-    });
+    all.sort_by(|a, b| (a.last_access, &a.meta.key).cmp(&(b.last_access, &b.meta.key)));
     let total_bytes = all.iter().map(|c| c.meta.size).sum();
     let mut out = Selection {
         total_bytes,
@@ -105,7 +103,11 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 /// Delete one evicted object, counted as it goes so that /metrics never lags behind storage.
-pub(crate) async fn delete(storage: &dyn Storage, m: &ObjectMeta, report: &mut Report) -> Result<()> {
+pub(crate) async fn delete(
+    storage: &dyn Storage,
+    m: &ObjectMeta,
+    report: &mut Report,
+) -> Result<()> {
     storage.delete(&m.key).await?;
     metrics::counter!(crate::metrics::EVICTIONS).increment(1);
     metrics::counter!(crate::metrics::EVICTED_BYTES).increment(m.size);
@@ -131,7 +133,8 @@ pub(crate) async fn run(
         .collect();
     let objects = all.len() as u64;
     let chosen = select(all, policy, unix_now(), in_use);
-    metrics::counter!(crate::metrics::EVICTION_KEPT_IN_USE).increment(chosen.protected.len() as u64);
+    metrics::counter!(crate::metrics::EVICTION_KEPT_IN_USE)
+        .increment(chosen.protected.len() as u64);
     let mut report = Report {
         objects,
         bytes: chosen.total_bytes,

@@ -71,7 +71,11 @@ pub(crate) async fn run(
     let candidates: Vec<Candidate> = listed
         .into_iter()
         .map(|meta| Candidate {
-            last_access: access.get(&meta.key).copied().unwrap_or(0).max(meta.modified),
+            last_access: access
+                .get(&meta.key)
+                .copied()
+                .unwrap_or(0)
+                .max(meta.modified),
             meta,
         })
         .collect();

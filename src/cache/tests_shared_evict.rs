@@ -41,10 +41,17 @@ async fn order_of_reads_across_replicas_reads_elsewhere_kept_one_evicter_redis_d
     let (_dir, opened) = crate::storage::temporary().await;
     let s = opened.storage.as_ref();
     // Written in this order (same second or not: none has been read yet).
-    for k in ["blobs/sha256/aa/a1", "blobs/sha256/bb/b2", "blobs/sha256/cc/c3"] {
+    for k in [
+        "blobs/sha256/aa/a1",
+        "blobs/sha256/bb/b2",
+        "blobs/sha256/cc/c3",
+    ] {
         s.put(k, Bytes::from(vec![0u8; 100])).await.unwrap();
     }
-    let (a, b) = (store(&redis.url(), "http://a"), store(&redis.url(), "http://b"));
+    let (a, b) = (
+        store(&redis.url(), "http://a"),
+        store(&redis.url(), "http://b"),
+    );
     let (in_use_a, in_use_b) = (Arc::new(InUse::default()), Arc::new(InUse::default()));
     let (access_a, access_b) = (
         SharedAccess::new(a.clone(), in_use_a.clone()),
@@ -68,7 +75,10 @@ async fn order_of_reads_across_replicas_reads_elsewhere_kept_one_evicter_redis_d
     assert_eq!((report.evicted_objects, report.bytes), (1, 200));
     assert_eq!(keys(s).await, ["blobs/sha256/aa/a1", "blobs/sha256/cc/c3"]);
     assert!(
-        !a.last_access().await.unwrap().contains_key("blobs/sha256/bb/b2"),
+        !a.last_access()
+            .await
+            .unwrap()
+            .contains_key("blobs/sha256/bb/b2"),
         "a deleted object's last access is forgotten"
     );
 
@@ -89,12 +99,16 @@ async fn order_of_reads_across_replicas_reads_elsewhere_kept_one_evicter_redis_d
         max_size: Some(0),
         max_age: None,
     };
-    assert!(matches!(run(s, &a, zero, &|_| false).await.unwrap(), Outcome::Ran(r) if r.evicted_objects == 0));
+    assert!(
+        matches!(run(s, &a, zero, &|_| false).await.unwrap(), Outcome::Ran(r) if r.evicted_objects == 0)
+    );
     // The read ends: withdrawn at the next sync, then evictable.
     drop(guard);
     access_b.sync().await;
     assert!(b.being_read().await.unwrap().is_empty());
-    assert!(matches!(run(s, &a, zero, &|_| false).await.unwrap(), Outcome::Ran(r) if r.evicted_objects == 1));
+    assert!(
+        matches!(run(s, &a, zero, &|_| false).await.unwrap(), Outcome::Ran(r) if r.evicted_objects == 1)
+    );
     assert!(keys(s).await.is_empty());
 
     // Another replica holds the eviction lease: this one skips its run.
@@ -109,7 +123,10 @@ async fn order_of_reads_across_replicas_reads_elsewhere_kept_one_evicter_redis_d
     else {
         panic!("the lease is free");
     };
-    assert_eq!(run(s, &a, zero, &|_| false).await.unwrap(), Outcome::SkippedLease);
+    assert_eq!(
+        run(s, &a, zero, &|_| false).await.unwrap(),
+        Outcome::SkippedLease
+    );
     assert!(lease.release().await);
 
     // A read entry of a replica that stopped refreshing it (died) stops counting once expired.

@@ -19,6 +19,7 @@
 //! regmirror:access:<store>                ZSET storage key -> unix seconds of its last read
 //! regmirror:reading:<store>               ZSET "<replica id> <storage key>" -> unix ms until
 //!                                         which that replica says it reads the key
+//!                                         (<store>: a shared store's name, s3://bucket/prefix/)
 //! regmirror:tag:<up>/<repo>:<tag>         a shared tag record (JSON, set by the cache), PX
 //! regmirror:peer-secret                   random; replicas send it on internal fill requests
 //! ```
