@@ -8,7 +8,8 @@
 //! - a blob a slow client of B is reading is not deleted by whichever replica evicts (the client
 //!   gets every byte), and `regmirror cache gc` removes it once the read ended;
 //! - `regmirror cache ls|du|rm` against the bucket show and remove what the bucket holds, and
-//!   name the bucket when it cannot be reached.
+//!   name the bucket when it cannot be reached;
+//! - Redis stopped: no replica (nor `cache gc`) evicts the bucket, and the skips are counted.
 
 mod support;
 
@@ -287,7 +288,7 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         "s3s-fs",
     );
     let redis_port = free_port();
-    let _redis = spawn_until_listening(
+    let redis = spawn_until_listening(
         Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
             .args(["--save", "", "--appendonly", "no"]),
@@ -399,6 +400,15 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
             &[],
         )
         .unwrap_or(0.0);
+    // The read stays open only if g does not fit in B's socket send buffer (Linux default 4 MiB).
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 * MIB);
+    assert!(
+        wmem_max + MIB < g.0.len(),
+        "net.ipv4.tcp_wmem allows {wmem_max} bytes of send buffer: g (8 MiB) would not stay in flight"
+    );
     let slow = SlowRead::start(&b.addr(), &blob_path(&g.1), 256 * 1024).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get_all(&pull(&a, &h.1)).await, h.0);
@@ -505,6 +515,30 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     );
     let (ok, ls, _) = b.cache_cli(&["ls"]);
     assert!(ok && !ls.contains(&format!("/{REPO}:{TAG}")), "{ls}");
+
+    // Redis stopped: nobody evicts the bucket, however far over the limit (12 MiB of 10).
+    drop(redis);
+    for (bytes, d) in [&x, &y, &z, &w] {
+        assert_eq!(&get_all(&pull(&a, d)).await, bytes);
+    }
+    for _ in 0..50 {
+        if runs(&a, "skipped_redis_down").await >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(runs(&a, "skipped_redis_down").await >= 2.0);
+    assert_eq!(
+        bucket_blobs(&bucket).len(),
+        4,
+        "nothing evicted without Redis"
+    );
+    let (ok, _, err) = a.cache_cli(&["gc", "--max-size", "1MiB"]);
+    assert!(
+        !ok && err.contains("not evicting s3://regmirror/cache/"),
+        "{err}"
+    );
+    assert_eq!(bucket_blobs(&bucket).len(), 4);
 
     // The bucket unreachable (a dead endpoint, and no data directory on this machine).
     let text = std::fs::read_to_string(&b.config_path)
