@@ -500,7 +500,7 @@ impl BlobCache {
         let key = keys::blob(digest);
         // Relayed from the owner replica onto storage it shares (a bucket): the owner commits
         // the object, so this replica only verifies what it relays (see `owner_committed`).
-        let relayed = from_owner && self.storage.shared();
+        let relayed = from_owner && self.storage.shared_location().is_some();
         // Backends that can (S3) receive the bytes while they arrive; committed below only
         // after the digest matched.
         let upload = match relayed {

@@ -179,11 +179,12 @@ pub(crate) trait Storage: Send + Sync + 'static {
         let _ = (key, size);
         Ok(None)
     }
-    /// Whether other processes see the same objects (a bucket shared by replicas; false, the
-    /// default, for a local directory). A blob another replica is committing to shared storage
-    /// need not be written again.
-    fn shared(&self) -> bool {
-        false
+    /// The name of this store when several processes may share it (an S3 bucket and prefix:
+    /// `s3://bucket/prefix/`), so that they coordinate its eviction and a blob another replica
+    /// is committing there need not be written again; None (the default) for a store only this
+    /// process uses (a local data directory).
+    fn shared_location(&self) -> Option<String> {
+        None
     }
     /// A URL a client may fetch the object's bytes from directly (a presigned S3 URL) when this
     /// backend redirects objects of `size` bytes; None (the default) otherwise.

@@ -45,6 +45,8 @@ pub(super) struct S3Storage {
     store: Arc<AmazonS3>,
     /// Object key prefix, "" or ending in '/'.
     prefix: String,
+    /// `s3://<bucket>/<prefix>`: what replicas sharing this store call it.
+    location: String,
     tier: Option<Arc<tier::Tier>>,
     redirect_over: Option<u64>,
     presign: Duration,
@@ -137,6 +139,7 @@ impl S3Storage {
         }
         Ok(S3Storage {
             store: Arc::new(store),
+            location: format!("s3://{}/{prefix}", cfg.bucket),
             prefix,
             tier,
             redirect_over: cfg.redirect_blobs_over.map(|s| s.0),
@@ -285,10 +288,6 @@ const TOUCH: &str = "_touch/";
 
 #[async_trait]
 impl Storage for S3Storage {
-    fn shared(&self) -> bool {
-        true
-    }
-
     async fn head(&self, key: &str) -> Result<ObjectMeta> {
         if let Some(m) = self.tier.as_ref().and_then(|t| t.meta(key)) {
             return Ok(m);
@@ -446,6 +445,10 @@ impl Storage for S3Storage {
         let u = upload::S3Upload::start(self.store.clone(), &self.prefix, path, key, size, tier)
             .await?;
         Ok(Some(Box::new(u)))
+    }
+
+    fn shared_location(&self) -> Option<String> {
+        Some(self.location.clone())
     }
 
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {
