@@ -14,8 +14,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,52 +25,15 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::background::BackgroundServer;
-use support::env::{e2e_required, free_port, have_tool};
+use support::env::free_port;
 use support::faults::metric;
-use support::mirror::{Extra, MirrorConfig, Regmirror, UpstreamEntry};
+use support::mirror::{MirrorConfig, Regmirror, UpstreamEntry};
+use support::redis::RedisServer;
+use support::s3::{credentials_in_env, S3Server};
 
 const REPO: &str = "team/app";
 const TAG: &str = "v1";
 const MIB: usize = 1 << 20;
-const KEY_ID: &str = "regmirror-e2e";
-const SECRET: &str = "regmirror-e2e-secret";
-
-/// A child this test started, killed by PID and reaped on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn s3s_fs() -> Option<PathBuf> {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/s3s-fs");
-    if local.is_file() {
-        return Some(local);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-}
-
-fn spawn_until_listening(cmd: &mut Command, port: u16, what: &str) -> Server {
-    let server = Server(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{what}: {e}")),
-    );
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{what} did not listen on {port}");
-}
 
 /// Deterministic bytes of one blob, and its digest.
 fn blob(seed: u8, size: usize) -> (Bytes, String) {
@@ -266,36 +228,15 @@ impl SlowRead {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and_cli() {
-    let (Some(s3s), true) = (s3s_fs(), have_tool("redis-server")) else {
-        assert!(
-            !e2e_required(),
-            "REGMIRROR_E2E=1 but s3s-fs or redis-server is missing (scripts/test.sh installs them)"
-        );
-        eprintln!("SKIPPED: s3s-fs or redis-server is not installed; run scripts/test.sh");
+    let Some(s3) = S3Server::start().await else {
         return;
     };
-    std::env::set_var("AWS_ACCESS_KEY_ID", KEY_ID);
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    credentials_in_env();
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("regmirror")).unwrap();
-    let s3_port = free_port();
-    let _s3 = spawn_until_listening(
-        Command::new(s3s)
-            .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
-            .args(["--access-key", KEY_ID, "--secret-key", SECRET])
-            .arg(root.path()),
-        s3_port,
-        "s3s-fs",
-    );
-    let redis_port = free_port();
-    let redis = spawn_until_listening(
-        Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
-            .args(["--save", "", "--appendonly", "no"]),
-        redis_port,
-        "redis-server",
-    );
-    let bucket = root.path().join("regmirror/cache");
+    let bucket = s3.cache_dir();
 
     // x, y, z, w: 3 MiB each; g: 8 MiB (the slow read); h: 3 MiB; the image: config + layer.
     let [x, y, z, w, h] = [1u8, 2, 3, 4, 5].map(|s| blob(s, 3 * MIB));
@@ -329,19 +270,10 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         let mut c = MirrorConfig::new(vec![UpstreamEntry::new(&name, &up.url())]);
         c.no_builtin_upstreams = true;
         c.default_upstream = name.clone();
-        let mut s3 = toml::Table::new();
-        s3.insert("bucket".into(), "regmirror".into());
-        s3.insert("prefix".into(), "cache/".into());
-        s3.insert("region".into(), "us-east-1".into());
-        s3.insert(
-            "endpoint".into(),
-            format!("http://127.0.0.1:{s3_port}").into(),
-        );
-        s3.insert("path_style".into(), true.into());
-        c.extra = Extra::default()
-            .top("storage", "s3")
-            .top("s3", toml::Value::Table(s3))
-            .top("redis_url", format!("redis://127.0.0.1:{redis_port}"))
+        c = s3.configure(c, toml::Table::new());
+        c.extra = c
+            .extra
+            .top("redis_url", redis.url())
             .top("lease_secs", 3)
             .top("max_size", "10MiB")
             .top("gc_interval_secs", 1);
@@ -517,7 +449,7 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     assert!(ok && !ls.contains(&format!("/{REPO}:{TAG}")), "{ls}");
 
     // Redis stopped: nobody evicts the bucket, however far over the limit (12 MiB of 10).
-    drop(redis);
+    redis.stop();
     for (bytes, d) in [&x, &y, &z, &w] {
         assert_eq!(&get_all(&pull(&a, d)).await, bytes);
     }
@@ -544,7 +476,7 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
     let text = std::fs::read_to_string(&b.config_path)
         .unwrap()
         .replace(
-            &format!("127.0.0.1:{s3_port}"),
+            &format!("127.0.0.1:{}", s3.port),
             &format!("127.0.0.1:{}", free_port()),
         )
         .replace(
