@@ -19,8 +19,9 @@
 //!   `FillTable` single-flight, ranges) and `ManifestCache` (digests, tags and their freshness,
 //!   stale serving, tags lists), with access tracking and eviction.
 //! - `coord`: coordination of replicas through Redis (`redis_url`): leases with fencing tokens,
-//!   shared records, the peer secret, and the HTTP client that reads a fill from the replica that
-//!   owns it. Below `cache`; never calls it.
+//!   shared records, sorted sets (a shared bucket's last accesses and reads), the peer secret,
+//!   and the HTTP client that reads a fill from the replica that owns it. Below `cache`; never
+//!   calls it.
 //! - `edge`: who is asking and whether they may: TLS for the listeners (`edge::tls`: PEM
 //!   certificates chosen by SNI, reloaded on change and SIGHUP, the handshake and its timeout;
 //!   `edge::tls::acme`: certificates from an ACME CA, stored in `data_dir/acme`, renewed),

@@ -21,6 +21,8 @@ pub(crate) const CACHE_BYTES: &str = "regmirror_cache_size_bytes";
 pub(crate) const CACHE_OBJECTS: &str = "regmirror_cache_objects";
 pub(crate) const EVICTIONS: &str = "regmirror_evictions_total";
 pub(crate) const EVICTED_BYTES: &str = "regmirror_evicted_bytes_total";
+pub(crate) const EVICTION_RUNS: &str = "regmirror_eviction_runs_total";
+pub(crate) const EVICTION_KEPT_IN_USE: &str = "regmirror_eviction_kept_in_use_total";
 pub(crate) const RATELIMIT_REMAINING: &str = "regmirror_upstream_ratelimit_remaining";
 pub(crate) const STALE_SERVED: &str = "regmirror_stale_served_total";
 pub(crate) const UPSTREAM_UP: &str = "regmirror_upstream_up";
@@ -157,6 +159,14 @@ fn describe() {
     );
     describe_counter!(EVICTIONS, "Objects removed by eviction");
     describe_counter!(EVICTED_BYTES, Unit::Bytes, "Bytes removed by eviction");
+    describe_counter!(
+        EVICTION_RUNS,
+        "Eviction runs by result (ran; on a shared store also skipped_lease: another replica ran, skipped_redis_down)"
+    );
+    describe_counter!(
+        EVICTION_KEPT_IN_USE,
+        "Objects eviction would have removed but kept because a client (of any replica) was reading them"
+    );
     describe_gauge!(
         RATELIMIT_REMAINING,
         "Last ratelimit-remaining header seen from each upstream"

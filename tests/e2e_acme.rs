@@ -106,14 +106,7 @@ async fn metrics_text(mirror: &Regmirror) -> String {
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    client
-        .get(format!("{}/metrics", mirror.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    mirror.metrics_text(&client).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

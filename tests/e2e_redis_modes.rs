@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 
 use support::faults::metric;
 use support::mirror::{Extra, Regmirror};
-use support::redis::{have_redis, ClusterSet, SentinelSet};
-use support::replicas::{
-    blob_of, blob_url, client, fleet, pull, wait_ready_with_redis, UpBlob, Upstream,
-};
+use support::redis::{have_redis, wait_coordinated, ClusterSet, SentinelSet};
+use support::replicas::{blob_of, blob_url, client, fleet, pull, UpBlob, Upstream};
 
 /// 12 concurrent cold GETs of `b` spread over `fleet`: every one exact.
 async fn storm(fleet: &[Regmirror], b: &UpBlob) {
@@ -97,7 +95,7 @@ async fn two_replicas_through_sentinel_fetch_once_and_follow_a_failover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for m in &fleet {
-        wait_ready_with_redis(m).await;
+        wait_coordinated(m).await;
     }
     eprintln!(
         "both replicas coordinated again {:?} after the master was killed",
@@ -126,7 +124,13 @@ async fn two_replicas_on_a_redis_cluster_fetch_once() {
     let cluster = ClusterSet::start(dir.path());
     let (one, two) = (blob_of(31, 8 << 20), blob_of(32, 4 << 20));
     let up = Upstream::start(vec![one.clone(), two.clone()], Duration::from_millis(40));
-    let fleet = fleet(&up, &cluster.url(), 2, Extra::default().top("lease_secs", 3)).await;
+    let fleet = fleet(
+        &up,
+        &cluster.url(),
+        2,
+        Extra::default().top("lease_secs", 3),
+    )
+    .await;
     for m in &fleet {
         let r = readyz(m).await;
         assert!(r.contains(&format!("redis {} up", cluster.url())), "{r}");
@@ -134,7 +138,11 @@ async fn two_replicas_on_a_redis_cluster_fetch_once() {
     }
     storm(&fleet, &one).await;
     storm(&fleet, &two).await;
-    assert_eq!(up.blob_gets(&one), 1, "one upstream download for both replicas");
+    assert_eq!(
+        up.blob_gets(&one),
+        1,
+        "one upstream download for both replicas"
+    );
     assert_eq!(up.blob_gets(&two), 1);
     let keys = cluster.keys_per_node();
     assert!(

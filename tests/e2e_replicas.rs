@@ -6,82 +6,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::env::{e2e_required, free_port, have_tool};
 use support::mirror::{Extra, Regmirror};
+use support::redis::{wait_coordinated, RedisServer};
 use support::replicas::{
-    blob_of, blob_url, client, fleet, pull, wait_ready_with_redis, Upstream, MANIFEST_TYPE, REPO,
-    TAG,
+    blob_of, blob_url, client, fleet, pull, Upstream, MANIFEST_TYPE, REPO, TAG,
 };
-
-/// A `redis-server` on a fixed loopback port, which a test may stop and start again.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Option<RedisServer> {
-        if !have_tool("redis-server") {
-            assert!(
-                !e2e_required(),
-                "REGMIRROR_E2E=1 but redis-server is missing"
-            );
-            eprintln!("SKIPPED: redis-server not installed (scripts/test.sh installs it)");
-            return None;
-        }
-        let mut r = RedisServer {
-            child: None,
-            port: free_port(),
-        };
-        r.spawn();
-        Some(r)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not listen on {}", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Wait until the port is closed.
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_cold_clients_on_three_replicas_cause_one_upstream_download() {
@@ -272,7 +203,7 @@ async fn redis_stopped_and_started_during_pulls_never_gives_wrong_bytes_and_coal
     // Redis is back: coordination resumes.
     redis.spawn();
     for m in &fleet {
-        wait_ready_with_redis(m).await;
+        wait_coordinated(m).await;
     }
     let storm: Vec<_> = (0..30)
         .map(|i| {

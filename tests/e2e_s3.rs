@@ -10,89 +10,15 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
 use sha2::Digest as _;
 use support::faults::{sized_image, wait_for, Behaviour, FaultyUpstream};
 use support::mirror::{MirrorConfig, Regmirror, UpstreamEntry};
 use support::registry::Registry;
+use support::s3::{credentials_in_env, S3Server};
 use support::seed::seed;
 use support::skopeo::{self, assert_multi_copy, assert_single_copy, blob_digests_of, CopyOptions};
 
 const ALIAS: &str = "up";
-const KEY_ID: &str = "regmirror-e2e";
-const SECRET: &str = "regmirror-e2e-secret";
-
-struct S3Server {
-    child: Child,
-    root: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs() -> Option<PathBuf> {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/bin/s3s-fs");
-    if local.is_file() {
-        return Some(local);
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
-}
-
-async fn start_s3() -> Option<S3Server> {
-    let Some(bin) = s3s_fs() else {
-        assert!(
-            !support::env::e2e_required(),
-            "REGMIRROR_E2E=1 but s3s-fs is missing (scripts/test.sh installs it into target/tools)"
-        );
-        eprintln!("SKIPPED: s3s-fs is not installed; run scripts/test.sh");
-        return None;
-    };
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir(root.path().join("regmirror")).unwrap();
-    let port = support::env::free_port();
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", KEY_ID, "--secret-key", SECRET])
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed and reaped by its guard's drop, also when it never comes up.
-    let server = S3Server { child, root, port };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(server);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("s3s-fs did not start");
-}
-
-/// The credentials every regmirror child reads from its environment (as on a real host).
-fn credentials_in_env() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", KEY_ID);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET);
-        // Multipart uploads whose record is not refreshed for 2 s count as abandoned.
-        std::env::set_var("REGMIRROR_S3_STALE_UPLOAD_SECS", "2");
-    });
-}
-
 fn mirror_config(registry: &Registry, s3: &S3Server, s3_table: toml::Table) -> MirrorConfig {
     config_for(&registry.host(), &registry.url(), s3, s3_table)
 }
@@ -101,21 +27,7 @@ fn config_for(host: &str, url: &str, s3: &S3Server, s3_table: toml::Table) -> Mi
     let mut config = MirrorConfig::new(vec![UpstreamEntry::new(host, url).alias(ALIAS)]);
     config.no_builtin_upstreams = true;
     config.default_upstream = String::new();
-    let mut table = toml::Table::new();
-    table.insert("bucket".into(), "regmirror".into());
-    table.insert("prefix".into(), "cache/".into());
-    table.insert("region".into(), "us-east-1".into());
-    table.insert(
-        "endpoint".into(),
-        format!("http://127.0.0.1:{}", s3.port).into(),
-    );
-    table.insert("path_style".into(), true.into());
-    table.extend(s3_table);
-    config.extra = config
-        .extra
-        .top("storage", "s3")
-        .top("s3", toml::Value::Table(table));
-    config
+    s3.configure(config, s3_table)
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -141,7 +53,7 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Result<Vec<u8>, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_bucket() {
     require_tools!();
-    let Some(mut s3) = start_s3().await else {
+    let Some(mut s3) = S3Server::start().await else {
         return;
     };
     credentials_in_env();
@@ -275,8 +187,7 @@ async fn two_replicas_on_one_bucket() {
     );
 
     // S3 stopped: A still serves what its local tier holds; B has no tier: 503 UNAVAILABLE.
-    s3.child.kill().unwrap();
-    s3.child.wait().unwrap();
+    s3.stop();
     let (status, body) = get(&plain, &blob_url(&a, other)).await;
     assert_eq!(status, 200, "local tier blob with S3 down");
     assert_eq!(sha256(&body.unwrap()), *other);
@@ -289,22 +200,12 @@ async fn two_replicas_on_one_bucket() {
     );
 }
 
-/// Multipart uploads the S3 server itself holds (s3s-fs keeps one `.upload-<id>.json` each).
-fn server_uploads(s3: &S3Server) -> usize {
-    std::fs::read_dir(s3.root.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().to_string();
-            n.starts_with(".upload-") && n.ends_with(".json")
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted() {
     require_tools!(&["skopeo"]);
-    let Some(s3) = start_s3().await else { return };
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
     credentials_in_env();
     let up = FaultyUpstream::start("crash/app");
     // Two full 8 MiB parts are sent before the upstream stalls at half.
@@ -323,7 +224,7 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
         "a multipart upload in progress at the S3 server",
         std::time::Duration::from_secs(30),
         || {
-            (up.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1 && server_uploads(&s3) >= 1)
+            (up.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1 && s3.server_uploads() >= 1)
                 .then_some(())
         },
     )
@@ -342,7 +243,7 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
         "nothing under the final key after kill -9"
     );
     assert!(
-        server_uploads(&s3) >= 1,
+        s3.server_uploads() >= 1,
         "the killed fill left its upload at the server"
     );
 
@@ -352,7 +253,7 @@ async fn kill9_mid_fill_leaves_nothing_under_the_key_and_the_upload_is_aborted()
     wait_for(
         "the abandoned upload to be aborted",
         std::time::Duration::from_secs(20),
-        || (server_uploads(&s3) == 0).then_some(()),
+        || (s3.server_uploads() == 0).then_some(()),
     )
     .await;
     let records = bucket.join("_uploads");

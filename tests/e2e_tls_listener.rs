@@ -56,20 +56,9 @@ fn cert_dir(dir: &Path, certs: &Certs) -> PathBuf {
     dir.to_path_buf()
 }
 
-async fn metrics_text(client: &reqwest::Client, mirror: &Regmirror) -> String {
-    client
-        .get(format!("{}/metrics", mirror.url))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Handshakes counted so far with `labels`.
 async fn handshakes(client: &reqwest::Client, mirror: &Regmirror, labels: &[(&str, &str)]) -> f64 {
-    let text = metrics_text(client, mirror).await;
+    let text = mirror.metrics_text(client).await;
     metric(&text, "regmirror_tls_handshakes_total", labels).unwrap_or(0.0)
 }
 
@@ -239,7 +228,7 @@ async fn skopeo_podman_and_ctr_pull_over_https_and_curl_and_reqwest_use_http2() 
     // Every request above came over TLS: each client's ALPN choice is on record. skopeo, podman
     // and ctr (Go, with a custom TLS configuration) offer no ALPN at all and speak HTTP/1.1; curl
     // and reqwest offer h2 and get it.
-    let text = metrics_text(&https, &mirror).await;
+    let text = mirror.metrics_text(&https).await;
     let ok = metric(&text, "regmirror_tls_handshakes_total", &[("result", "ok")]).unwrap_or(0.0);
     let h1 = metric(
         &text,
@@ -383,7 +372,7 @@ async fn a_replaced_certificate_is_served_to_the_next_connection_while_a_256mb_d
         format!("sha256:{}", hex::encode(hasher.finalize())),
         blob.digest
     );
-    let text = metrics_text(&other, &mirror).await;
+    let text = mirror.metrics_text(&other).await;
     assert!(
         metric(&text, "regmirror_tls_reloads_total", &[("result", "ok")]).unwrap_or(0.0) >= 1.0,
         "{text}"
@@ -740,7 +729,7 @@ async fn stalled_handshakes_and_garbage_do_not_disturb_another_client() {
             Duration::from_secs(20)
         )));
     }
-    let text = metrics_text(&https, &mirror).await;
+    let text = mirror.metrics_text(&https).await;
     let timeouts = metric(
         &text,
         "regmirror_tls_handshakes_total",

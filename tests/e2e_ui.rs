@@ -408,14 +408,7 @@ async fn a_prefetch_schedule_warms_an_image_so_a_pull_needs_no_upstream() {
     let c = http();
     let deadline = Instant::now() + Duration::from_secs(30);
     let metrics = loop {
-        let m = c
-            .get(format!("{}/metrics", mirror.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = mirror.metrics_text(&c).await;
         if metric(&m, "regmirror_prefetch_runs_total", &["schedule=\"warm\""]).unwrap_or(0.0) >= 1.0
         {
             break m;

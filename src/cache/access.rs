@@ -1,11 +1,14 @@
 //! Access tracking: what clients are reading now (eviction skips it) and when each object was
-//! last read (the LRU order eviction follows).
+//! last read (the LRU order eviction follows): the storage's modification time, refreshed with
+//! `Storage::touch`, or for a store the replicas share, records in Redis
+//! ([`super::shared_access`]; then `touch` is never called).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
+use super::shared_access::SharedAccess;
 use crate::storage::{ByteStream, Storage};
 
 /// Records reads of stored objects.
@@ -14,6 +17,8 @@ pub(crate) struct Access {
     in_use: Arc<InUse>,
     /// When each key's access time was last written to storage (throttles `touch`).
     touched: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// A shared store's last accesses and reads go to Redis instead.
+    shared: Option<Arc<SharedAccess>>,
 }
 
 impl Access {
@@ -21,6 +26,21 @@ impl Access {
         Access {
             storage,
             in_use: Arc::default(),
+            touched: Mutex::default(),
+            shared: None,
+        }
+    }
+
+    /// Tracking for a store the replicas share: accesses and reads are announced in Redis.
+    pub(crate) fn shared(
+        storage: Arc<dyn Storage>,
+        store: super::shared_access::SharedStore,
+    ) -> Access {
+        let in_use: Arc<InUse> = Arc::default();
+        Access {
+            storage,
+            shared: Some(SharedAccess::new(store, in_use.clone())),
+            in_use,
             touched: Mutex::default(),
         }
     }
@@ -38,7 +58,11 @@ impl Access {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        if modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs()) {
+        // A recent write is a recent access (on a shared store, the record in Redis is what
+        // orders reads of all replicas, written or not).
+        if self.shared.is_none()
+            && modified.is_some_and(|m| now_unix.saturating_sub(m) < EVERY.as_secs())
+        {
             return;
         }
         {
@@ -50,6 +74,10 @@ impl Access {
                 touched.retain(|_, t| t.elapsed() < EVERY);
             }
             touched.insert(key.to_string(), tokio::time::Instant::now());
+        }
+        if let Some(shared) = &self.shared {
+            shared.note(key, now_unix);
+            return;
         }
         if let Err(e) = self.storage.touch(key).await {
             tracing::debug!(%key, error = %e, "cannot record access time");
@@ -64,6 +92,16 @@ pub(crate) struct InUse {
 }
 
 impl InUse {
+    /// Every key being read now.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.readers
             .lock()

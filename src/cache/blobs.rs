@@ -489,8 +489,8 @@ impl BlobCache {
             .acquire()
             .await
             .map_err(|_| Error::ShuttingDown)?;
-        let blob = match permit.source() {
-            FillSource::Upstream => self.fetch_upstream(up, repo, digest).await?,
+        let (blob, from_owner) = match permit.source() {
+            FillSource::Upstream => (self.fetch_upstream(up, repo, digest).await?, false),
             FillSource::Peer { .. } => self.fetch_from_owner(up, repo, digest, permit).await?,
         };
         let (writer, reader) =
@@ -498,12 +498,16 @@ impl BlobCache {
         permit.started(Arc::new(reader));
         let writer = spool.insert(writer);
         let key = keys::blob(digest);
+        // Relayed from the owner replica onto storage it shares (a bucket): the owner commits
+        // the object, so this replica only verifies what it relays (see `owner_committed`).
+        let relayed = from_owner && self.storage.shared_location().is_some();
         // Backends that can (S3) receive the bytes while they arrive; committed below only
         // after the digest matched.
-        let tee = Arc::new(tokio::sync::Mutex::new(Tee::new(
-            self.storage.begin_upload(&key, blob.size).await,
-            &key,
-        )));
+        let upload = match relayed {
+            true => Ok(None),
+            false => self.storage.begin_upload(&key, blob.size).await,
+        };
+        let tee = Arc::new(tokio::sync::Mutex::new(Tee::new(upload, &key)));
         let feed = tee.clone();
         let body = blob.body.then(move |chunk| {
             let feed = feed.clone();
@@ -523,11 +527,35 @@ impl BlobCache {
             return Err(write_error(e));
         }
         let path = writer.path().ok_or(Error::Abandoned)?;
+        if relayed && self.owner_committed(&key).await {
+            // Readers hold the spool open; its name is no longer needed.
+            let _ = std::fs::remove_file(path);
+            metrics::counter!(crate::metrics::PEER_FILLS, "role" => "joined", "outcome" => "owner_committed").increment(1);
+            return self.links.link(Kind::Blob, up.name(), repo, digest).await;
+        }
         match upload {
             Some(u) => u.commit(path).await?,
             None => self.storage.put_file(&key, path).await?,
         }
         self.links.link(Kind::Blob, up.name(), repo, digest).await
+    }
+}
+
+impl BlobCache {
+    /// Whether the object under `key` appeared in shared storage: the owner of a relayed fill
+    /// commits about when its last byte is relayed, so this waits a little for it (5 s) before
+    /// the relaying replica commits its own verified copy instead.
+    async fn owner_committed(&self, key: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.storage.head(key).await {
+                Ok(_) => return true,
+                Err(storage::Error::NotFound(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(_) => return false,
+            }
+        }
     }
 }
 

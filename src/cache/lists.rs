@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::manifests::{manifest_error, ManifestCache, TagsPage, MAX_MEMO_ENTRIES};
+use super::manifest_fetch::manifest_error;
+use super::manifests::{ManifestCache, TagsPage, MAX_MEMO_ENTRIES};
 use super::{keys, CacheStatus, Error, Result};
 use crate::upstream::Upstream;
 

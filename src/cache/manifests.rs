@@ -15,11 +15,11 @@ use super::hot::Hot;
 use super::links::{self, Kind, Links};
 use super::negative::NotFound;
 use super::tags::{Policies, TagRecord, TagRecords, TagTtl};
-use super::{decode_manifest, encode_manifest, keys, CacheStatus, Error, Result};
+use super::{decode_manifest, keys, CacheStatus, Error, Result};
 use crate::config::Config;
 use crate::oci::{media, Digest, Reference};
 use crate::storage::{self, Storage};
-use crate::upstream::{self, ManifestHead, Upstream};
+use crate::upstream::Upstream;
 
 /// A manifest answer. `body` is empty for HEAD answers that came straight from the upstream.
 #[derive(Debug, Clone)]
@@ -45,11 +45,11 @@ pub(crate) struct ManifestCache {
     pub(super) revalidating: super::revalidate::Revalidations,
     pub(super) tag_ttl: TagTtl,
     pub(super) policies: Arc<Policies>,
-    hot: Hot,
+    pub(super) hot: Hot,
     /// Names the upstream said it does not have, for a short time.
     not_found: Arc<NotFound>,
     /// Which repositories hold which manifests: by digest, nothing is served without one.
-    links: Arc<Links>,
+    pub(super) links: Arc<Links>,
     /// What the upstream answered a client whose Accept list excludes a tag's cached type:
     /// (upstream, repository, tag, Accept list) -> digest, with when it was asked.
     exact: Mutex<HashMap<(String, String, String, String), (Digest, tokio::time::Instant)>>,
@@ -337,112 +337,6 @@ impl ManifestCache {
         })
     }
 
-    /// Fetch (or revalidate) from the upstream; the one call per flight.
-    pub(super) async fn fetch_manifest(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<Manifest> {
-        let Reference::Tag(tag) = reference else {
-            return self
-                .get_manifest_upstream(up, repo, reference, accept)
-                .await;
-        };
-        let cached = self.cached_tag(up.name(), repo, tag).await?;
-        let Some(cached) = cached else {
-            return self
-                .get_manifest_upstream(up, repo, reference, accept)
-                .await;
-        };
-        // A caller that found no fresh record before it got here may arrive just after another
-        // flight stored or confirmed the tag: that answer is the one to give, without a HEAD.
-        if self
-            .tag_ttl
-            .is_fresh(self.policies.get(up.name()), up.name(), repo, tag)
-        {
-            return Ok(cached);
-        }
-        // One replica of the fleet revalidates; the others take the record it shares.
-        let _lead = match self.lead_revalidation(up, repo, tag).await {
-            Some(guard) => guard,
-            None => {
-                if self.confirmed_by_fleet(up, repo, tag, &cached).await {
-                    return Ok(cached);
-                }
-                Box::new(())
-            }
-        };
-        // Revalidate with a HEAD: Docker Hub does not count HEADs against the pull limit.
-        match self
-            .head_manifest_upstream(up, repo, reference, accept)
-            .await
-        {
-            Ok(h) if h.digest == cached.digest => {
-                self.tag_ttl.confirm(up.name(), repo, tag);
-                let record = TagRecord {
-                    digest: cached.digest.to_string(),
-                    media_type: cached.media_type.clone(),
-                    size: cached.size,
-                };
-                self.share_tag(up, repo, tag, record);
-                Ok(cached)
-            }
-            Ok(_) => match self
-                .get_manifest_upstream(up, repo, reference, accept)
-                .await
-            {
-                Err(Error::Upstream(e)) if e.is_outage() => {
-                    Ok(self.stale(up, repo, tag, cached, &e))
-                }
-                other => other,
-            },
-            Err(Error::Upstream(e)) if e.is_outage() => Ok(self.stale(up, repo, tag, cached, &e)),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(super) fn stale(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        tag: &str,
-        mut cached: Manifest,
-        e: &dyn std::fmt::Display,
-    ) -> Manifest {
-        tracing::warn!(upstream = %up.name(), %repo, %tag, error = %e, "upstream unavailable; serving cached manifest (may be stale)");
-        cached.status = CacheStatus::Stale;
-        metrics::counter!(crate::metrics::STALE_SERVED, "upstream" => up.name().to_string())
-            .increment(1);
-        cached
-    }
-
-    /// GET a manifest from the upstream, verify it and store it (and the tag record).
-    async fn get_manifest_upstream(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<Manifest> {
-        let (digest, media_type, body) = self
-            .receive_manifest(up, repo, reference, &media::upstream_accept(accept))
-            .await?;
-        if let Reference::Tag(tag) = reference {
-            let record = TagRecord {
-                digest: digest.to_string(),
-                media_type: media_type.clone(),
-                size: body.len() as u64,
-            };
-            self.store_tag_record(up.name(), repo, tag, &record).await?;
-            self.tag_ttl.confirm(up.name(), repo, tag);
-            self.share_tag(up, repo, tag, record);
-        }
-        tracing::info!(upstream = %up.name(), %repo, %reference, %digest, "manifest cached");
-        Ok(manifest(digest, media_type, body, CacheStatus::Miss))
-    }
-
     /// Write a tag record to storage and the in-memory copies.
     pub(super) async fn store_tag_record(
         &self,
@@ -457,105 +351,6 @@ impl ManifestCache {
             .await?;
         self.hot.put_tag(upstream, repo, tag, record.clone());
         Ok(())
-    }
-
-    /// GET (or HEAD) a manifest with exactly the client's Accept list, for a client that cannot take
-    /// the type cached for this tag. Stored by digest (content-addressed), never as the tag's record.
-    async fn get_manifest_exact(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        reference: &Reference,
-        accept: &[String],
-        head: bool,
-    ) -> Result<Manifest> {
-        if head {
-            let h = up
-                .head_manifest(repo, reference, accept)
-                .await
-                .map_err(manifest_error)?;
-            return head_answer(h, reference).ok_or_else(|| {
-                Error::Invalid("upstream HEAD without Docker-Content-Digest".into())
-            });
-        }
-        let (digest, media_type, body) = self.receive_manifest(up, repo, reference, accept).await?;
-        Ok(manifest(digest, media_type, body, CacheStatus::Passthrough))
-    }
-
-    /// GET a manifest, verify it against the requested digest (or the upstream's
-    /// `Docker-Content-Digest`, or its own sha256 when neither is given) and store it by digest.
-    async fn receive_manifest(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<(Digest, String, Bytes)> {
-        let got = up
-            .get_manifest(repo, reference, accept, self.max_manifest_bytes)
-            .await
-            .map_err(manifest_error)?;
-        let body = got.body;
-        if media::is_schema1(&body, got.content_type.as_deref()) {
-            // Its Docker-Content-Digest covers the signed payload, not the bytes: never a "digest
-            // mismatch", but a clear refusal.
-            return Err(Error::Invalid(format!(
-                "the upstream answered {reference} with a Docker schema 1 manifest, which regmirror \
-                 does not mirror (its digest is not the digest of its bytes); registries send schema \
-                 1 when the Accept header was lost, e.g. by a proxy in between"
-            )));
-        }
-        let claimed = match reference {
-            Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(_) => got.digest,
-        };
-        let digest = match claimed {
-            Some(d) if d.matches(&body) => d,
-            Some(d) => {
-                return Err(Error::DigestMismatch {
-                    expected: d.to_string(),
-                    actual: Digest::sha256_of(&body).to_string(),
-                })
-            }
-            // Nothing to check against: the bytes name themselves.
-            None => Digest::sha256_of(&body),
-        };
-        let media_type = media::manifest_media_type(&body, got.content_type.as_deref())
-            .ok_or_else(|| Error::Invalid("manifest has no media type".into()))?;
-        self.storage
-            .put(
-                &keys::manifest(&digest),
-                encode_manifest(&media_type, &body),
-            )
-            .await?;
-        self.hot
-            .put_manifest(digest.clone(), media_type.clone(), body.clone());
-        self.links
-            .link(Kind::Manifest, up.name(), repo, &digest)
-            .await?;
-        Ok((digest, media_type, body))
-    }
-
-    /// HEAD a manifest at the upstream; answers what it says without caching.
-    async fn head_manifest_upstream(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<Manifest> {
-        let h = up
-            .head_manifest(repo, reference, &media::upstream_accept(accept))
-            .await
-            .map_err(manifest_error)?;
-        match head_answer(h, reference) {
-            Some(m) => Ok(m),
-            // No digest in the answer: fall back to GET, which computes it.
-            None => {
-                self.get_manifest_upstream(up, repo, reference, accept)
-                    .await
-            }
-        }
     }
 
     async fn stored_manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>> {
@@ -579,7 +374,12 @@ impl ManifestCache {
     }
 
     /// The manifest a cached tag record points to, when both are stored.
-    async fn cached_tag(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<Manifest>> {
+    pub(super) async fn cached_tag(
+        &self,
+        upstream: &str,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<Manifest>> {
         let record = match self.hot.tag(upstream, repo, tag) {
             Some(r) => r,
             None => {
@@ -605,7 +405,12 @@ impl ManifestCache {
     }
 }
 
-fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus) -> Manifest {
+pub(super) fn manifest(
+    digest: Digest,
+    media_type: String,
+    body: Bytes,
+    status: CacheStatus,
+) -> Manifest {
     Manifest {
         digest,
         media_type,
@@ -613,25 +418,6 @@ fn manifest(digest: Digest, media_type: String, body: Bytes, status: CacheStatus
         body,
         status,
     }
-}
-
-/// What an upstream's HEAD answer says about a manifest; None when it names no digest and the
-/// reference is a tag.
-fn head_answer(h: ManifestHead, reference: &Reference) -> Option<Manifest> {
-    let digest = match (h.digest, reference) {
-        (Some(d), _) => d,
-        (None, Reference::Digest(d)) => d.clone(),
-        (None, Reference::Tag(_)) => return None,
-    };
-    Some(Manifest {
-        digest,
-        media_type: h
-            .media_type
-            .unwrap_or_else(|| media::OCI_MANIFEST.to_string()),
-        size: h.size.unwrap_or(0),
-        body: Bytes::new(),
-        status: CacheStatus::Passthrough,
-    })
 }
 
 /// The key of the exact-Accept memo.
@@ -649,12 +435,4 @@ fn exact_key(
         tag.to_string(),
         types.join(","),
     )
-}
-
-pub(super) fn manifest_error(e: upstream::Error) -> Error {
-    match e {
-        upstream::Error::NotFound => Error::ManifestUnknown,
-        upstream::Error::TooLarge { limit } => Error::ManifestTooLarge { limit },
-        e => Error::Upstream(e),
-    }
 }

@@ -10,9 +10,12 @@
 //! - [`Cache`] (here): the facade the API calls, and the error type.
 //! - `blobs`: [`BlobCache`], blob hits, fills through the single-flight of `flight`, ranges.
 //! - `flight`: the fill single-flight interface (`FillTable`) and its in-process table.
-//! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `tags`: tag
+//! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `manifest_fetch`:
+//!   its upstream side (the one fetch of a flight, revalidation by HEAD, stale answers); `tags`: tag
 //!   freshness; `hot`: the in-memory copies of small objects.
-//! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs.
+//! - `access`: what is being read and last-access times; `evict`: the eviction policy and runs;
+//!   `shared_access` / `shared_evict`: the same for a store the replicas share (Redis records,
+//!   one evicting replica at a time through a lease).
 //! - `links`: which (upstream, repository) holds which digest; nothing is served without one.
 //! - `upstreams`: the upstream clients by name; `inventory`: what is cached, for the CLI;
 //!   `records`: manifests, tag records, blob presence and links for prefetch, export and import.
@@ -25,11 +28,14 @@ mod hot;
 pub(crate) mod inventory;
 mod links;
 mod lists;
+mod manifest_fetch;
 mod manifests;
 mod negative;
 mod peer_fills;
 pub(crate) mod records;
 mod revalidate;
+mod shared_access;
+pub(crate) mod shared_evict;
 mod shared_fills;
 mod shared_tags;
 mod tags;
@@ -189,12 +195,20 @@ impl Cache {
             ),
             _ => None,
         };
-        let access = Arc::new(access::Access::new(storage.clone()));
-        let evictor = Arc::new(evict::Evictor::new(
+        let shared = shared_store(coord.as_ref(), storage.as_ref());
+        let access = Arc::new(match &shared {
+            Some(store) => access::Access::shared(storage.clone(), store.clone()),
+            None => access::Access::new(storage.clone()),
+        });
+        let mut evictor = evict::Evictor::new(
             storage.clone(),
             access.in_use().clone(),
             evict::Policy::from_config(config),
-        ));
+        );
+        if let Some(store) = shared {
+            evictor = evictor.shared_with(store);
+        }
+        let evictor = Arc::new(evictor);
         let policies = Arc::new(tags::Policies::from_config(config));
         let not_found = Arc::new(negative::NotFound::default());
         let links = Arc::new(links::Links::new(storage.clone(), config.hot_link_entries));
@@ -411,6 +425,18 @@ impl Cache {
     }
 }
 
+/// The store's records in Redis when replicas share it (a bucket) and coordinate (`redis_url`).
+/// A local data directory is each replica's own: it evicts it alone, as without Redis.
+pub(crate) fn shared_store(
+    coord: Option<&Arc<crate::coord::Coord>>,
+    storage: &dyn Storage,
+) -> Option<shared_access::SharedStore> {
+    Some(shared_access::SharedStore::new(
+        coord?.clone(),
+        storage.shared_location()?,
+    ))
+}
+
 /// What the status page shows of one upstream.
 pub(crate) struct UpstreamStatus {
     pub(crate) health: upstream::HealthReport,
@@ -474,3 +500,5 @@ mod tests;
 mod tests_freshness;
 #[cfg(test)]
 mod tests_links;
+#[cfg(test)]
+mod tests_shared_evict;

@@ -32,14 +32,15 @@ pub(crate) struct PeerFill {
 }
 
 impl BlobCache {
-    /// Start reading a fill from the replica holding its lease (see the module doc).
+    /// Start reading a fill from the replica holding its lease (see the module doc); true with
+    /// the stream when it is relayed from the owner, false when this replica fetches it itself.
     pub(super) async fn fetch_from_owner(
         &self,
         up: &Upstream,
         repo: &str,
         digest: &Digest,
         permit: &FillPermit,
-    ) -> Result<BlobStream> {
+    ) -> Result<(BlobStream, bool)> {
         let FillSource::Peer {
             owner,
             token,
@@ -47,7 +48,7 @@ impl BlobCache {
             repo: owner_repo,
         } = permit.source()
         else {
-            return self.fetch_upstream(up, repo, digest).await;
+            return Ok((self.fetch_upstream(up, repo, digest).await?, false));
         };
         let coord = self.coord().ok_or(Error::Abandoned)?;
         // The owner fetched for its repository: this one must be known to hold the blob too.
@@ -73,10 +74,11 @@ impl BlobCache {
                         })
                     })
                     .boxed();
-                Ok(BlobStream {
+                let stream = BlobStream {
                     size: peer.size,
                     body,
-                })
+                };
+                Ok((stream, true))
             }
             Err(e) => {
                 tracing::warn!(%digest, owner = %owner, error = %e, "the replica owning this fill cannot be read; fetching it here");
@@ -89,7 +91,7 @@ impl BlobCache {
                     metrics::counter!(crate::metrics::LEASES, "kind" => "fill", "result" => "taken_over").increment(1);
                     permit.hold(Box::new(lease));
                 }
-                self.fetch_upstream(up, repo, digest).await
+                Ok((self.fetch_upstream(up, repo, digest).await?, false))
             }
         }
     }

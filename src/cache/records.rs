@@ -129,11 +129,7 @@ pub(crate) async fn put_tag(
     media_type: &str,
     size: u64,
 ) -> Result<()> {
-    let rec = TagRecord {
-        digest: d.to_string(),
-        media_type: media_type.to_string(),
-        size,
-    };
+    let rec = TagRecord::new(d, media_type, size);
     let json = serde_json::to_vec(&rec).map_err(|e| super::Error::Invalid(e.to_string()))?;
     storage
         .put(&keys::tag(upstream, repo, tag), Bytes::from(json))

@@ -24,6 +24,16 @@ pub(super) struct TagRecord {
     pub size: u64,
 }
 
+impl TagRecord {
+    pub(super) fn new(digest: &impl std::fmt::Display, media_type: &str, size: u64) -> TagRecord {
+        TagRecord {
+            digest: digest.to_string(),
+            media_type: media_type.to_string(),
+            size,
+        }
+    }
+}
+
 /// Tag records and their confirmation times shared by the replicas of a fleet (Redis). The
 /// cache keeps the rules (TTL, immutable patterns); this only keeps and hands out records.
 #[async_trait::async_trait]

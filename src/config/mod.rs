@@ -612,6 +612,27 @@ pub fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
 mod tests {
     use super::*;
 
+    /// Every complete config file shown in README.md (a ```toml block whose first line names
+    /// its file, `# /etc/regmirror/...`) parses and passes the checks `serve` makes.
+    #[test]
+    fn readme_config_files_are_valid() {
+        let doc = include_str!("../../README.md");
+        let mut checked = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let text = &block[..block
+                .find("```")
+                .expect("an unclosed toml block in README.md")];
+            if !text.starts_with("# /etc/regmirror/") {
+                continue;
+            }
+            let mut c = Config::from_toml(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            c.merge_builtins();
+            c.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+            checked += 1;
+        }
+        assert!(checked >= 1, "README.md shows a complete config file");
+    }
+
     #[test]
     fn defaults_are_valid_and_include_public_registries() {
         let c = Config::load(None).unwrap();

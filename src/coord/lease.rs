@@ -26,6 +26,8 @@ pub(crate) enum LeaseKind {
     Fill,
     /// One revalidation of a tag.
     Tag,
+    /// The eviction run of one shared store.
+    Evict,
 }
 
 impl LeaseKind {
@@ -33,6 +35,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Fill => "fill",
             LeaseKind::Tag => "tag",
+            LeaseKind::Evict => "evict",
         }
     }
 }
@@ -201,6 +204,17 @@ impl Lease {
     /// The fencing token of this lease.
     pub(crate) fn token(&self) -> u64 {
         self.owner.token
+    }
+
+    /// Renew the lease now: Ok(true) while it is still this holder's, Ok(false) once it expired
+    /// (and maybe went to someone else). The fence of work done in steps: check before each one.
+    pub(crate) async fn still_held(&self) -> Result<bool> {
+        let script = redis::Script::new(RENEW);
+        let mut inv = script.prepare_invoke();
+        inv.key(&self.key)
+            .arg(&self.value)
+            .arg(self.coord.lease_ttl().as_millis() as u64);
+        Ok(self.coord.script::<i64>("renew", inv).await? == 1)
     }
 
     /// Stop renewing without releasing, as a killed process does (tests).

@@ -16,6 +16,11 @@
 //! regmirror:fence                         INCR counter: the fencing token of every lease
 //! regmirror:lease:fill:<digest>           {"token","owner","upstream","repo"}, PX lease_secs
 //! regmirror:lease:tag:<up>/<repo>:<tag>   same shape, the revalidation of one tag
+//! regmirror:lease:evict:<store>           same shape, the eviction run of one shared store
+//! regmirror:access:<store>                ZSET storage key -> unix seconds of its last read
+//! regmirror:reading:<store>               ZSET "<replica id> <storage key>" -> unix ms until
+//!                                         which that replica says it reads the key
+//!                                         (<store>: a shared store's name, s3://bucket/prefix/)
 //! regmirror:tag:<up>/<repo>:<tag>         a shared tag record (JSON, set by the cache), PX
 //! regmirror:peer-secret                   random; replicas send it on internal fill requests
 //! ```
@@ -23,6 +28,7 @@
 mod connect;
 mod lease;
 pub(crate) mod peer;
+mod sets;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -384,4 +390,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod modes_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

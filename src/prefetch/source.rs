@@ -205,12 +205,7 @@ impl Source for DirectSource {
             .cache
             .manifest(&img.registry, &img.repository, r, &accept, false)
             .await
-            .map_err(|e| match e {
-                crate::cache::Error::ManifestUnknown => {
-                    Error::NotFound(format!("manifest {}:{r}", img.name()))
-                }
-                e => Error::Cache(e),
-            })?;
+            .map_err(|e| not_found(e, || format!("manifest {}:{r}", img.name())))?;
         Ok(Fetched {
             cached: matches!(
                 m.status,
@@ -238,12 +233,7 @@ impl Source for DirectSource {
             .cache
             .blob(&img.registry, &img.repository, d, None, false)
             .await
-            .map_err(|e| match e {
-                crate::cache::Error::BlobUnknown => {
-                    Error::NotFound(format!("blob {}@{d}", img.name()))
-                }
-                e => Error::Cache(e),
-            })?;
+            .map_err(|e| not_found(e, || format!("blob {}@{d}", img.name())))?;
         let mut n = 0u64;
         if let Some(body) = blob.body {
             let mut stream = match body {
@@ -270,5 +260,15 @@ impl Source for DirectSource {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(n)
+    }
+}
+
+/// A cache error as prefetch reports it: an unknown manifest or blob is `NotFound(what())`.
+fn not_found(e: crate::cache::Error, what: impl FnOnce() -> String) -> Error {
+    match e {
+        crate::cache::Error::ManifestUnknown | crate::cache::Error::BlobUnknown => {
+            Error::NotFound(what())
+        }
+        e => Error::Cache(e),
     }
 }

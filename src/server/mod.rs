@@ -317,6 +317,31 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// The next connection (with `TCP_NODELAY` set), or None once `stop` is cancelled. A failed
+/// accept (out of file descriptors and the like) is logged and retried after 100 ms instead of
+/// spinning; `which` names the listener in that log line.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    which: &str,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, listener = which, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
 /// Accept connections until `stop`, then let open connections finish (bounded).
 async fn accept_loop(
     listener: TcpListener,
@@ -339,19 +364,9 @@ async fn accept_loop(
         .max_header_list_size(limits.max_header_bytes as u32);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
+        let Some((stream, peer)) = accept(&listener, &stop, "").await else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let peer = crate::edge::Peer(peer);
         let over_tls = tls.is_some();
         let service = TowerToHyperService::new(tower::util::MapRequest::new(

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -33,16 +32,8 @@ pub(super) async fn serve(
     stop: CancellationToken,
 ) {
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed (redirect listener)");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
+        let Some((stream, _)) = super::accept(&listener, &stop, "redirect").await else {
+            return;
         };
         let acme = acme.clone();
         tokio::spawn(async move {

@@ -26,12 +26,7 @@ impl FsStorage {
     pub(super) async fn open(root: impl Into<PathBuf>) -> Result<FsStorage> {
         let root = root.into();
         let tmp = root.join("tmp");
-        tokio::fs::create_dir_all(&tmp)
-            .await
-            .map_err(|source| Error::Io {
-                key: tmp.display().to_string(),
-                source,
-            })?;
+        super::create_dir(&tmp, &tmp.display().to_string()).await?;
         Ok(FsStorage { root })
     }
 
@@ -77,12 +72,7 @@ impl FsStorage {
 
     async fn ensure_parent(&self, path: &Path, key: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| Error::Io {
-                    key: key.into(),
-                    source,
-                })?;
+            super::create_dir(parent, key).await?;
         }
         Ok(())
     }

@@ -179,6 +179,13 @@ pub(crate) trait Storage: Send + Sync + 'static {
         let _ = (key, size);
         Ok(None)
     }
+    /// The name of this store when several processes may share it (an S3 bucket and prefix:
+    /// `s3://bucket/prefix/`), so that they coordinate its eviction and a blob another replica
+    /// is committing there need not be written again; None (the default) for a store only this
+    /// process uses (a local data directory).
+    fn shared_location(&self) -> Option<String> {
+        None
+    }
     /// A URL a client may fetch the object's bytes from directly (a presigned S3 URL) when this
     /// backend redirects objects of `size` bytes; None (the default) otherwise.
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {
@@ -212,6 +219,16 @@ pub(crate) async fn temporary() -> (tempfile::TempDir, Opened) {
 }
 
 /// Reject keys that could escape the store: absolute, `..`, empty segments, odd characters.
+/// Create `dir` and its parents; an error names `key` (the object it was for, or the dir).
+pub(crate) async fn create_dir(dir: &std::path::Path, key: &str) -> Result<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|source| Error::Io {
+            key: key.into(),
+            source,
+        })
+}
+
 pub(crate) fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && !key.starts_with('/')

@@ -143,18 +143,9 @@ async fn accept_loop(
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
+        let Some((stream, _)) = crate::server::accept(&listener, &stop, "webhook").await else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {

@@ -279,6 +279,17 @@ pub struct MultiImage {
 }
 
 impl MultiImage {
+    /// The digests of the per-platform manifests, sorted.
+    pub fn child_digests(&self) -> Vec<String> {
+        let mut d: Vec<String> = self
+            .children
+            .iter()
+            .map(|c| c.manifest.digest.clone())
+            .collect();
+        d.sort();
+        d
+    }
+
     /// The child for `architecture`.
     pub fn child(&self, architecture: &str) -> &Image {
         self.children

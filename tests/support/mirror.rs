@@ -378,6 +378,18 @@ impl Regmirror {
     }
 
     /// SIGKILL the process (by its PID) and reap it; the files stay for [`Regmirror::spawn`].
+    /// The body of `GET /metrics`, asked with `client`.
+    pub async fn metrics_text(&self, client: &reqwest::Client) -> String {
+        client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the /metrics body")
+    }
+
     pub fn kill9(&mut self) {
         let mut g = self.process.take().expect("regmirror running");
         g.child.kill().expect("SIGKILL regmirror");

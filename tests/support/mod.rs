@@ -19,8 +19,6 @@
 //!   HTTP/1.1 request for paths no URL library would leave alone.
 //! - [`raw_http`]: HTTP/1.x by hand over one TCP connection (keep-alive, pipelining, HTTP/1.0),
 //!   responses parsed without an HTTP library.
-//! - [`redis`]: `redis-server` processes for coordination tests: a Sentinel set (master, replica,
-//!   sentinel) whose master a test kills.
 //! - [`replicas`]: regmirror replicas on one Redis in front of a counting, slow-streaming upstream.
 //! - [`seed`]: push the standard set of images to an upstream and return their digests.
 //! - [`ledger`]: the answers a test sent, checked against regmirror's request log and its
@@ -33,6 +31,9 @@
 //!   (optionally through a slow link), refuse, black-hole, silent, a stalled body, a fixed status.
 //! - [`clients`]: dockerd (in a loopback-only network namespace), containerd and podman, configured
 //!   with `regmirror client-config`.
+//! - [`s3`]: a real S3 server (`s3s-fs`, SigV4 checked) with one bucket, and the `[s3]` config.
+//! - [`redis`]: Debian's `redis-server`, stoppable and restartable on its port; a Sentinel set
+//!   (master, replica, sentinel) whose master a test kills; a three-node Cluster.
 //! - [`skopeo`]: `skopeo copy` into a `dir:` layout, read it back and compare it with what was
 //!   pushed.
 //! - [`world`]: two seeded upstreams (Basic auth as a docker.io override, token auth with alias, host
@@ -73,6 +74,7 @@ pub mod raw_http;
 pub mod redis;
 pub mod registry;
 pub mod replicas;
+pub mod s3;
 pub mod seed;
 pub mod skopeo;
 pub mod tls;

@@ -32,6 +32,9 @@ pub enum Mode {
     /// A listener with backlog 0, filled by the relay's own connects, that never accepts:
     /// further SYNs are dropped and a client's connect hangs until its own timeout.
     BlackHole,
+    /// Relay bytes both ways; those from the upstream at most this many bytes a second (a
+    /// narrow link: a big blob takes seconds to arrive).
+    Throttle(u64),
     /// Accept, read the request, never answer.
     Silent,
     /// Forward requests, relay each response head (through the blank line); the first response
@@ -224,6 +227,7 @@ async fn connection(mut client: TcpStream, mode: Mode, target: SocketAddr) {
             }
         }
         Mode::Latency(latency) => slow_link(client, target, latency).await,
+        Mode::Throttle(rate) => narrow_link(client, target, rate).await,
         Mode::Silent => {
             let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
         }
@@ -265,6 +269,35 @@ async fn slow_link(client: TcpStream, target: SocketAddr, latency: Duration) {
         let _ = to_client.shutdown().await;
     };
     tokio::join!(requests, answers_in, answers_out);
+}
+
+/// Requests go through at once; answers at most `rate` bytes a second (16 KiB reads, each
+/// followed by the pause its size costs at that rate).
+async fn narrow_link(client: TcpStream, target: SocketAddr, rate: u64) {
+    let Ok(upstream) = TcpStream::connect(target).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_upstream, mut to_upstream) = upstream.into_split();
+    let requests = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_upstream).await;
+        let _ = to_upstream.shutdown().await;
+    };
+    let answers = async {
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n @ 1..) = from_upstream.read(&mut buf).await {
+            if to_client.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            sent += n as u64;
+            let due = start + Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(due).await;
+        }
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(requests, answers);
 }
 
 /// Requests go through; of each answer the head comes back, and an answer without a body (to a

@@ -179,26 +179,9 @@ pub async fn fleet(up: &Upstream, redis_url: &str, n: usize, extra_up: Extra) ->
     }
     // Every replica has learnt the fleet's secret and announced itself.
     for m in &out {
-        wait_ready_with_redis(m).await;
+        super::redis::wait_coordinated(m).await;
     }
     out
-}
-
-pub async fn wait_ready_with_redis(m: &Regmirror) {
-    let url = format!("{}/readyz", m.url);
-    for _ in 0..100 {
-        if let Ok(r) = reqwest::get(&url).await {
-            if r.text()
-                .await
-                .unwrap_or_default()
-                .contains("up: fills and tags coordinated")
-            {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never reported redis up", m.url);
 }
 
 /// What one client got.

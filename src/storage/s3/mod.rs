@@ -45,6 +45,8 @@ pub(super) struct S3Storage {
     store: Arc<AmazonS3>,
     /// Object key prefix, "" or ending in '/'.
     prefix: String,
+    /// `s3://<bucket>/<prefix>`: what replicas sharing this store call it.
+    location: String,
     tier: Option<Arc<tier::Tier>>,
     redirect_over: Option<u64>,
     presign: Duration,
@@ -124,12 +126,7 @@ pub(super) fn build(cfg: &S3Config, keys: Option<(&str, &str)>) -> Result<Amazon
 impl S3Storage {
     pub(super) async fn new(store: AmazonS3, cfg: &S3Config, data_dir: &Path) -> Result<Self> {
         let tmp = data_dir.join("tmp");
-        tokio::fs::create_dir_all(&tmp)
-            .await
-            .map_err(|source| Error::Io {
-                key: tmp.display().to_string(),
-                source,
-            })?;
+        super::create_dir(&tmp, &tmp.display().to_string()).await?;
         let tier = match cfg.local_cache_size {
             Some(size) => Some(Arc::new(
                 tier::Tier::open(data_dir.join("tier"), size.0).await?,
@@ -142,6 +139,7 @@ impl S3Storage {
         }
         Ok(S3Storage {
             store: Arc::new(store),
+            location: format!("s3://{}/{prefix}", cfg.bucket),
             prefix,
             tier,
             redirect_over: cfg.redirect_blobs_over.map(|s| s.0),
@@ -447,6 +445,10 @@ impl Storage for S3Storage {
         let u = upload::S3Upload::start(self.store.clone(), &self.prefix, path, key, size, tier)
             .await?;
         Ok(Some(Box::new(u)))
+    }
+
+    fn shared_location(&self) -> Option<String> {
+        Some(self.location.clone())
     }
 
     async fn redirect_url(&self, key: &str, size: u64) -> Result<Option<String>> {

@@ -123,7 +123,9 @@ impl S3Upload {
             }
             let (store, rec) = (self.store.clone(), record.clone());
             let heartbeat = tokio::spawn(async move {
-                let every = (stale() / 4).max(Duration::from_secs(1));
+                // A quarter of `stale`: three refreshes may be late before the janitor of
+                // any replica takes the upload for abandoned.
+                let every = (stale() / 4).max(Duration::from_millis(250));
                 loop {
                     tokio::time::sleep(every).await;
                     let _ = store.put(&rec, body.clone().into()).await;
@@ -270,8 +272,14 @@ impl Upload for S3Upload {
     async fn commit(mut self: Box<Self>, local: &Path) -> Result<()> {
         if let Err(e) = self.finish().await {
             self.abort_now().await;
-            let _ = tokio::fs::remove_file(local).await;
-            return Err(e);
+            // A part lost on the way (the upload aborted under it, a server error) does not
+            // lose the verified bytes: send the complete local copy once more.
+            tracing::warn!(key = %self.key, error = %e, "streaming upload failed at its end; uploading the verified copy");
+            let again = put_file(&self.store, &self.prefix, &self.path, &self.key, local).await;
+            if let Err(e) = again {
+                let _ = tokio::fs::remove_file(local).await;
+                return Err(e);
+            }
         }
         match &self.tier {
             Some(t) => t.adopt(&self.key, local).await,
@@ -340,10 +348,12 @@ pub(super) fn spawn_janitor(store: Arc<AmazonS3>, prefix: String) {
 /// Abort the multipart uploads whose record is stale, and remove stale `_touch/` copies.
 /// Returns how many uploads were aborted.
 pub(super) async fn clean(store: &AmazonS3, prefix: &str, stale_secs: u64) -> Result<usize> {
+    // In milliseconds: whole seconds would take a record refreshed 1.1 s ago for 2 s old.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let cutoff = now - stale_secs as i64;
+        .map_or(0, |d| d.as_millis() as i64);
+    let stale_ms = stale_secs as i64 * 1000;
+    let cutoff = now - stale_ms;
     let mut aborted = 0;
     for dir in [RECORDS, TOUCH] {
         let p =
@@ -354,7 +364,7 @@ pub(super) async fn clean(store: &AmazonS3, prefix: &str, stale_secs: u64) -> Re
             .await
             .map_err(|e| super::map_err("list", dir, e))?;
         for m in listed {
-            if m.last_modified.timestamp() > cutoff {
+            if m.last_modified.timestamp_millis() > cutoff {
                 continue;
             }
             if dir == RECORDS {
@@ -372,7 +382,7 @@ pub(super) async fn clean(store: &AmazonS3, prefix: &str, stale_secs: u64) -> Re
                         Err(object_store::Error::NotFound { .. }) => {}
                         // Servers answer differently for an upload they no longer know (MinIO
                         // NoSuchUpload, s3s AccessDenied): a record ten times stale is dropped.
-                        Err(e) if m.last_modified.timestamp() > now - 10 * stale_secs as i64 => {
+                        Err(e) if m.last_modified.timestamp_millis() > now - 10 * stale_ms => {
                             tracing::warn!(key = %r.path, error = %e, "cannot abort an abandoned upload");
                             continue;
                         }
