@@ -326,6 +326,60 @@ async fn sentinel_names_the_master_and_a_failover_is_followed_within_seconds() {
     assert!(a.status().down.is_none() && b.status().down.is_none());
 }
 
+#[tokio::test]
+async fn a_manual_sentinel_failover_with_the_old_master_alive_is_followed() {
+    if !have_redis() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (master, replica, sentinel) = sentinel_setup(dir.path()).await;
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let a = client_for(&url, None, "http://a");
+    a.ping().await.unwrap();
+    // The operator's failover: the old master stays up and becomes a replica.
+    let ok: String = direct(
+        sentinel.port,
+        redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok, "OK");
+    let started = Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the old master demoted",
+        async || {
+            direct::<Vec<redis::Value>>(master.port, &redis::cmd("ROLE"))
+                .await
+                .is_ok_and(|r| r.first() == Some(&redis::Value::BulkString(b"slave".to_vec())))
+        },
+    )
+    .await;
+    let demoted = started.elapsed();
+    // Writes land on the promoted replica, never fail for good on the demoted master.
+    let _held = loop {
+        if let Ok(Acquired::Mine(l)) = a.acquire(LeaseKind::Fill, "manual", "up", "r").await {
+            break l;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no lease after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "manual failover: old master demoted after {demoted:?}, client on the new one after {:?}",
+        started.elapsed()
+    );
+    let on_new: Option<String> = direct(
+        replica.port,
+        redis::cmd("GET").arg("regmirror:lease:fill:manual"),
+    )
+    .await
+    .unwrap();
+    assert!(on_new.is_some(), "the lease is on the promoted master");
+}
+
 /// A CA, and a server certificate for 127.0.0.1 it signed, as PEM files in `dir`.
 fn make_ca(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
