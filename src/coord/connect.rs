@@ -102,16 +102,19 @@ pub(super) fn sentinels(
     b.build().map_err(unavailable)
 }
 
-/// A manager on the master the sentinels name now (they check it answers as a master).
+/// The master the sentinels name now (they check it answers as a master), and a manager on it.
 pub(super) async fn sentinel_master(
     sentinels: &tokio::sync::Mutex<SentinelClient>,
-) -> Result<ConnectionManager> {
+) -> Result<(ConnectionManager, ConnectionAddr)> {
     let found = tokio::time::timeout(COMMAND_TIMEOUT, async {
         sentinels.lock().await.async_get_client().await
     })
     .await
     .map_err(|_| Error::Unavailable("no sentinel named the master in time".into()))?
     .map_err(unavailable)?;
-    tracing::debug!(master = ?found.get_connection_info().addr(), "sentinel: master found");
-    ConnectionManager::new_lazy_with_config(found, manager_config()).map_err(unavailable)
+    let addr = found.get_connection_info().addr().clone();
+    tracing::debug!(master = %addr, "sentinel: master found");
+    let m =
+        ConnectionManager::new_lazy_with_config(found, manager_config()).map_err(unavailable)?;
+    Ok((m, addr))
 }

@@ -76,6 +76,8 @@ pub(crate) struct Coord {
     /// Sentinel: who names the master. The connection to the master is dropped when a command
     /// on it fails, and the next one asks again (a failover promoted a replica).
     sentinels: Option<tokio::sync::Mutex<redis::sentinel::SentinelClient>>,
+    /// Sentinel: the address of the master `conn` is on.
+    master: Mutex<Option<redis::ConnectionAddr>>,
     /// `redis_ca_file`, for the connections made later.
     certs: Option<TlsCertificates>,
     /// A Cluster or a Sentinel master connects eagerly: at most one attempt a second while down.
@@ -128,6 +130,7 @@ impl Coord {
             settings,
             conn: Mutex::new(conn),
             sentinels,
+            master: Mutex::new(None),
             certs,
             last_connect: Mutex::new(None),
             // Down until Redis first answers.
@@ -204,8 +207,27 @@ impl Coord {
 
     /// Ping Redis (start-up, and the readiness report).
     pub(crate) async fn ping(&self) -> Result<()> {
+        self.follow_master().await;
         let _: String = self.query("ping", &redis::cmd("PING")).await?;
         Ok(())
+    }
+
+    /// Sentinel: when the sentinels name another master than the one connected to (an
+    /// operator's failover leaves the old one up and taking writes until it is demoted), move.
+    async fn follow_master(&self) {
+        let Some(s) = &self.sentinels else { return };
+        if lock(&self.conn).is_none() {
+            return; // the next command asks the sentinels anyway
+        }
+        let Ok((m, addr)) = Box::pin(connect::sentinel_master(s)).await else {
+            return; // sentinels unreachable: keep the master we have
+        };
+        let mut current = lock(&self.master);
+        if current.as_ref() != Some(&addr) {
+            tracing::info!(master = %addr, "sentinel names another master: moving to it");
+            *lock(&self.conn) = Some(Conn::Single(m));
+            *current = Some(addr);
+        }
     }
 
     /// The shared secret of internal fill requests: made by the first replica, read by the rest.
@@ -264,7 +286,11 @@ impl Coord {
         }
         // Boxed: the lookups are deep futures, and every request's future would carry them.
         let c = match &self.sentinels {
-            Some(s) => Conn::Single(Box::pin(connect::sentinel_master(s)).await?),
+            Some(s) => {
+                let (m, addr) = Box::pin(connect::sentinel_master(s)).await?;
+                *lock(&self.master) = Some(addr);
+                Conn::Single(m)
+            }
             None => Conn::Cluster(
                 Box::pin(connect::cluster(&self.settings.nodes, self.certs.clone())).await?,
             ),
