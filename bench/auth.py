@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +67,7 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="regmirror-auth-bench-")
+    work = bench.workdir("regmirror-auth-bench-")
     raw = {"off": [], "on_bearer": [], "on_basic": []}
     try:
         upstream = bench.start_distribution(work, "upstream")

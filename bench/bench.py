@@ -138,6 +138,22 @@ def stop_all():
             log(f"stopping {p.name} ({p.pid}): {e}")
 
 
+def workdir(prefix):
+    """A fresh temporary directory for one bench script, removed when it exits (the servers it
+    started are stopped first), unless BENCH_KEEP=1: blobs of hundreds of MB must not pile up."""
+    work = tempfile.mkdtemp(prefix=prefix)
+
+    def remove():
+        stop_all()
+        if os.environ.get("BENCH_KEEP") == "1":
+            log(f"bench: kept {work} (BENCH_KEEP=1)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    atexit.register(remove)
+    return work
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

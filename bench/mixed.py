@@ -28,7 +28,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +139,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--no-distribution", action="store_true", help="skip distribution's proxy as a peer")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="regmirror-mixed-")
+    work = bench.workdir("regmirror-mixed-")
     rows = []
     try:
         upstream = bench.start_distribution(work, "upstream")

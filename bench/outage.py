@@ -21,7 +21,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import threading
 import time
 
@@ -169,7 +168,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=35.0, help="client timeout per request, s")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="regmirror-outage-")
+    work = bench.workdir("regmirror-outage-")
     results = {}
     try:
         upstream = bench.start_distribution(work, "upstream")

@@ -21,7 +21,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +95,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=3, help="length of one wrk run")
     ap.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="regmirror-replicas-bench-")
+    work = bench.workdir("regmirror-replicas-bench-")
     raw = {"one": [], "three": [], "one_gets": [], "three_gets": [], "tag_local": [], "tag_shared": []}
     try:
         upstream = bench.start_distribution(work, "upstream")

@@ -83,6 +83,7 @@
 #
 #   BENCH_REPLICAS=1 bench/run.sh     the loopback benchmark, then the replicas section
 #   BENCH_REPLICAS=only bench/run.sh  the replicas section alone (extra arguments go to replicas.py)
+#   BENCH_KEEP=1 ...                  keep the temporary directories (logs, data) of the scripts
 #
 # Installs its tools from Debian when missing, builds regmirror in release mode, then hands over
 # to bench/bench.py, which starts every server on loopback, measures, prints the table and writes

@@ -28,7 +28,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +92,7 @@ def main():
     ap.add_argument("--reps", type=int, default=int(os.environ.get("BENCH_REPS", "5")))
     ap.add_argument("--seconds", type=int, default=4)
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="regmirror-bench-s3-")
+    work = bench.workdir("regmirror-bench-s3-")
     os.chmod(work, 0o755)  # nginx workers (www-data) read the upstream's blob file
     import atexit
     atexit.register(bench.stop_all)

@@ -35,7 +35,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -155,7 +154,7 @@ def main():
     except OSError:
         ulps = []
     ktls = "tls" in ulps
-    work = tempfile.mkdtemp(prefix="regmirror-bench-tls-")
+    work = bench.workdir("regmirror-bench-tls-")
     os.chmod(work, 0o755)  # nginx workers (www-data) read the upstream's blob file
     import atexit
     atexit.register(bench.stop_all)

@@ -37,15 +37,7 @@ const MIB: usize = 1 << 20;
 
 /// Deterministic bytes of one blob, and its digest.
 fn blob(seed: u8, size: usize) -> (Bytes, String) {
-    let mut x = u32::from(seed).wrapping_mul(2654435761) | 1;
-    let mut v = Vec::with_capacity(size + 4);
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
+    let v = support::faults::random_bytes(size, u64::from(seed));
     let d = format!("sha256:{}", hex::encode(Sha256::digest(&v)));
     (Bytes::from(v), d)
 }
@@ -142,6 +134,20 @@ async fn metrics(m: &Regmirror) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// Objects eviction kept because a client was reading them, summed over `fleet`.
+async fn kept_in_use(fleet: &[&Regmirror]) -> f64 {
+    let mut n = 0.0;
+    for m in fleet {
+        n += metric(
+            &metrics(m).await,
+            "regmirror_eviction_kept_in_use_total",
+            &[],
+        )
+        .unwrap_or(0.0);
+    }
+    n
 }
 
 async fn runs(m: &Regmirror, result: &str) -> f64 {
@@ -320,18 +326,7 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
 
     // A client of B reads g slowly; h arrives through A: g is now the least recently used and
     // over the limit, but being read on B: h goes instead, g stays in the bucket.
-    let kept_before = metric(
-        &metrics(&a).await,
-        "regmirror_eviction_kept_in_use_total",
-        &[],
-    )
-    .unwrap_or(0.0)
-        + metric(
-            &metrics(&b).await,
-            "regmirror_eviction_kept_in_use_total",
-            &[],
-        )
-        .unwrap_or(0.0);
+    let kept_before = kept_in_use(&[&a, &b]).await;
     // The read stays open only if g does not fit in B's socket send buffer (Linux default 4 MiB).
     let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
         .ok()
@@ -355,18 +350,7 @@ async fn shared_bucket_eviction_lru_across_replicas_one_evicter_readers_kept_and
         bucket_blobs(&bucket).contains_key(&hex_of(&g.1)),
         "g is being read on B: never deleted"
     );
-    let kept_after = metric(
-        &metrics(&a).await,
-        "regmirror_eviction_kept_in_use_total",
-        &[],
-    )
-    .unwrap_or(0.0)
-        + metric(
-            &metrics(&b).await,
-            "regmirror_eviction_kept_in_use_total",
-            &[],
-        )
-        .unwrap_or(0.0);
+    let kept_after = kept_in_use(&[&a, &b]).await;
     assert!(kept_after > kept_before, "g was counted as kept in use");
     let got = slow.finish().await;
     assert_eq!(got.len(), g.0.len());

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`Cache`] (here): the facade the API calls, and the error type.
-//! - `blobs`: [`BlobCache`], blob hits, fills through the single-flight of `flight`, ranges.
+//! - `blobs`: [`BlobCache`], blob hits, fills through the single-flight of `flight`, ranges;
+//!   `blob_fill`: the fill task (download or relay, spool and verify, commit).
 //! - `flight`: the fill single-flight interface (`FillTable`) and its in-process table.
 //! - `manifests`: [`ManifestCache`], manifests by digest and tag, tags lists; `manifest_fetch`:
 //!   its upstream side (the one fetch of a flight, revalidation by HEAD, stale answers); `tags`: tag
@@ -21,6 +22,7 @@
 //!   `records`: manifests, tag records, blob presence and links for prefetch, export and import.
 
 mod access;
+mod blob_fill;
 mod blobs;
 pub(crate) mod evict;
 mod flight;

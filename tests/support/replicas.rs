@@ -27,15 +27,7 @@ pub struct UpBlob {
 }
 
 pub fn blob_of(seed: u32, size: usize) -> UpBlob {
-    let mut v = Vec::with_capacity(size);
-    let mut x = seed.wrapping_mul(2654435761) | 1;
-    while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(size);
+    let v = super::faults::random_bytes(size, u64::from(seed));
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&v)));
     UpBlob {
         bytes: Bytes::from(v),

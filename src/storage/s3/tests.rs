@@ -98,6 +98,26 @@ async fn storage(_server: &S3Server, cfg: &S3Config, data: &Path) -> S3Storage {
     S3Storage::new(store, cfg, data).await.unwrap()
 }
 
+/// A blob of `len` patterned bytes (`mul` varies the pattern), its key, and a streaming upload
+/// of it with every byte written and nothing committed yet.
+async fn streamed(
+    s: &S3Storage,
+    len: usize,
+    mul: usize,
+) -> (Vec<u8>, String, Box<dyn crate::storage::Upload>) {
+    let big: Vec<u8> = (0..len).map(|i| (i * mul % 251) as u8).collect();
+    let key = blob_key(&big);
+    let mut up = s
+        .begin_upload(&key, Some(len as u64))
+        .await
+        .unwrap()
+        .unwrap();
+    for c in big.chunks(1 << 20) {
+        up.write(Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    (big, key, up)
+}
+
 fn blob_key(data: &[u8]) -> String {
     let hex = hex::encode(sha2::Sha256::digest(data));
     format!("blobs/sha256/{}/{hex}", &hex[..2])
@@ -165,18 +185,7 @@ async fn uploads_commit_or_leave_nothing() {
         ..config(&server)
     };
     let s = storage(&server, &cfg, data.path()).await;
-    let big: Vec<u8> = (0..(PART_SIZE * 2 + 12345))
-        .map(|i| (i * 7 % 253) as u8)
-        .collect();
-    let key = blob_key(&big);
-    let mut up = s
-        .begin_upload(&key, Some(big.len() as u64))
-        .await
-        .unwrap()
-        .unwrap();
-    for c in big.chunks(1 << 20) {
-        up.write(Bytes::copy_from_slice(c)).await.unwrap();
-    }
+    let (big, key, up) = streamed(&s, PART_SIZE * 2 + 12345, 7).await;
     assert!(
         matches!(s.head(&key).await, Err(Error::NotFound(_))),
         "invisible before commit"
@@ -235,18 +244,7 @@ async fn a_multipart_upload_lost_mid_fill_is_committed_from_the_local_copy() {
     };
     let data = tempfile::tempdir().unwrap();
     let s = storage(&server, &config(&server), data.path()).await;
-    let big: Vec<u8> = (0..(PART_SIZE * 2 + 777))
-        .map(|i| (i * 11 % 251) as u8)
-        .collect();
-    let key = blob_key(&big);
-    let mut up = s
-        .begin_upload(&key, Some(big.len() as u64))
-        .await
-        .unwrap()
-        .unwrap();
-    for c in big.chunks(1 << 20) {
-        up.write(Bytes::copy_from_slice(c)).await.unwrap();
-    }
+    let (big, key, up) = streamed(&s, PART_SIZE * 2 + 777, 11).await;
     // Every record counts as stale at 0 s: the running upload is aborted behind the writer.
     assert_eq!(upload::clean(&s.store, &s.prefix, 0).await.unwrap(), 1);
     let local = s.tmp.join("spool-lost");
