@@ -94,7 +94,10 @@ fn bucket_blobs(bucket: &Path) -> BTreeMap<String, u64> {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         // s3s-fs keeps its own metadata files beside the objects.
         if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-            out.insert(name, std::fs::metadata(&f).unwrap().len());
+            // Eviction may delete an object between the listing and this look: it is gone.
+            if let Ok(m) = std::fs::metadata(&f) {
+                out.insert(name, m.len());
+            }
         }
     }
     out
