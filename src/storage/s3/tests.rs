@@ -98,6 +98,16 @@ async fn storage(_server: &S3Server, cfg: &S3Config, data: &Path) -> S3Storage {
     S3Storage::new(store, cfg, data).await.unwrap()
 }
 
+/// How many multipart uploads `s` has on record in the bucket (`cache/_uploads/`).
+async fn upload_records(s: &S3Storage) -> usize {
+    s.store
+        .list(Some(&ObjPath::from("cache/_uploads")))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .len()
+}
+
 /// A blob of `len` patterned bytes (`mul` varies the pattern), its key, and a streaming upload
 /// of it with every byte written and nothing committed yet.
 async fn streamed(
@@ -190,13 +200,11 @@ async fn uploads_commit_or_leave_nothing() {
         matches!(s.head(&key).await, Err(Error::NotFound(_))),
         "invisible before commit"
     );
-    let records = s
-        .store
-        .list(Some(&ObjPath::from("cache/_uploads")))
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-    assert_eq!(records.len(), 1, "a running multipart upload is recorded");
+    assert_eq!(
+        upload_records(&s).await,
+        1,
+        "a running multipart upload is recorded"
+    );
     let local = s.tmp.join("spool");
     std::fs::write(&local, &big).unwrap();
     up.commit(&local).await.unwrap();
@@ -205,13 +213,10 @@ async fn uploads_commit_or_leave_nothing() {
         s.open_file(&key).await.unwrap().is_some(),
         "committed into the local tier"
     );
-    let records = s
-        .store
-        .list(Some(&ObjPath::from("cache/_uploads")))
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-    assert!(records.is_empty(), "the record goes with the upload");
+    assert!(
+        upload_records(&s).await == 0,
+        "the record goes with the upload"
+    );
     // From the bucket itself (a fresh process without the tier copy).
     let fresh = tempfile::tempdir().unwrap();
     let other = storage(&server, &config(&server), fresh.path()).await;
