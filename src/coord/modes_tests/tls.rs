@@ -11,29 +11,10 @@ async fn rediss_with_redis_ca_file_takes_leases_and_the_system_roots_alone_do_no
     let (ca, cert, key) = make_ca(dir.path());
     let port = free_port();
     let p = port.to_string();
-    let _server = Proc::start(
-        port,
-        &[
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--tls-port",
-            &p,
-            "--tls-cert-file",
-            cert.to_str().unwrap(),
-            "--tls-key-file",
-            key.to_str().unwrap(),
-            "--tls-ca-cert-file",
-            ca.to_str().unwrap(),
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    );
+    let mut args = vec!["--bind", "127.0.0.1", "--port", "0", "--tls-port", &p];
+    args.extend(tls_files(&ca, &cert, &key));
+    args.extend(["--save", "", "--appendonly", "no"]);
+    let _server = Proc::start(port, &args);
     let url = format!("rediss://127.0.0.1:{port}");
     let (a, b) = (
         client_for(&url, Some(&ca), "http://a"),
@@ -98,22 +79,8 @@ async fn cluster_works(tls: bool) {
                 dir.path().to_str().unwrap(),
             ];
             if tls {
-                args.extend([
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &p,
-                    "--tls-cluster",
-                    "yes",
-                    "--tls-cert-file",
-                    cert.to_str().unwrap(),
-                    "--tls-key-file",
-                    key.to_str().unwrap(),
-                    "--tls-ca-cert-file",
-                    ca.to_str().unwrap(),
-                    "--tls-auth-clients",
-                    "no",
-                ]);
+                args.extend(["--port", "0", "--tls-port", &p, "--tls-cluster", "yes"]);
+                args.extend(tls_files(&ca, &cert, &key));
             } else {
                 args.extend(["--port", &p]);
             }
@@ -166,4 +133,18 @@ async fn cluster_works(tls: bool) {
         let keys: i64 = direct_tls(n, ca_file, &redis::cmd("DBSIZE")).await.unwrap();
         assert!(keys > 0, "node {n} holds none of the keys");
     }
+}
+
+/// redis-server's TLS arguments: its certificate and key, the CA, no client certificates.
+fn tls_files<'a>(ca: &'a Path, cert: &'a Path, key: &'a Path) -> [&'a str; 8] {
+    [
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]
 }
