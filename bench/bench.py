@@ -438,7 +438,12 @@ def wrk(work, port, path, conns, seconds, headers=()):
     argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s", "-s", script]
     for h in headers:
         argv += ["-H", h]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
+    return wrk_json(argv + [f"http://127.0.0.1:{port}{path}"])
+
+
+def wrk_json(argv):
+    """Run wrk with a script that prints one `WRKJSON {...}` line; that line's object."""
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
     return json.loads(line[len("WRKJSON "):])
 

@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -101,9 +100,7 @@ def run_wrk(work, port, paths, conns, seconds):
         f.write(WRK_SCRIPT)
     argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "30s", "-s", script,
             f"http://127.0.0.1:{port}", "--"] + paths
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-    return json.loads(line[len("WRKJSON "):])
+    return bench.wrk_json(argv)
 
 
 def measure(name, mirror, agent, upstream, paths, args, work):

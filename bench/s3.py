@@ -80,9 +80,7 @@ def wrk_url(work, url, conns, seconds):
         with open(script, "w") as f:
             f.write(bench.WRK_REPORT)
     argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s", "-s", script, url]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-    return json.loads(line[len("WRKJSON "):])
+    return bench.wrk_json(argv)
 
 
 def main():

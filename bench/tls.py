@@ -137,9 +137,7 @@ def wrk_https(work, port, path, conns, seconds, headers=()):
     argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s", "-s", script]
     for h in headers:
         argv += ["-H", h]
-    out = subprocess.run(argv + [f"https://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-    return json.loads(line[len("WRKJSON "):])
+    return bench.wrk_json(argv + [f"https://127.0.0.1:{port}{path}"])
 
 
 def main():
